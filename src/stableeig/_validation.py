@@ -1,0 +1,154 @@
+"""Input checks and error messages, in one place.
+
+Every public entry point validates its arguments here, once, before any work is done.
+Messages follow the form ``"<name>: expected <what> (got <what was received>)"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "DTypeError",
+    "NonFiniteError",
+    "NotDifferentiableError",
+    "NotPositiveDefiniteError",
+    "NotSymmetricError",
+    "ShapeError",
+    "StableEigError",
+    "check_choice",
+    "check_finite",
+    "check_int_at_least",
+    "check_k",
+    "check_positive",
+    "check_square_matrix",
+    "check_symmetric",
+]
+
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class StableEigError(ValueError):
+    """Base class of the library's value errors."""
+
+
+class ShapeError(StableEigError):
+    """A tensor has the wrong number of dimensions or the wrong size."""
+
+
+class DTypeError(TypeError):
+    """A tensor has a dtype the operation does not support."""
+
+
+class NonFiniteError(StableEigError):
+    """A tensor holds NaN or Inf where finite values are required."""
+
+
+class NotSymmetricError(StableEigError):
+    """A matrix is not symmetric within the tolerance of its dtype."""
+
+
+class NotPositiveDefiniteError(StableEigError):
+    """A matrix has eigenvalues at or below zero where positive ones are required."""
+
+
+class NotDifferentiableError(StableEigError):
+    """The requested derivative does not exist (it is infinite) at this input."""
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in tensor.shape) + ")"
+
+
+def check_square_matrix(name: str, tensor: object) -> torch.Tensor:
+    """Check that ``tensor`` is a floating (..., n, n) tensor and return it."""
+    if not isinstance(tensor, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor (got {type(tensor).__name__})")
+    if tensor.dtype not in FLOATING_DTYPES:
+        raise DTypeError(
+            f"{name}: expected a real floating dtype (float16, bfloat16, float32, float64) "
+            f"(got {tensor.dtype})"
+        )
+    if tensor.ndim < 2:
+        raise ShapeError(
+            f"{name}: expected a (..., n, n) batch of square matrices with at least 2 "
+            f"dimensions (got shape {_shape(tensor)})"
+        )
+    if tensor.shape[-1] != tensor.shape[-2]:
+        raise ShapeError(
+            f"{name}: expected square matrices in the last two dimensions (..., n, n) "
+            f"(got shape {_shape(tensor)})"
+        )
+    return tensor
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or Inf (before LAPACK sees it)."""
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteError(
+            f"{name}: expected finite entries (got {bad} NaN/Inf of {tensor.numel()} "
+            f"in a tensor of shape {_shape(tensor)})"
+        )
+
+
+def symmetry_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for ``max|A - Aᵀ| <= tol * max|A|``: sqrt of the dtype's epsilon."""
+    return float(torch.finfo(dtype).eps) ** 0.5
+
+
+def check_symmetric(name: str, matrix: torch.Tensor) -> None:
+    """Raise :class:`NotSymmetricError` if ``matrix`` is not symmetric within tolerance.
+
+    The tolerance is ``sqrt(eps)`` of the dtype relative to the largest entry (about
+    3.5e-4 for float32, 1.5e-8 for float64): round-off from building a covariance passes,
+    a matrix that is not symmetric at all does not.
+    """
+    if matrix.numel() == 0:
+        return
+    asym = (matrix - matrix.mT).abs().amax()
+    scale = matrix.abs().amax()
+    tol = symmetry_tolerance(matrix.dtype)
+    if bool(asym > tol * scale):
+        raise NotSymmetricError(
+            f"{name}: expected a symmetric matrix, max|A - Aᵀ| <= {tol:.2g} * max|A| "
+            f"(got max|A - Aᵀ| = {float(asym):.3g} with max|A| = {float(scale):.3g})"
+        )
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Check that ``value`` is one of ``choices`` and return it."""
+    if not isinstance(value, str) or value not in choices:
+        raise StableEigError(f"{name}: expected one of {', '.join(map(repr, choices))} (got {value!r})")
+    return value
+
+
+def check_int_at_least(name: str, value: object, minimum: int) -> int:
+    """Check that ``value`` is an integer ``>= minimum`` (bools are rejected) and return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StableEigError(f"{name}: expected an integer >= {minimum} (got {value!r})")
+    if value < minimum:
+        raise StableEigError(f"{name}: expected an integer >= {minimum} (got {value})")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    """Check that ``value`` is a finite real number > 0 and return it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise StableEigError(f"{name}: expected a positive number (got {value!r})")
+    if not (value > 0 and value != float("inf")):
+        raise StableEigError(f"{name}: expected a finite number > 0 (got {value})")
+    return float(value)
+
+
+def check_k(name: str, k: object, n: int, allow_none: bool = False) -> Optional[int]:
+    """Check ``1 <= k <= n`` (``None`` allowed when ``allow_none``)."""
+    if k is None and allow_none:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise StableEigError(f"{name}: expected an integer in [1, {n}] for n = {n} (got {k!r})")
+    return k
