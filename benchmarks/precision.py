@@ -16,13 +16,17 @@ import torch
 import stableeig as se
 
 
-def stem_covariance(seed: int, channels: int = 64, rank: int = 9, eps: float = 1e-4) -> torch.Tensor:
+def stem_covariance(
+    seed: int, channels: int = 64, rank: int = 9, eps: float = 1e-4
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     weights = torch.randn(channels, rank, generator=g, dtype=torch.float64) / rank**0.5
     patches = torch.randn(rank, 4096, generator=g, dtype=torch.float64)
     features = weights @ patches
     features = features - features.mean(dim=1, keepdim=True)
-    return features @ features.T / features.shape[1] + eps * torch.eye(channels, dtype=torch.float64)
+    return features @ features.T / features.shape[1] + eps * torch.eye(
+        channels, dtype=torch.float64
+    )
 
 
 def gradient(A: torch.Tensor, upstream: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
@@ -63,8 +67,10 @@ def main() -> None:
     for name, err in errors.items():
         print(f"  decomposition in {name}: {err:.2e}")
     t32, t64 = eigh_seconds(torch.float32), eigh_seconds(torch.float64)
-    print(f"eigh of 16 x 64x64: float32 {t32 * 1e3:.2f} ms, float64 {t64 * 1e3:.2f} ms, "
-          f"ratio {t64 / t32:.2f}x (median of 30, {torch.get_num_threads()} threads)")
+    print(
+        f"eigh of 16 x 64x64: float32 {t32 * 1e3:.2f} ms, float64 {t64 * 1e3:.2f} ms, "
+        f"ratio {t64 / t32:.2f}x (median of 30, {torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def working_dtype(input_dtype: torch.dtype, compute_dtype: Optional[torch.dtype]
     """
     requested = DEFAULT_COMPUTE_DTYPE if compute_dtype is None else compute_dtype
     if requested not in (torch.float32, torch.float64):
-        raise DTypeError(f"compute_dtype: expected torch.float32 or torch.float64 (got {requested})")
+        raise DTypeError(
+            f"compute_dtype: expected torch.float32 or torch.float64 (got {requested})"
+        )
     if input_dtype == torch.float64 or requested == torch.float64:
         return torch.float64
     return torch.float32

@@ -123,7 +123,9 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """Check that ``value`` is one of ``choices`` and return it."""
     if not isinstance(value, str) or value not in choices:
-        raise StableEigError(f"{name}: expected one of {', '.join(map(repr, choices))} (got {value!r})")
+        raise StableEigError(
+            f"{name}: expected one of {', '.join(map(repr, choices))} (got {value!r})"
+        )
     return value
 
 

@@ -178,18 +178,20 @@ class _Eigh(torch.autograd.Function):
     """Exact ``torch.linalg.eigh`` forward, eigenvector gradient by a coefficient rule."""
 
     @staticmethod
-    def forward(A: torch.Tensor, coefficients: CoefficientRule) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        A: torch.Tensor, coefficients: CoefficientRule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w, V = torch.linalg.eigh(A)
         return w, V
 
     @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         ctx.coefficients = inputs[1]
         ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
         ctx.save_for_backward(*output)
 
     @staticmethod
-    def backward(ctx, grad_w, grad_V):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, grad_w, grad_V):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
         return eigenvector_backward(w, V, grad_w, grad_V, ctx.coefficients), None
 
@@ -204,9 +206,13 @@ def coefficient_rule(
             power_coefficients, num_iters=checks.check_int_at_least("num_iters", num_iters, 1)
         )
     if backward == "taylor":
-        return functools.partial(taylor_coefficients, order=checks.check_int_at_least("order", order, 0))
+        return functools.partial(
+            taylor_coefficients, order=checks.check_int_at_least("order", order, 0)
+        )
     if backward == "clip":
-        return functools.partial(clip_coefficients, min_gap=checks.check_positive("min_gap", min_gap))
+        return functools.partial(
+            clip_coefficients, min_gap=checks.check_positive("min_gap", min_gap)
+        )
     return analytic_coefficients
 
 
@@ -224,7 +230,7 @@ def prepare_symmetric(
     checks.check_finite(name, A)
     work = A.to(working_dtype(A.dtype, compute_dtype))
     if check_symmetric:
-        checks.check_symmetric(name, work)
+        checks.check_symmetric(name, A)  # tolerance of the dtype the user gave
     return (work + work.mT) / 2
 
 

@@ -67,7 +67,9 @@ def power_iteration_eigh(
     with torch.autocast(deflated.device.type, enabled=False):
         for _ in range(count):
             v = torch.randn(
-                (*deflated.shape[:-1], 1), generator=generator, dtype=deflated.dtype,
+                (*deflated.shape[:-1], 1),
+                generator=generator,
+                dtype=deflated.dtype,
                 device=draw_device,
             ).to(deflated.device)
             v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True)

@@ -15,6 +15,11 @@ evaluated in closed forms that stay exact and finite when eigenvalues are equal:
   projector is not a function of ``A`` (it depends on an arbitrary basis of the tied
   eigenspace) and its derivative is infinite: the backward raises rather than return NaN.
 
+Only ``loewner`` is invariant to the choice of basis inside a tied eigenspace: a bounded
+eigenvector rule has to drop the ``f'(λ)·Ĝᵢⱼ`` terms of a tied block, so its gradient there
+depends on which orthonormal basis the eigensolver returned. All rules are invariant to
+eigenvector signs.
+
 Any other rule name (``"analytic"``, ``"power"``, ``"taylor"``, ``"clip"``) differentiates
 ``V f(Λ) Vᵀ`` through :func:`stableeig.eigh` with that eigenvector rule. Second derivatives
 of the ``loewner`` path use the exact (``analytic``) eigenvector rule, so they are unstable
@@ -80,7 +85,8 @@ def top_k_function(k: int) -> SpectralFunction:
         kept = indicator(w)
         crossing = kept.unsqueeze(-1) - kept.unsqueeze(-2)  # ±1 for kept × dropped pairs
         gaps = w.unsqueeze(-1) - w.unsqueeze(-2)
-        return torch.where(crossing != 0, crossing / gaps, torch.zeros_like(gaps))
+        # 1 where the pair does not cross the cut: keeps 0/0 out of double backward
+        return crossing / torch.where(crossing != 0, gaps, torch.ones_like(gaps))
 
     return SpectralFunction(
         "top_k_projector",
@@ -107,13 +113,13 @@ class _Loewner(torch.autograd.Function):
         return _compose(V, function.values(w)), w, V
 
     @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         ctx.function = inputs[1]
         ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
         ctx.save_for_backward(output[1], output[2])
 
     @staticmethod
-    def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
         function: SpectralFunction = ctx.function
         inner = torch.zeros_like(V)
@@ -219,7 +225,14 @@ def inv_sqrtm(
         True
     """
     return _spectral(
-        A, INV_SQRT, backward, num_iters, order, min_gap, compute_dtype, check_symmetric,
+        A,
+        INV_SQRT,
+        backward,
+        num_iters,
+        order,
+        min_gap,
+        compute_dtype,
+        check_symmetric,
         _require_positive,
     )
 
@@ -259,7 +272,14 @@ def sqrtm(
         SQRT.undefined_gradient,
     )
     return _spectral(
-        A, clamped, backward, num_iters, order, min_gap, compute_dtype, check_symmetric,
+        A,
+        clamped,
+        backward,
+        num_iters,
+        order,
+        min_gap,
+        compute_dtype,
+        check_symmetric,
         _require_semidefinite,
     )
 
@@ -294,8 +314,15 @@ def top_k_projector(
     checks.check_square_matrix("A", A)
     checks.check_k("k", k, A.shape[-1])
     return _spectral(
-        A, top_k_function(k), backward, num_iters, order, min_gap, compute_dtype,
-        check_symmetric, _no_requirement,
+        A,
+        top_k_function(k),
+        backward,
+        num_iters,
+        order,
+        min_gap,
+        compute_dtype,
+        check_symmetric,
+        _no_requirement,
     )
 
 

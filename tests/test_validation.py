@@ -1,0 +1,112 @@
+"""Every error path of the public functions: type, message, and that nothing ran."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+import stableeig as se
+
+ENTRY_POINTS: dict[str, Callable[[torch.Tensor], object]] = {
+    "eigh": lambda A: se.eigh(A),
+    "inv_sqrtm": lambda A: se.inv_sqrtm(A),
+    "sqrtm": lambda A: se.sqrtm(A),
+    "top_k_projector": lambda A: se.top_k_projector(A, 1),
+    "power_iteration_eigh": lambda A: se.power_iteration_eigh(A),
+}
+
+
+@pytest.fixture(params=sorted(ENTRY_POINTS))
+def entry(request: pytest.FixtureRequest) -> Callable[[torch.Tensor], object]:
+    return ENTRY_POINTS[request.param]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (torch.ones(3), se.ShapeError, r"at least 2 dimensions \(got shape \(3\)\)"),
+        (torch.ones(2, 3), se.ShapeError, r"square matrices .* \(got shape \(2, 3\)\)"),
+        (
+            torch.eye(3, dtype=torch.int64),
+            se.DTypeError,
+            r"real floating dtype .* \(got torch.int64\)",
+        ),
+        (torch.eye(3, dtype=torch.complex64), se.DTypeError, r"\(got torch.complex64\)"),
+        (
+            torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]),
+            se.NonFiniteError,
+            r"got 2 NaN/Inf of 4",
+        ),
+        (
+            torch.tensor([[1.0, float("inf")], [float("inf"), 1.0]]),
+            se.NonFiniteError,
+            "finite entries",
+        ),
+        (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), se.NotSymmetricError, r"max\|A - Aᵀ\| = 2"),
+    ],
+)
+def test_bad_matrices(
+    entry: Callable[[torch.Tensor], object], bad: torch.Tensor, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        entry(bad)
+
+
+def test_not_a_tensor() -> None:
+    with pytest.raises(se.DTypeError, match=r"expected a torch.Tensor \(got list\)"):
+        se.eigh([[1.0, 0.0], [0.0, 1.0]])  # type: ignore[arg-type]
+
+
+def test_round_off_asymmetry_is_accepted_and_check_can_be_disabled() -> None:
+    A = torch.eye(3) + torch.tensor([[0, 1e-6, 0], [0, 0, 0], [0, 0, 0]])
+    se.eigh(A)  # within sqrt(eps) of float32
+    skew = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    w, _ = se.eigh(skew, check_symmetric=False)  # reads (A + Aᵀ)/2
+    torch.testing.assert_close(w, torch.tensor([0.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"backward": "loewner"},
+            r"expected one of 'analytic', 'power', 'taylor', 'clip' \(got 'loewner'\)",
+        ),
+        ({"backward": "svd"}, r"\(got 'svd'\)"),
+        ({"backward": "power", "num_iters": 0}, r"num_iters: expected an integer >= 1 \(got 0\)"),
+        ({"backward": "taylor", "order": -1}, r"order: expected an integer >= 0 \(got -1\)"),
+        (
+            {"backward": "clip", "min_gap": 0.0},
+            r"min_gap: expected a finite number > 0 \(got 0.0\)",
+        ),
+        ({"backward": "clip", "min_gap": -1}, r"min_gap: expected a finite number > 0 \(got -1\)"),
+    ],
+)
+def test_bad_rule_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(se.StableEigError, match=message):
+        se.eigh(torch.eye(3), **kwargs)  # type: ignore[arg-type]
+
+
+def test_spectral_rule_names_and_k() -> None:
+    with pytest.raises(se.StableEigError, match=r"expected one of 'loewner'.* \(got 'exact'\)"):
+        se.inv_sqrtm(torch.eye(3), "exact")
+    for k in (0, 4, None):
+        with pytest.raises(
+            se.StableEigError, match=rf"k: expected an integer in \[1, 3\] .*got {k}"
+        ):
+            se.top_k_projector(torch.eye(3), k)  # type: ignore[arg-type]
+
+
+def test_compute_dtype_must_be_float32_or_float64() -> None:
+    with pytest.raises(
+        se.DTypeError,
+        match=r"compute_dtype: expected torch.float32 or torch.float64 \(got torch.float16\)",
+    ):
+        se.eigh(torch.eye(3), compute_dtype=torch.float16)
+
+
+def test_errors_are_value_or_type_errors() -> None:
+    assert issubclass(se.ShapeError, ValueError) and issubclass(se.DTypeError, TypeError)
+    assert issubclass(se.NotDifferentiableError, ValueError)
