@@ -58,14 +58,20 @@ CoefficientRule = Callable[[torch.Tensor], torch.Tensor]
 def geometric_sum(q: torch.Tensor, terms: int) -> torch.Tensor:
     """``Σ_{k=0}^{terms-1} q^k`` for ``q`` in [0, 1], accurate also as ``q -> 1``.
 
-    Uses ``expm1(terms · log q) / expm1(log q)``, whose numerator and denominator lose no
-    digits near ``q = 1``; ``q = 1`` gives ``terms`` and ``q = 0`` gives 1.
+    Uses ``expm1(terms · log q) / (q - 1)`` with ``q`` clamped to the largest float below 1:
+    the numerator loses no digits near ``q = 1``, ``q - 1`` is exact there, ``q = 1`` gives
+    ``terms`` to within ``terms`` ulps and ``q = 0`` gives 1.
     """
     if terms == 0:
         return torch.zeros_like(q)
-    log_q = torch.log(q)
-    ratio = torch.expm1(terms * log_q) / torch.expm1(log_q)
-    return torch.where(q >= 1, torch.full_like(q, float(terms)), ratio)
+    below_one, log_q = _below_one_and_log(q)
+    return torch.expm1(terms * log_q) / (below_one - 1)
+
+
+def _below_one_and_log(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` clamped to the largest float below 1, and its logarithm."""
+    below_one = q.clamp(max=1 - torch.finfo(q.dtype).eps / 2)
+    return below_one, torch.log(below_one)
 
 
 def _floored(w: torch.Tensor) -> torch.Tensor:
@@ -112,13 +118,15 @@ def power_coefficients(w: torch.Tensor, num_iters: int = 19) -> torch.Tensor:
         (..., n, n) coefficients, bounded by ``K / max(w[m], w[j])``.
     """
     lam = _floored(w)
-    lam_m, lam_j = lam.unsqueeze(-1), lam.unsqueeze(-2)
+    larger = torch.maximum(lam.unsqueeze(-1), lam.unsqueeze(-2))
+    q = torch.minimum(lam.unsqueeze(-1), lam.unsqueeze(-2)) / larger  # both cases: min / max
     n = w.shape[-1]
-    index = torch.arange(n, device=w.device)
-    deflated_before_j = index.unsqueeze(-1) > index.unsqueeze(-2)  # m larger in ascending order
-    ahead = geometric_sum(torch.minimum(lam_m / lam_j, torch.ones_like(lam_m)), num_iters) / lam_j
-    behind = -geometric_sum(torch.minimum(lam_j / lam_m, torch.ones_like(lam_m)), num_iters - 1)
-    coefficients = torch.where(deflated_before_j, behind / lam_m, ahead)
+    deflated_before_j = torch.ones(n, n, dtype=w.dtype, device=w.device).tril(-1)  # w[m] >= w[j]
+    # S_{K-1}(q) = S_K(q) - q^{K-1}: one series, negated and shortened below the diagonal
+    below_one, log_q = _below_one_and_log(q)
+    series = torch.expm1(num_iters * log_q) / (below_one - 1)  # S_K(q), as geometric_sum
+    last_term = torch.exp((num_iters - 1) * log_q) * deflated_before_j
+    coefficients = (series * (1 - 2 * deflated_before_j) + last_term) / larger
     coefficients.diagonal(dim1=-2, dim2=-1).zero_()
     return coefficients
 
