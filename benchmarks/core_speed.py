@@ -31,7 +31,9 @@ def torch_inv_sqrtm(A: torch.Tensor) -> torch.Tensor:
     return ((V * w.rsqrt().unsqueeze(-2)) @ V.mT).to(A.dtype)
 
 
-def time_pair(first: Callable[[], None], second: Callable[[], None], repeats: int) -> tuple[float, float]:
+def time_pair(
+    first: Callable[[], None], second: Callable[[], None], repeats: int
+) -> tuple[float, float]:
     for _ in range(3):
         first(), second()
     a, b = [], []
@@ -45,7 +47,9 @@ def time_pair(first: Callable[[], None], second: Callable[[], None], repeats: in
     return statistics.median(a), statistics.median(b)
 
 
-def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor, G: torch.Tensor) -> Callable[[], None]:
+def forward_backward(
+    fn: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor, G: torch.Tensor
+) -> Callable[[], None]:
     def run() -> None:
         X = A.detach().requires_grad_(True)
         (fn(X) * G).sum().backward()
@@ -77,16 +81,22 @@ def main() -> None:
     ours, reference = time_pair(
         forward_backward(se.inv_sqrtm, A, G), forward_backward(torch_inv_sqrtm, A, G), args.repeats
     )
-    print(f"inv_sqrtm loewner fwd+bwd {ours * 1e3:.2f} ms vs torch.linalg.eigh autograd (float64) "
-          f"{reference * 1e3:.2f} ms: ratio {ours / reference:.2f}x (target <= 1.2x)")
+    print(
+        f"inv_sqrtm loewner fwd+bwd {ours * 1e3:.2f} ms vs torch.linalg.eigh autograd (float64) "
+        f"{reference * 1e3:.2f} ms: ratio {ours / reference:.2f}x (target <= 1.2x)"
+    )
     power, analytic = eigh_backward_only("power", A, G), eigh_backward_only("analytic", A, G)
     time_pair(power, analytic, args.repeats)
     p = statistics.median(power.backward_seconds)  # type: ignore[attr-defined]
     a = statistics.median(analytic.backward_seconds)  # type: ignore[attr-defined]
-    print(f"eigh backward: power {p * 1e3:.2f} ms vs analytic {a * 1e3:.2f} ms: ratio {p / a:.2f}x "
-          f"(target <= 3x)")
-    print(f"(16 x 64x64 float32, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {args.repeats})")
+    print(
+        f"eigh backward: power {p * 1e3:.2f} ms vs analytic {a * 1e3:.2f} ms: ratio {p / a:.2f}x "
+        f"(target <= 3x)"
+    )
+    print(
+        f"(16 x 64x64 float32, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"median of {args.repeats})"
+    )
 
 
 if __name__ == "__main__":
