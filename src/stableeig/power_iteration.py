@@ -15,7 +15,7 @@ import torch
 from . import _validation as checks
 from .eigh import prepare_symmetric
 
-__all__ = ["power_iteration_eigh"]
+__all__ = ["power_iteration_eigh", "power_iteration_unchecked"]
 
 
 def power_iteration_eigh(
@@ -61,7 +61,19 @@ def power_iteration_eigh(
     count = n if k is None else checks.check_k("k", k, n)
     assert count is not None
     checks.check_int_at_least("num_iters", num_iters, 1)
-    deflated = prepare_symmetric("A", A, compute_dtype, check_symmetric)
+    symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
+    w, V = power_iteration_unchecked(symmetric, count, num_iters, generator)
+    return w.to(A.dtype), V.to(A.dtype)
+
+
+def power_iteration_unchecked(
+    symmetric: torch.Tensor,
+    count: int,
+    num_iters: int,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iterations of :func:`power_iteration_eigh` on a validated symmetric batch."""
+    deflated = symmetric
     draw_device = generator.device if generator is not None else deflated.device
     values, vectors = [], []
     with torch.autocast(deflated.device.type, enabled=False):
@@ -79,6 +91,4 @@ def power_iteration_eigh(
             values.append((v.mT @ deflated @ v)[..., 0, 0])
             vectors.append(v[..., 0])
             deflated = deflated - deflated @ v @ v.mT
-    w = torch.stack(values[::-1], dim=-1)
-    V = torch.stack(vectors[::-1], dim=-1)
-    return w.to(A.dtype), V.to(A.dtype)
+    return torch.stack(values[::-1], dim=-1), torch.stack(vectors[::-1], dim=-1)

@@ -36,7 +36,17 @@ import torch
 from . import _validation as checks
 from .eigh import _Eigh, analytic_coefficients, coefficient_rule, prepare_symmetric
 
-__all__ = ["SPECTRAL_BACKWARDS", "inv_sqrtm", "sqrtm", "top_k_projector"]
+__all__ = [
+    "INV_SQRT",
+    "SPECTRAL_BACKWARDS",
+    "SpectralFunction",
+    "energy_projector_function",
+    "inv_sqrtm",
+    "spectral_unchecked",
+    "sqrtm",
+    "top_k_function",
+    "top_k_projector",
+]
 
 SPECTRAL_BACKWARDS = ("loewner", "analytic", "power", "taylor", "clip")
 
@@ -73,13 +83,10 @@ SQRT = SpectralFunction(
 )
 
 
-def top_k_function(k: int) -> SpectralFunction:
-    """The indicator of the ``k`` largest eigenvalues (ascending order: the last ``k``)."""
-
-    def indicator(w: torch.Tensor) -> torch.Tensor:
-        kept = torch.zeros_like(w)
-        kept[..., w.shape[-1] - k :] = 1
-        return kept
+def _projector_function(
+    name: str, indicator: Callable[[torch.Tensor], torch.Tensor], undefined_gradient: str
+) -> SpectralFunction:
+    """A projector onto the eigenvectors selected by ``indicator`` (0/1 per eigenvalue)."""
 
     def loewner(w: torch.Tensor) -> torch.Tensor:
         kept = indicator(w)
@@ -88,12 +95,43 @@ def top_k_function(k: int) -> SpectralFunction:
         # 1 where the pair does not cross the cut: keeps 0/0 out of double backward
         return crossing / torch.where(crossing != 0, gaps, torch.ones_like(gaps))
 
-    return SpectralFunction(
+    return SpectralFunction(name, indicator, loewner, undefined_gradient)
+
+
+def top_k_function(k: int) -> SpectralFunction:
+    """The projector onto the ``k`` largest eigenvalues (ascending order: the last ``k``)."""
+
+    def indicator(w: torch.Tensor) -> torch.Tensor:
+        kept = torch.zeros_like(w)
+        kept[..., w.shape[-1] - k :] = 1
+        return kept
+
+    return _projector_function(
         "top_k_projector",
         indicator,
-        loewner,
         f"eigenvalues {k} and {k + 1} from the top are equal (zero gap at the cut), so the "
         "projector is not differentiable; choose k at a gap or use backward='clip'",
+    )
+
+
+def energy_projector_function(energy: float) -> SpectralFunction:
+    """The projector onto the fewest largest eigenvalues holding ``energy`` of the trace.
+
+    For positive semidefinite matrices; computed per matrix from its eigenvalues with masks,
+    so a batch may keep a different number of eigenvectors per matrix without a host sync.
+    """
+
+    def indicator(w: torch.Tensor) -> torch.Tensor:
+        descending = w.flip(-1).clamp_min(0)
+        share = descending / descending.sum(-1, keepdim=True)
+        before = share.cumsum(-1) - share  # energy of the larger eigenvalues
+        return (before < energy).to(w.dtype).flip(-1)
+
+    return _projector_function(
+        "energy projector",
+        indicator,
+        "the eigenvalues on both sides of the energy cut are equal (zero gap), so the "
+        "projector is not differentiable there",
     )
 
 
@@ -138,6 +176,25 @@ class _Loewner(torch.autograd.Function):
         return V @ inner @ V.mT, None
 
 
+def spectral_unchecked(
+    symmetric: torch.Tensor,
+    function: SpectralFunction,
+    coefficients: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F, w)`` for an already validated symmetric working-precision batch, no host sync.
+
+    ``coefficients=None`` selects the Loewner backward, otherwise the eigenvector rule
+    (a function ``w -> C`` from :func:`stableeig.eigh.coefficient_rule`). For layers, which
+    validate their own inputs once.
+    """
+    with torch.autocast(symmetric.device.type, enabled=False):
+        if coefficients is None:
+            F, w, _ = _Loewner.apply(symmetric, function)
+            return F, w
+        w, V = _Eigh.apply(symmetric, coefficients)
+        return _compose(V, function.values(w)), w
+
+
 def _spectral(
     A: torch.Tensor,
     function: SpectralFunction,
@@ -154,14 +211,8 @@ def _spectral(
     if backward != "loewner":
         rule = coefficient_rule(backward, num_iters=num_iters, order=order, min_gap=min_gap)
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    with torch.autocast(symmetric.device.type, enabled=False):
-        if rule is None:
-            F, w, _ = _Loewner.apply(symmetric, function)
-            eigenvalue_check(w)
-        else:
-            w, V = _Eigh.apply(symmetric, rule)
-            eigenvalue_check(w)
-            F = _compose(V, function.values(w))
+    F, w = spectral_unchecked(symmetric, function, rule)
+    eigenvalue_check(w)
     return F.to(A.dtype)
 
 
