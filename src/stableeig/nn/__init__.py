@@ -1,3 +1,15 @@
 """Layers built on stable eigendecomposition: ZCA whitening and PCA denoising."""
 
-__all__: list[str] = []
+from ._base import RankDeficientWarning
+from .convert import convert_batchnorm
+from .pca import PCADenoising1d, PCADenoising2d
+from .zca import ZCAWhitening1d, ZCAWhitening2d
+
+__all__ = [
+    "PCADenoising1d",
+    "PCADenoising2d",
+    "RankDeficientWarning",
+    "ZCAWhitening1d",
+    "ZCAWhitening2d",
+    "convert_batchnorm",
+]

@@ -1,0 +1,251 @@
+"""The module machinery shared by ZCA whitening and PCA denoising.
+
+Both layers compute, per group of ``d`` channels, a matrix ``T`` (G, d, d) from the batch
+covariance and output ``y = γ ∘ (T (x - μ)) + β``; they differ only in how ``T`` is made.
+This base class owns everything else, following ``torch.nn.modules.batchnorm``: arguments,
+affine parameters, running statistics (EMA or cumulative), input checks, precision,
+synchronization, ``state_dict`` versioning and ``extra_repr``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import _validation as checks
+from .._precision import working_dtype
+from ._statistics import GroupMoments, group_moments, sync_enabled
+
+__all__ = ["RankDeficientWarning"]
+
+METHODS = ("loewner", "power", "taylor", "clip", "analytic", "pi")
+
+
+def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Bessel's correction ``count / (count - 1)``, as BatchNorm's running variance."""
+    count = count.to(biased.dtype)
+    return biased * (count / (count - 1).clamp_min(1))
+
+
+class RankDeficientWarning(UserWarning):
+    """A group has fewer samples than channels: its covariance is singular before ``eps``."""
+
+
+class _GroupTransform(nn.Module):
+    """Base of the group-decorrelation layers. Subclasses define the transform ``T``."""
+
+    _version = 1
+    _running_choices: tuple[str, ...] = ("covariance",)
+
+    def __init__(
+        self,
+        num_features: int,
+        group_size: Optional[int] = None,
+        eps: float = 1e-4,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        method: str = "loewner",
+        running: Optional[str] = None,
+        num_iters: int = 19,
+        order: int = 9,
+        min_gap: float = 1e-2,
+        compute_dtype: Optional[torch.dtype] = None,
+        sync_statistics: bool = False,
+        process_group: Optional[Any] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = checks.check_int_at_least(f"{name}: num_features", num_features, 1)
+        group_size = num_features if group_size is None else group_size
+        checks.check_int_at_least(f"{name}: group_size", group_size, 1)
+        if num_features % group_size:
+            raise checks.StableEigError(
+                f"{name}: expected group_size to divide num_features = {num_features} "
+                f"(got group_size = {group_size})"
+            )
+        self.group_size = group_size
+        self.num_groups = num_features // group_size
+        self.eps = checks.check_positive(f"{name}: eps", eps)
+        if momentum is not None and not (
+            isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0
+        ):
+            raise checks.StableEigError(
+                f"{name}: expected momentum in [0, 1] or None (got {momentum!r})"
+            )
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.method = checks.check_choice(f"{name}: method", method, METHODS)
+        running = self._running_choices[0] if running is None else running
+        self.running = checks.check_choice(f"{name}: running", running, self._running_choices)
+        self.num_iters = checks.check_int_at_least(f"{name}: num_iters", num_iters, 1)
+        self.order = checks.check_int_at_least(f"{name}: order", order, 0)
+        self.min_gap = checks.check_positive(f"{name}: min_gap", min_gap)
+        working_dtype(torch.float32, compute_dtype)  # validates
+        self.compute_dtype = compute_dtype
+        self.sync_statistics = sync_statistics
+        self.process_group = process_group
+        self._warned_rank_deficient = False
+        factory = {"device": device, "dtype": dtype}
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))  # type: ignore[arg-type]
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))  # type: ignore[arg-type]
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        matrix_shape = (self.num_groups, group_size, group_size)
+        for buffer, kind in {"running_mean": "vector", **self._running_buffers()}.items():
+            shape = matrix_shape if kind == "matrix" else (num_features,)
+            value = torch.zeros(shape, device=device, dtype=torch.float32)
+            self.register_buffer(buffer, value if track_running_stats else None)
+        self.register_buffer(
+            "num_batches_tracked",
+            torch.tensor(0, dtype=torch.long, device=device) if track_running_stats else None,
+        )
+        self.reset_parameters()
+
+    # ---- subclass interface -------------------------------------------------------------
+
+    def _running_buffers(self) -> dict[str, str]:
+        """Running buffers besides ``running_mean``: name -> ``"vector"`` (C,) or
+        ``"matrix"`` (G, d, d). Vectors start at 1, matrices at the identity."""
+        raise NotImplementedError
+
+    def _batch_transform(
+        self, covariance: torch.Tensor, count: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``T`` (G, d, d) from a biased covariance (G, d, d) in working precision over
+        ``count`` samples, and the per-batch values that the running buffers average
+        (key ``"x"`` updates ``running_x``)."""
+        raise NotImplementedError
+
+    def _running_transform(self) -> torch.Tensor:
+        """``T`` (G, d, d) for evaluation, from the running buffers."""
+        raise NotImplementedError
+
+    _input_dims: tuple[int, ...] = ()
+    _input_description = ""
+
+    # ---- BatchNorm conventions ----------------------------------------------------------
+
+    def reset_running_stats(self) -> None:
+        if not self.track_running_stats:
+            return
+        eye = torch.eye(self.group_size).expand(self.num_groups, -1, -1)
+        self.running_mean.zero_()  # type: ignore[operator]
+        for buffer in self._running_buffers():
+            value = getattr(self, buffer)
+            value.copy_(eye) if value.ndim == 3 else value.fill_(1.0)
+        self.num_batches_tracked.zero_()  # type: ignore[operator]
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, group_size={self.group_size}, eps={self.eps}, "
+            f"momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, method={self.method!r}, "
+            f"running={self.running!r}"
+        )
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
+            state_dict[key] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # ---- forward ------------------------------------------------------------------------
+
+    def _decomposition_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:
+        return working_dtype(statistics_dtype, self.compute_dtype)
+
+    def _update_running(self, moments: GroupMoments, values: dict[str, torch.Tensor]) -> None:
+        assert self.num_batches_tracked is not None
+        self.num_batches_tracked.add_(1)
+        factor = (
+            1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        )
+        updates = {"mean": moments.mean, **values}
+        for name, value in updates.items():
+            buffer = getattr(self, "running_" + name)
+            buffer.lerp_(value.detach().to(buffer.dtype), factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        if x.dim() not in self._input_dims:
+            raise checks.ShapeError(
+                f"{name}: expected {self._input_description} input (got shape {tuple(x.shape)})"
+            )
+        if x.shape[1] != self.num_features:
+            raise checks.ShapeError(
+                f"{name}: expected {self.num_features} channels in dimension 1 "
+                f"(got input of shape {tuple(x.shape)})"
+            )
+        N = x.shape[0]
+        x3 = x.reshape(N, self.num_features, -1)
+        samples = N * x3.shape[-1]
+        use_batch = self.training or not self.track_running_stats
+        if x.numel() == 0:
+            return x.clone()
+        if self.training and samples == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
+        if use_batch and samples < self.group_size and not self._warned_rank_deficient:
+            self._warned_rank_deficient = True
+            warnings.warn(
+                f"{name}: {samples} samples for groups of {self.group_size} channels: the "
+                f"group covariance is rank-deficient and regularized only by eps={self.eps}",
+                RankDeficientWarning,
+                stacklevel=2,
+            )
+        statistics_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with torch.autocast(x.device.type, enabled=False):
+            x3 = x3.to(statistics_dtype)
+            if use_batch:
+                sync = sync_enabled(self.sync_statistics, self.process_group, self.training)
+                moments = group_moments(x3, self.group_size, sync, self.process_group)
+                checks.check_finite(f"{name}: activations' covariance", moments.covariance)
+                covariance = moments.covariance.to(self._decomposition_dtype(statistics_dtype))
+                transform, values = self._batch_transform(
+                    (covariance + covariance.mT) / 2, moments.count
+                )
+                if self.training and self.track_running_stats:
+                    if self.running == "covariance":
+                        values = {"covariance": unbiased(covariance, moments.count)}
+                    with torch.no_grad():
+                        self._update_running(moments, values)
+                mean = moments.mean
+            else:
+                transform, mean = self._running_transform(), self.running_mean
+            y = self._transform_output(x3, transform.to(statistics_dtype), mean.to(statistics_dtype))
+        y = y.view(x.shape).to(x.dtype)
+        if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+    def _transform_output(self, x3: torch.Tensor, transform: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``γ ∘ (T (x - μ)) + β`` as one matrix product and one add: (N, C, L)."""
+        G, d = self.num_groups, self.group_size
+        if self.affine:
+            transform = transform * self.weight.to(transform.dtype).view(G, d, 1)
+        shift = -(transform @ mean.view(G, d, 1))  # (G, d, 1)
+        if self.affine:
+            shift = shift + self.bias.to(transform.dtype).view(G, d, 1)
+        N, C, L = x3.shape
+        return (transform @ x3.view(N, G, d, L) + shift).view(N, C, L)

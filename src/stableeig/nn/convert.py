@@ -1,0 +1,100 @@
+"""``convert_batchnorm``: swap chosen BatchNorm layers of a model for ZCA or PCA layers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import torch
+from torch import nn
+
+from .. import _validation as checks
+from ._base import _GroupTransform
+from .pca import PCADenoising1d, PCADenoising2d
+from .zca import ZCAWhitening1d, ZCAWhitening2d
+
+__all__ = ["convert_batchnorm"]
+
+Selector = Union[str, Callable[[str, nn.Module], bool]]
+
+_REPLACEMENTS: dict[str, dict[type, type]] = {
+    "zca": {nn.BatchNorm1d: ZCAWhitening1d, nn.BatchNorm2d: ZCAWhitening2d},
+    "pca": {nn.BatchNorm1d: PCADenoising1d, nn.BatchNorm2d: PCADenoising2d},
+}
+
+
+def _replacement(bn: nn.modules.batchnorm._BatchNorm, kind: str, name: str, **kwargs: Any) -> nn.Module:
+    cls = next(new for old, new in _REPLACEMENTS[kind].items() if isinstance(bn, old))
+    kwargs.setdefault("momentum", bn.momentum)
+    try:
+        layer: _GroupTransform = cls(
+            bn.num_features,
+            affine=bn.affine,
+            track_running_stats=bn.track_running_stats,
+            device=bn.weight.device if bn.affine else None,
+            dtype=bn.weight.dtype if bn.affine else None,
+            **kwargs,
+        )
+    except checks.StableEigError as error:
+        raise checks.StableEigError(f"convert_batchnorm: cannot replace {name!r}: {error}") from None
+    with torch.no_grad():
+        if bn.affine:
+            layer.weight.copy_(bn.weight)
+            layer.bias.copy_(bn.bias)
+        if bn.track_running_stats and bn.running_mean is not None:
+            layer.running_mean.copy_(bn.running_mean)  # type: ignore[union-attr]
+    layer.train(bn.training)
+    return layer.to(bn.running_mean.device) if bn.running_mean is not None else layer
+
+
+def convert_batchnorm(
+    module: nn.Module, kind: str = "zca", which: Selector = "all", **layer_kwargs: Any
+) -> nn.Module:
+    """Replace BatchNorm1d/2d layers of ``module`` by ZCA whitening or PCA denoising layers.
+
+    Affine parameters, the running mean, momentum, device, dtype and the training flag are
+    copied; the running whitening/projector starts at the identity (a BatchNorm has no
+    cross-channel statistics to copy). The model is changed in place and returned (a
+    BatchNorm passed as ``module`` itself is returned replaced).
+
+    Args:
+        module: the model.
+        kind: ``"zca"`` or ``"pca"``. Default: ``"zca"``.
+        which: ``"all"``, ``"first"`` (the first BatchNorm in ``named_modules`` order: the
+            paper's placement after the stem convolution), or a predicate
+            ``(qualified_name, batchnorm) -> bool``. Default: ``"all"``.
+        **layer_kwargs: arguments of the new layers (``group_size``, ``method``, ...).
+
+    Returns:
+        The converted module.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16))
+        >>> net = se.nn.convert_batchnorm(net, "zca", which="first", group_size=8)
+        >>> type(net[1]).__name__
+        'ZCAWhitening2d'
+    """
+    checks.check_choice("convert_batchnorm: kind", kind, tuple(_REPLACEMENTS))
+    batchnorms = [
+        (name, m)
+        for name, m in module.named_modules()
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+    ]
+    if which == "all":
+        chosen = batchnorms
+    elif which == "first":
+        chosen = batchnorms[:1]
+    elif callable(which):
+        chosen = [(name, m) for name, m in batchnorms if which(name, m)]
+    else:
+        raise checks.StableEigError(
+            f"convert_batchnorm: expected which = 'all', 'first' or a predicate (got {which!r})"
+        )
+    for name, bn in chosen:
+        new = _replacement(bn, kind, name or "<root>", **layer_kwargs)  # type: ignore[arg-type]
+        if not name:
+            return new
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, new)
+    return module

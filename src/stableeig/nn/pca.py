@@ -1,0 +1,152 @@
+"""PCA denoising layers: standardize, project each group onto its principal subspace.
+
+Per group of ``d`` channels: ``x̂ = D^{-1/2} (x - μ)`` with ``D`` the per-channel variances
+plus eps, ``M`` the covariance of ``x̂`` plus ``eps·I``, and ``y = γ ∘ (P x̂) + β`` with ``P``
+the projector onto the top eigenvectors of ``M``: a fixed ``n_components``, or the fewest
+holding ``energy`` of the trace (the paper's best: 0.99). With ``method="loewner"`` the
+gradient is the exact projector gradient, in which only pairs across the cut appear.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .. import _validation as checks
+from ..eigh import coefficient_rule
+from ..power_iteration import power_iteration_unchecked
+from ..spectral import (
+    SpectralFunction,
+    energy_projector_function,
+    spectral_unchecked,
+    top_k_function,
+)
+from ._base import _GroupTransform, unbiased
+
+__all__ = ["PCADenoising1d", "PCADenoising2d"]
+
+
+class _PCADenoising(_GroupTransform):
+    _running_choices = ("projector", "covariance")
+
+    def __init__(
+        self,
+        num_features: int,
+        group_size: Optional[int] = None,
+        n_components: Optional[int] = None,
+        energy: float = 0.99,
+        method: str = "loewner",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_features, group_size, method=method, **kwargs)
+        name = type(self).__name__
+        self.n_components = checks.check_k(
+            f"{name}: n_components", n_components, self.group_size, allow_none=True
+        )
+        if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
+            raise checks.StableEigError(f"{name}: expected energy in (0, 1] (got {energy!r})")
+        self.energy = float(energy)
+
+    def extra_repr(self) -> str:
+        kept = f"n_components={self.n_components}" if self.n_components else f"energy={self.energy}"
+        return f"{super().extra_repr()}, {kept}"
+
+    def _running_buffers(self) -> dict[str, str]:
+        if self.running == "projector":
+            return {"running_var": "vector", "running_projector": "matrix"}
+        return {"running_covariance": "matrix"}
+
+    def _projector_function(self) -> SpectralFunction:
+        if self.n_components is not None:
+            return top_k_function(self.n_components)
+        return energy_projector_function(self.energy)
+
+    def _projector(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The projector (G, d, d) onto the kept eigenvectors of ``matrix``."""
+        function = self._projector_function()
+        if self.method == "loewner":
+            return spectral_unchecked(matrix, function)[0]
+        if self.method == "pi":
+            w, V = power_iteration_unchecked(matrix, self.group_size, self.num_iters)
+            return (V * function.values(w).unsqueeze(-2)) @ V.mT
+        rule = coefficient_rule(
+            self.method, num_iters=self.num_iters, order=self.order, min_gap=self.min_gap
+        )
+        return spectral_unchecked(matrix, function, rule)[0]
+
+    def _batch_transform(
+        self, covariance: torch.Tensor, count: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d)
+        scale = (variance + self.eps).rsqrt()
+        correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
+        eye = torch.eye(self.group_size, dtype=covariance.dtype, device=covariance.device)
+        projector = self._projector(correlation + self.eps * eye)
+        values = {"var": unbiased(variance, count).reshape(-1), "projector": projector}
+        return projector * scale.unsqueeze(-2), values
+
+    def _running_transform(self) -> torch.Tensor:
+        if self.running == "projector":
+            scale = (self.running_var + self.eps).rsqrt().view(self.num_groups, 1, self.group_size)  # type: ignore[operator]
+            return self.running_projector * scale  # type: ignore[operator]
+        with torch.no_grad():
+            covariance = self.running_covariance.to(self._decomposition_dtype(torch.float32))  # type: ignore[union-attr]
+            return self._batch_transform(covariance, torch.tensor(0.0))[0]
+
+
+_ARGS = """
+    Args:
+        num_features: number of channels ``C``.
+        group_size: channels per group ``d``; must divide ``C``. Default: None (``d = C``).
+        n_components: eigenvectors kept per group, in ``[1, d]``; overrides ``energy``.
+            Default: None.
+        energy: keep the fewest top eigenvectors whose eigenvalues hold this share of the
+            trace (chosen per group and batch, without a host sync). Default: 0.99.
+        method: ``"loewner"`` (exact projector gradient), ``"power"`` (the paper's
+            SVD-PI), ``"taylor"``, ``"clip"``, ``"analytic"``, ``"pi"``. Default: ``"loewner"``.
+        running: ``"projector"`` (EMA of the running variance and of the projector, the
+            paper's) or ``"covariance"`` (EMA of the covariance, decomposed in eval).
+            Default: ``"projector"``.
+        eps, momentum, affine, track_running_stats, num_iters, order, min_gap, compute_dtype,
+        sync_statistics, process_group, device, dtype: as in
+            :class:`stableeig.nn.ZCAWhitening2d`.
+"""
+
+
+class PCADenoising1d(_PCADenoising):
+    """PCA denoising of ``(N, C)`` or ``(N, C, L)`` activations, per group of channels.
+    {args}
+    Shape:
+        - Input: (N, C) or (N, C, L). Output: same shape and dtype.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> layer = se.nn.PCADenoising1d(8, n_components=2)
+        >>> layer(torch.randn(32, 8)).shape
+        torch.Size([32, 8])
+    """
+
+    _input_dims = (2, 3)
+    _input_description = "2D (N, C) or 3D (N, C, L)"
+
+
+class PCADenoising2d(_PCADenoising):
+    """PCA denoising of ``(N, C, H, W)`` activations, per group of channels.
+    {args}
+    Shape:
+        - Input: (N, C, H, W), contiguous or channels_last. Output: same shape and dtype.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> layer = se.nn.PCADenoising2d(16, group_size=8, energy=0.99, method="power")
+        >>> layer(torch.randn(4, 16, 8, 8)).shape
+        torch.Size([4, 16, 8, 8])
+    """
+
+    _input_dims = (4,)
+    _input_description = "4D (N, C, H, W)"
+
+
+for _cls in (PCADenoising1d, PCADenoising2d):
+    _cls.__doc__ = (_cls.__doc__ or "").replace("{args}", _ARGS)
