@@ -174,15 +174,25 @@ class _GroupTransform(nn.Module):
     def _decomposition_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:
         return working_dtype(statistics_dtype, self.compute_dtype)
 
+    def _buffer(self, name: str) -> torch.Tensor:
+        value = getattr(self, name)
+        assert isinstance(value, torch.Tensor), f"{name} is not tracked"
+        return value
+
+    def _transform_from_running_covariance(self) -> torch.Tensor:
+        """Eval ``T`` for ``running="covariance"``: the batch transform of the running one."""
+        with torch.no_grad():
+            covariance = self._buffer("running_covariance")
+            covariance = covariance.to(self._decomposition_dtype(covariance.dtype))
+            return self._batch_transform(covariance, torch.tensor(0.0))[0]
+
     def _update_running(self, moments: GroupMoments, values: dict[str, torch.Tensor]) -> None:
-        assert self.num_batches_tracked is not None
-        self.num_batches_tracked.add_(1)
-        factor = (
-            1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        )
+        tracked = self._buffer("num_batches_tracked")
+        tracked.add_(1)
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
         updates = {"mean": moments.mean, **values}
         for name, value in updates.items():
-            buffer = getattr(self, "running_" + name)
+            buffer = self._buffer("running_" + name)
             buffer.lerp_(value.detach().to(buffer.dtype), factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,12 +206,12 @@ class _GroupTransform(nn.Module):
                 f"{name}: expected {self.num_features} channels in dimension 1 "
                 f"(got input of shape {tuple(x.shape)})"
             )
+        if x.numel() == 0:
+            return x.clone()
         N = x.shape[0]
         x3 = x.reshape(N, self.num_features, -1)
         samples = N * x3.shape[-1]
         use_batch = self.training or not self.track_running_stats
-        if x.numel() == 0:
-            return x.clone()
         if self.training and samples == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
@@ -232,14 +242,18 @@ class _GroupTransform(nn.Module):
                         self._update_running(moments, values)
                 mean = moments.mean
             else:
-                transform, mean = self._running_transform(), self.running_mean
-            y = self._transform_output(x3, transform.to(statistics_dtype), mean.to(statistics_dtype))
+                transform, mean = self._running_transform(), self._buffer("running_mean")
+            y = self._transform_output(
+                x3, transform.to(statistics_dtype), mean.to(statistics_dtype)
+            )
         y = y.view(x.shape).to(x.dtype)
         if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
-    def _transform_output(self, x3: torch.Tensor, transform: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    def _transform_output(
+        self, x3: torch.Tensor, transform: torch.Tensor, mean: torch.Tensor
+    ) -> torch.Tensor:
         """``γ ∘ (T (x - μ)) + β`` as one matrix product and one add: (N, C, L)."""
         G, d = self.num_groups, self.group_size
         if self.affine:

@@ -22,7 +22,9 @@ _REPLACEMENTS: dict[str, dict[type, type]] = {
 }
 
 
-def _replacement(bn: nn.modules.batchnorm._BatchNorm, kind: str, name: str, **kwargs: Any) -> nn.Module:
+def _replacement(
+    bn: nn.modules.batchnorm._BatchNorm, kind: str, name: str, **kwargs: Any
+) -> nn.Module:
     cls = next(new for old, new in _REPLACEMENTS[kind].items() if isinstance(bn, old))
     kwargs.setdefault("momentum", bn.momentum)
     try:
@@ -35,13 +37,15 @@ def _replacement(bn: nn.modules.batchnorm._BatchNorm, kind: str, name: str, **kw
             **kwargs,
         )
     except checks.StableEigError as error:
-        raise checks.StableEigError(f"convert_batchnorm: cannot replace {name!r}: {error}") from None
+        raise checks.StableEigError(
+            f"convert_batchnorm: cannot replace {name!r}: {error}"
+        ) from None
     with torch.no_grad():
         if bn.affine:
             layer.weight.copy_(bn.weight)
             layer.bias.copy_(bn.bias)
         if bn.track_running_stats and bn.running_mean is not None:
-            layer.running_mean.copy_(bn.running_mean)  # type: ignore[union-attr]
+            layer._buffer("running_mean").copy_(bn.running_mean)
     layer.train(bn.training)
     return layer.to(bn.running_mean.device) if bn.running_mean is not None else layer
 
@@ -91,7 +95,7 @@ def convert_batchnorm(
             f"convert_batchnorm: expected which = 'all', 'first' or a predicate (got {which!r})"
         )
     for name, bn in chosen:
-        new = _replacement(bn, kind, name or "<root>", **layer_kwargs)  # type: ignore[arg-type]
+        new = _replacement(bn, kind, name or "<root>", **layer_kwargs)
         if not name:
             return new
         parent_name, _, child = name.rpartition(".")

@@ -88,11 +88,11 @@ class _PCADenoising(_GroupTransform):
 
     def _running_transform(self) -> torch.Tensor:
         if self.running == "projector":
-            scale = (self.running_var + self.eps).rsqrt().view(self.num_groups, 1, self.group_size)  # type: ignore[operator]
-            return self.running_projector * scale  # type: ignore[operator]
-        with torch.no_grad():
-            covariance = self.running_covariance.to(self._decomposition_dtype(torch.float32))  # type: ignore[union-attr]
-            return self._batch_transform(covariance, torch.tensor(0.0))[0]
+            scale = (self._buffer("running_var") + self.eps).rsqrt()
+            return self._buffer("running_projector") * scale.view(
+                self.num_groups, 1, self.group_size
+            )
+        return self._transform_from_running_covariance()
 
 
 _ARGS = """

@@ -104,10 +104,8 @@ class _ZCAWhitening(_GroupTransform):
 
     def _running_transform(self) -> torch.Tensor:
         if self.running == "whitening":
-            return self.running_whitening  # type: ignore[return-value]
-        with torch.no_grad():
-            covariance = self.running_covariance.to(self._decomposition_dtype(torch.float32))  # type: ignore[union-attr]
-            return self._batch_transform(covariance, torch.tensor(0.0))[0]
+            return self._buffer("running_whitening")
+        return self._transform_from_running_covariance()
 
 
 _ARGS = """
