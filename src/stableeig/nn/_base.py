@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import _validation as checks
 from .._precision import working_dtype
-from ._statistics import GroupMoments, group_moments, sync_enabled
+from ._statistics import group_affine, group_moments, sync_enabled
 
 __all__ = ["RankDeficientWarning"]
 
@@ -186,11 +186,11 @@ class _GroupTransform(nn.Module):
             covariance = covariance.to(self._decomposition_dtype(covariance.dtype))
             return self._batch_transform(covariance, torch.tensor(0.0))[0]
 
-    def _update_running(self, moments: GroupMoments, values: dict[str, torch.Tensor]) -> None:
+    def _update_running(self, mean: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
         tracked = self._buffer("num_batches_tracked")
         tracked.add_(1)
         factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
-        updates = {"mean": moments.mean, **values}
+        updates = {"mean": mean, **values}
         for name, value in updates.items():
             buffer = self._buffer("running_" + name)
             buffer.lerp_(value.detach().to(buffer.dtype), factor)
@@ -226,21 +226,22 @@ class _GroupTransform(nn.Module):
             )
         statistics_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(x.device.type, enabled=False):
-            x3 = x3.to(statistics_dtype)
+            x3 = x3.to(statistics_dtype).contiguous()
             if use_batch:
                 sync = sync_enabled(self.sync_statistics, self.process_group, self.training)
-                moments = group_moments(x3, self.group_size, sync, self.process_group)
-                checks.check_finite(f"{name}: activations' covariance", moments.covariance)
-                covariance = moments.covariance.to(self._decomposition_dtype(statistics_dtype))
+                mean, covariance, count = group_moments(
+                    x3, self.group_size, sync, self.process_group
+                )
+                checks.check_finite(f"{name}: activations' covariance", covariance)
+                covariance = covariance.to(self._decomposition_dtype(statistics_dtype))
                 transform, values = self._batch_transform(
-                    (covariance + covariance.mT) / 2, moments.count
+                    (covariance + covariance.mT) / 2, count
                 )
                 if self.training and self.track_running_stats:
                     if self.running == "covariance":
-                        values = {"covariance": unbiased(covariance, moments.count)}
+                        values = {"covariance": unbiased(covariance, count)}
                     with torch.no_grad():
-                        self._update_running(moments, values)
-                mean = moments.mean
+                        self._update_running(mean, values)
             else:
                 transform, mean = self._running_transform(), self._buffer("running_mean")
             y = self._transform_output(
@@ -254,12 +255,11 @@ class _GroupTransform(nn.Module):
     def _transform_output(
         self, x3: torch.Tensor, transform: torch.Tensor, mean: torch.Tensor
     ) -> torch.Tensor:
-        """``γ ∘ (T (x - μ)) + β`` as one matrix product and one add: (N, C, L)."""
+        """``γ ∘ (T (x - μ)) + β`` as one pass ``T' x + shift`` over (N, C, L) activations."""
         G, d = self.num_groups, self.group_size
         if self.affine:
             transform = transform * self.weight.to(transform.dtype).view(G, d, 1)
         shift = -(transform @ mean.view(G, d, 1))  # (G, d, 1)
         if self.affine:
             shift = shift + self.bias.to(transform.dtype).view(G, d, 1)
-        N, C, L = x3.shape
-        return (transform @ x3.view(N, G, d, L) + shift).view(N, C, L)
+        return group_affine(x3, transform, shift)
