@@ -46,9 +46,11 @@ def _centered_outer_sum(x3: torch.Tensor, mean: torch.Tensor, group_size: int) -
     G = C // group_size
     chunk = max(1, CHUNK_ELEMENTS // max(C * L, 1))
     outer = x3.new_zeros(G, group_size, group_size)
+    buffer = x3.new_empty(min(chunk, N), C, L)  # reused: no allocation per chunk
     for part in x3.split(chunk, dim=0):
-        centered = (part - mean.unsqueeze(-1)).view(-1, G, group_size, L)
-        outer += (centered @ centered.mT).sum(dim=0)
+        centered = torch.sub(part, mean.unsqueeze(-1), out=buffer[: part.shape[0]])
+        grouped = centered.view(-1, group_size, L)
+        outer += torch.bmm(grouped, grouped.mT).view(-1, G, group_size, group_size).sum(dim=0)
     return outer
 
 
@@ -98,8 +100,9 @@ class _GroupMoments(torch.autograd.Function):
         A = (grad_covariance + grad_covariance.mT) / count
         c = (grad_mean / count).view(G, d, 1) - A @ mean.view(G, d, 1)
         N = x3.shape[0]
-        grad_x = torch.baddbmm(_repeat(c, N), _repeat(A, N), _per_group(x3, d))
-        return grad_x.view(x3.shape), None, None, None
+        grad_x = torch.empty_like(x3)  # not a view, so autograd can accumulate into it
+        torch.baddbmm(_repeat(c, N), _repeat(A, N), _per_group(x3, d), out=_per_group(grad_x, d))
+        return grad_x, None, None, None
 
 
 class _GroupAffine(torch.autograd.Function):
@@ -124,7 +127,8 @@ class _GroupAffine(torch.autograd.Function):
         grad_groups = _per_group(grad_y.contiguous(), d)
         grad_x = grad_transform = grad_shift = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(_repeat(transform.mT, N), grad_groups).view(x3.shape)
+            grad_x = torch.empty_like(x3)  # not a view, so autograd can accumulate into it
+            torch.bmm(_repeat(transform.mT, N), grad_groups, out=_per_group(grad_x, d))
         if ctx.needs_input_grad[1]:
             products = grad_groups @ _per_group(x3, d).mT  # (N·G, d, d)
             grad_transform = products.view(N, G, d, d).sum(dim=0)
