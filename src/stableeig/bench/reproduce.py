@@ -1,0 +1,192 @@
+"""Reproduce the paper's Table 1 (ZCA) and Table 2 (PCA): resumable cells, tables, plots.
+
+Each finished run appends one JSON line to ``results/<table>_<preset>_<dataset>.jsonl``;
+rerunning skips the cells already there, so an interrupted reproduction resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .data import Dataset
+from .training import RunConfig, config_dict, train_run
+
+__all__ = ["PRESETS", "Cell", "render_table", "run_cells", "table_cells"]
+
+TABLE1_METHODS = ("analytic", "pi", "power", "taylor", "loewner")
+TABLE2_METHODS = ("pi", "analytic", "power", "loewner")
+GROUP_SIZES = (4, 8, 16, 32, 64)
+
+# What each preset changes from RunConfig's defaults; "quick" fits a 2-core CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"dataset": "fashion-mnist", "width": 0.125, "steps": 120, "steps_per_epoch": 40,
+              "test_subset": 2000, "compute_dtype": "float32", "seeds": 3},
+    "demo": {"dataset": "fashion-mnist", "width": 0.125, "steps": 90, "steps_per_epoch": 30,
+             "test_subset": 2000, "compute_dtype": "float32", "seeds": 1},
+    "paper": {"dataset": "cifar10", "width": 1.0, "steps": 350 * 391, "steps_per_epoch": 391,
+              "test_subset": None, "compute_dtype": "float32", "seeds": 15},
+}
+
+PAPER_TABLE1 = {  # success rate, (min, mean ± std) test error %, NeurIPS 2019 Table 1
+    "analytic": {4: ("46.7%", "4.59, 4.54±0.08"), 8: ("0%", "-"), 16: ("0%", "-"), 32: ("0%", "-"), 64: ("0%", "-")},
+    "pi": {4: ("100%", "4.44, 4.99±0.51"), 8: ("6.7%", "6.28, -"), 16: ("0%", "-"), 32: ("0%", "-"), 64: ("0%", "-")},
+    "power": {4: ("100%", "4.59, 4.71±0.11"), 8: ("100%", "4.43, 4.62±0.18"), 16: ("100%", "4.40, 4.63±0.14"),
+              32: ("100%", "4.46, 4.64±0.15"), 64: ("100%", "4.44, 4.59±0.09")},
+}
+PAPER_TABLE2 = {"batchnorm": "4.66, 4.81±0.19", "pi": "5.05, 5.35±0.25", "analytic": "NaN (5/5 failed)",
+                "power": "4.58, 4.63±0.11"}
+PAPER_NAMES = {"analytic": "SVD", "pi": "PI", "power": "SVD-PI (ours in the paper)", "taylor": "—",
+               "loewner": "—", "batchnorm": "BN"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    table: str
+    method: str  # a layer method, or "batchnorm"
+    group_size: Optional[int]
+    seed: int
+
+    def key(self) -> tuple[str, str, Optional[int], int]:
+        return (self.table, self.method, self.group_size, self.seed)
+
+
+def table_cells(table: str, seeds: int, group_sizes: Iterable[int] = GROUP_SIZES,
+                methods: Optional[Iterable[str]] = None) -> list[Cell]:
+    """The runs of a table: every method × group size × seed, plus a BatchNorm reference."""
+    cells = [Cell(table, "batchnorm", None, s) for s in range(seeds)]
+    if table == "table1":
+        for method in methods or TABLE1_METHODS:
+            cells += [Cell(table, method, d, s) for d in group_sizes for s in range(seeds)]
+    elif table == "table2":
+        cells += [Cell(table, m, 64, s) for m in methods or TABLE2_METHODS for s in range(seeds)]
+    elif table == "demo":
+        cells = [Cell(table, m, 64, s) for m in methods or ("analytic", "power", "loewner") for s in range(seeds)]
+    else:
+        raise ValueError(f"table: expected table1, table2 or demo (got {table!r})")
+    return cells
+
+
+def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) -> RunConfig:
+    settings = {k: v for k, v in PRESETS[preset].items() if k != "seeds"}
+    settings.update(overrides)
+    norm = "batchnorm" if cell.method == "batchnorm" else ("pca" if cell.table == "table2" else "zca")
+    method = "loewner" if cell.method == "batchnorm" else cell.method
+    return RunConfig(norm=norm, method=method, group_size=cell.group_size, seed=cell.seed,
+                     device=device, **settings)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_cells(cells: list[Cell], dataset: Dataset, preset: str, results: Path, device: str = "cpu",
+              progress: bool = True, **overrides: Any) -> list[dict[str, Any]]:
+    """Run the cells not yet in ``results`` (JSONL), appending one line per finished run."""
+    done = {(r["table"], r["method"], r["group_size"], r["seed"]) for r in read_results(results)}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells if c.key() not in done]
+    for number, cell in enumerate(todo, 1):
+        config = cell_config(cell, preset, device, **overrides)
+        result = train_run(config, dataset, progress=progress)
+        line = {"table": cell.table, "dataset": dataset.name, "preset": preset, "method": cell.method,
+                "group_size": cell.group_size, "seed": cell.seed, **dataclasses.asdict(result),
+                "config": config_dict(config)}
+        line["test_error"] = None if result.test_error is None else round(result.test_error, 3)
+        line["seconds"] = round(result.seconds, 1)
+        with results.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+        outcome = f"error {line['test_error']}%" if result.success else f"FAILED at step {result.failure_step}: {result.failure_reason}"
+        print(f"[{number}/{len(todo)}] {cell.method} d={cell.group_size} seed={cell.seed}: {outcome} ({line['seconds']}s)", flush=True)
+    return read_results(results)
+
+
+def _summary(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """(success rate, "min, mean ± std" of test error) over runs of one cell."""
+    if not rows:
+        return "", ""
+    ok = [r["test_error"] for r in rows if r["success"]]
+    rate = f"{100 * len(ok) / len(rows):.0f}% ({len(ok)}/{len(rows)})"
+    if not ok:
+        return rate, "-"
+    spread = f"±{statistics.stdev(ok):.2f}" if len(ok) > 1 else ""
+    return rate, f"{min(ok):.2f}, {statistics.mean(ok):.2f}{spread}"
+
+
+def render_table(rows: list[dict[str, Any]], table: str) -> str:
+    """Markdown in the paper's layout: success rate and (min, mean ± std) test error %."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if table == "table2" or table == "demo":
+        sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
+        lines = ["| method | group size | success | test error % (min, mean±std) | paper (CIFAR-10) |",
+                 "|---|---|---|---|---|"]
+        for method in methods:
+            for size in [None] if method == "batchnorm" else sizes:
+                cell = [r for r in rows if r["method"] == method and r["group_size"] == size]
+                rate, error = _summary(cell)
+                paper = PAPER_TABLE2.get(method, "—") if table == "table2" else "—"
+                lines.append(f"| {method} | {size or '-'} | {rate} | {error} | {paper} |")
+        return "\n".join(lines)
+    sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
+    header = "| method | | " + " | ".join(f"d={d}" for d in sizes) + " |"
+    lines = [header, "|---|---|" + "---|" * len(sizes)]
+    for method in methods:
+        if method == "batchnorm":
+            rate, error = _summary([r for r in rows if r["method"] == method])
+            lines.append(f"| batchnorm (reference) | Suc. Rate, Min, Mean | {rate}; {error} |" + " |" * (len(sizes) - 1))
+            continue
+        cells = [_summary([r for r in rows if r["method"] == method and r["group_size"] == d]) for d in sizes]
+        lines.append(f"| {method} | Min, Mean | " + " | ".join(c[1] for c in cells) + " |")
+        lines.append(f"| {method} | Suc. Rate | " + " | ".join(c[0] for c in cells) + " |")
+        if method in PAPER_TABLE1:
+            paper = PAPER_TABLE1[method]
+            lines.append(f"| *paper {PAPER_NAMES[method]}* | Suc. Rate; Min, Mean | "
+                         + " | ".join(f"*{paper[d][0]}; {paper[d][1]}*" if d in paper else "" for d in sizes) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
+    """Success rate vs group size per method, and mean training-loss curves at the largest d."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "batchnorm"]
+    sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
+    for method in methods:
+        rates = []
+        for d in sizes:
+            cell = [r for r in rows if r["method"] == method and r["group_size"] == d]
+            rates.append(100 * sum(r["success"] for r in cell) / len(cell) if cell else float("nan"))
+        left.plot(sizes, rates, marker="o", label=method)
+    left.set_xscale("log", base=2)
+    left.set_xticks(sizes, [str(d) for d in sizes])
+    left.set_xlabel("group size d")
+    left.set_ylabel("success rate (%)")
+    left.set_ylim(-5, 105)
+    left.set_title(f"{table}: runs finishing without NaN/divergence")
+    left.legend()
+    largest = max(sizes) if sizes else None
+    for method in dict.fromkeys(r["method"] for r in rows):
+        curves = [r["losses"] for r in rows if r["method"] == method
+                  and r["group_size"] in (largest, None) and r["losses"]]
+        if curves:
+            longest = max(curves, key=len)
+            right.plot(range(1, len(longest) + 1), longest, marker=".", label=method)
+    right.set_xlabel("epoch")
+    right.set_ylabel("training loss (one seed)")
+    right.set_title(f"training curves at d={largest}")
+    right.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
