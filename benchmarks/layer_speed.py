@@ -20,7 +20,11 @@ from torch import nn
 
 import stableeig as se
 
-TARGETS = {("loewner", 16, "train"): 1.5, ("loewner", 64, "train"): 2.0, ("power", 64, "train"): 2.5}
+TARGETS = {
+    ("loewner", 16, "train"): 1.5,
+    ("loewner", 64, "train"): 2.0,
+    ("power", 64, "train"): 2.5,
+}
 EVAL_TARGET = 1.2
 
 
@@ -40,7 +44,9 @@ def eval_step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def ratio(ours: Callable[[], None], reference: Callable[[], None], repeats: int) -> tuple[float, float]:
+def ratio(
+    ours: Callable[[], None], reference: Callable[[], None], repeats: int
+) -> tuple[float, float]:
     """Median seconds of ``ours`` and median of per-pair ratios to ``reference``."""
     ours(), reference()
     times, ratios = [], []
@@ -85,18 +91,37 @@ def main() -> None:
         for mode in ("train", "eval"):
             layer.train(mode == "train"), bn.train(mode == "train")
             if mode == "train":
-                seconds, r = ratio(train_step(layer, x, upstream), train_step(bn, x, upstream), args.repeats)
+                seconds, r = ratio(
+                    train_step(layer, x, upstream), train_step(bn, x, upstream), args.repeats
+                )
             else:
                 seconds, r = ratio(eval_step(layer, x), eval_step(bn, x), args.repeats)
-            target = TARGETS.get((method, group_size, mode), EVAL_TARGET if mode == "eval" else None)
-            rows.append({"method": method, "group_size": group_size, "mode": mode,
-                         "ms": round(seconds * 1e3, 2), "ratio_to_batchnorm": round(r, 3),
-                         "target": target})
-            print(f"{method:8s} d={group_size:3d} {mode:5s} {seconds * 1e3:8.2f} ms  {r:5.2f}x BN"
-                  + (f"  (target <= {target}x)" if target else ""), flush=True)
+            target = TARGETS.get(
+                (method, group_size, mode), EVAL_TARGET if mode == "eval" else None
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "group_size": group_size,
+                    "mode": mode,
+                    "ms": round(seconds * 1e3, 2),
+                    "ratio_to_batchnorm": round(r, 3),
+                    "target": target,
+                }
+            )
+            print(
+                f"{method:8s} d={group_size:3d} {mode:5s} {seconds * 1e3:8.2f} ms  {r:5.2f}x BN"
+                + (f"  (target <= {target}x)" if target else ""),
+                flush=True,
+            )
     result = {
-        "input_shape": list(shape), "dtype": "float32", "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cpu": cpu_model(), "repeats": args.repeats, "rows": rows,
+        "input_shape": list(shape),
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "repeats": args.repeats,
+        "rows": rows,
     }
     if not args.quick:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -34,14 +34,21 @@ def _demo(args: argparse.Namespace) -> int:
     results = output / "demo.jsonl"
     if results.exists():
         results.unlink()  # the demo always runs fresh
-    print("Training a small ResNet-18 on Fashion-MNIST with ZCA whitening (group size 64) after the")
+    print(
+        "Training a small ResNet-18 on Fashion-MNIST with ZCA whitening (group size 64) after the"
+    )
     print("stem convolution, one run per gradient method (preset 'demo': 90 SGD steps, float32")
     print("decomposition as in the paper). Failure = NaN/Inf or loss > 10x its initial value.\n")
-    rows = run_cells(table_cells("demo", seeds=1), dataset, "demo", results, progress=not args.quiet)
+    rows = run_cells(
+        table_cells("demo", seeds=1), dataset, "demo", results, progress=not args.quiet
+    )
     print()
     for row in rows:
-        outcome = (f"finished, test error {row['test_error']:.2f}%" if row["success"]
-                   else f"failed at step {row['failure_step']} ({row['failure_reason']})")
+        outcome = (
+            f"finished, test error {row['test_error']:.2f}%"
+            if row["success"]
+            else f"failed at step {row['failure_step']} ({row['failure_reason']})"
+        )
         print(f"  {row['method']:9s} {outcome}  [{row['seconds']:.0f}s]")
     print("\n" + render_table(rows, "demo"))
     plot(rows, "demo", output / "demo.png")
@@ -74,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench.reproduce import PRESETS, plot, render_table, run_cells, table_cells
+    from .bench.reproduce import GROUP_SIZES, PRESETS, plot, render_table, run_cells, table_cells
 
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
@@ -82,14 +89,21 @@ def _reproduce(args: argparse.Namespace) -> int:
     dataset = _dataset(dataset_name, args.data_dir)
     seeds = args.seeds or preset["seeds"]
     sizes = [int(d) for d in args.group_sizes.split(",")] if args.group_sizes else None
-    cells = table_cells(args.table, seeds, **({"group_sizes": sizes} if sizes else {}))
+    cells = table_cells(args.table, seeds, group_sizes=sizes or GROUP_SIZES)
     stem = f"{args.table}_{args.preset}_{dataset.name}"
     results = Path(args.results) / f"{stem}.jsonl"
     overrides: dict[str, Any] = {"dataset": dataset.name}
     if args.steps:
         overrides["steps"] = args.steps
-    rows = run_cells(cells, dataset, args.preset, results, device=args.device,
-                     progress=not args.quiet, **overrides)
+    rows = run_cells(
+        cells,
+        dataset,
+        args.preset,
+        results,
+        device=args.device,
+        progress=not args.quiet,
+        overrides=overrides,
+    )
     wanted = {c.key() for c in cells}
     rows = [r for r in rows if (r["table"], r["method"], r["group_size"], r["seed"]) in wanted]
     table = render_table(rows, args.table)
@@ -126,13 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="where the plot and runs go")
     demo.set_defaults(run=_demo)
 
-    train = commands.add_parser("train", help="one training run (metrics JSONL, checkpoint, resume)")
+    train = commands.add_parser(
+        "train", help="one training run (metrics JSONL, checkpoint, resume)"
+    )
     common(train)
-    train.add_argument("--run-dir", required=True, help="metrics.jsonl, checkpoint.pt (resumed), result.json")
-    for name, kind in (("dataset", str), ("depth", str), ("width", float), ("norm", str),
-                       ("method", str), ("group-size", int), ("compute-dtype", str), ("steps", int),
-                       ("steps-per-epoch", int), ("batch-size", int), ("lr", float),
-                       ("train-subset", int), ("test-subset", int), ("seed", int), ("device", str)):
+    train.add_argument(
+        "--run-dir", required=True, help="metrics.jsonl, checkpoint.pt (resumed), result.json"
+    )
+    for name, kind in (
+        ("dataset", str),
+        ("depth", str),
+        ("width", float),
+        ("norm", str),
+        ("method", str),
+        ("group-size", int),
+        ("compute-dtype", str),
+        ("steps", int),
+        ("steps-per-epoch", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("train-subset", int),
+        ("test-subset", int),
+        ("seed", int),
+        ("device", str),
+    ):
         train.add_argument(f"--{name}", type=kind, default=None)
     train.set_defaults(run=_train)
 
@@ -145,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--group-sizes", default=None, help="comma list, e.g. 4,8,16,32,64,128")
     reproduce.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     reproduce.add_argument("--device", default="cpu", help="cpu or cuda")
-    reproduce.add_argument("--results", default="results", help="folder of the JSONL/MD/PNG outputs")
+    reproduce.add_argument(
+        "--results", default="results", help="folder of the JSONL/MD/PNG outputs"
+    )
     reproduce.set_defaults(run=_reproduce)
 
     bench = commands.add_parser("bench", help="benchmarks")

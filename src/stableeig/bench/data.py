@@ -37,18 +37,43 @@ PathLike = Union[str, Path]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 EMBEDDED = Path(__file__).parent / "data"
 FASHION_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
-# Official MD5s (zalandoresearch, as torchvision lists them) and the Debian package's re-gzipped files.
+# Official MD5s (zalandoresearch, as torchvision lists them), then the Debian package's
+# re-gzipped files.
 FASHION_MD5 = {
-    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"),
-    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"),
-    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
-    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"),
+    "train-images-idx3-ubyte.gz": (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "cf8536b0aa1a6ac5fa3f23001093305c",
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "10bea18fdb374794d4bb42e356e600c9",
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "bef4ecab320f06d8554ea6380940ec79",
+        "f78720b4224f21cce2f2ccf2d7a94c9a",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "bb300cfdad3c16e7a12a480ee83cd310",
+        "0d30e22e447f3c33dab9ed536400ac01",
+    ),
 }
 CIFAR = {
-    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", "c58f30108f718f92721af3b95e74349a",
-                [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
-    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", "eb9058c3a382ffc7106e4002c42a8d85",
-                 ["train"], ["test"], b"fine_labels"),
+    "cifar10": (
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        "c58f30108f718f92721af3b95e74349a",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+    ),
+    "cifar100": (
+        "cifar-100-python.tar.gz",
+        "cifar-100-python",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        ["train"],
+        ["test"],
+        b"fine_labels",
+    ),
 }
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 
@@ -99,7 +124,7 @@ def read_idx(path: PathLike) -> torch.Tensor:
     """An IDX file (gzip or raw) of unsigned bytes as a uint8 tensor of its shape."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:  # type: ignore[operator]
+    with opener(path, "rb") as handle:
         data = handle.read()
     magic = struct.unpack(">I", data[:4])[0]
     if magic >> 8 != 0x08:
@@ -111,20 +136,24 @@ def read_idx(path: PathLike) -> torch.Tensor:
     for size in shape:
         expected *= size
     if len(payload) != expected:
-        raise ValueError(f"{path}: expected {expected} bytes for shape {shape} (got {len(payload)})")
+        raise ValueError(
+            f"{path}: expected {expected} bytes for shape {shape} (got {len(payload)})"
+        )
     return torch.frombuffer(payload, dtype=torch.uint8).reshape(shape).clone()
 
 
 def _download(url: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:
         while block := response.read(1 << 20):
             out.write(block)
     partial.replace(target)
 
 
-def _missing(name: str, looked: list[Path], how: str, error: Optional[Exception]) -> MissingDataError:
+def _missing(
+    name: str, looked: list[Path], how: str, error: Optional[Exception]
+) -> MissingDataError:
     where = ", ".join(str(p) for p in looked)
     reason = f" (download failed: {error})" if error else ""
     return MissingDataError(f"{name} not found in {where}{reason}. {how}")
@@ -151,7 +180,8 @@ def load_fashion_mnist(data_dir: Optional[PathLike] = None, download: bool = Tru
         "Fashion-MNIST",
         looked,
         "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
-        f"four files {', '.join(FASHION_MD5)} in a directory passed as --data-dir or $STABLEEIG_DATA.",
+        f"four files {', '.join(FASHION_MD5)} in a directory passed as --data-dir or "
+        "$STABLEEIG_DATA.",
         error,
     )
 
@@ -162,8 +192,14 @@ def _fashion_from(folder: Path, name: str, check: bool) -> Dataset:
             digest = md5(folder / file)
             if digest not in allowed:
                 raise ChecksumError(f"{folder / file}: expected MD5 {allowed[0]} (got {digest})")
-    images = {split: read_idx(folder / f"{split}-images-idx3-ubyte.gz").unsqueeze(1) for split in ("train", "t10k")}
-    labels = {split: read_idx(folder / f"{split}-labels-idx1-ubyte.gz").long() for split in ("train", "t10k")}
+    images = {
+        split: read_idx(folder / f"{split}-images-idx3-ubyte.gz").unsqueeze(1)
+        for split in ("train", "t10k")
+    }
+    labels = {
+        split: read_idx(folder / f"{split}-labels-idx1-ubyte.gz").long()
+        for split in ("train", "t10k")
+    }
     return Dataset(name, images["train"], labels["train"], images["t10k"], labels["t10k"], 10)
 
 
@@ -214,23 +250,29 @@ def _extract_cifar(archive: Path, name: str, expected_md5: str) -> Dataset:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse unsafe members
             tar.extractall(archive.parent, filter="data")
         else:  # pragma: no cover
-            tar.extractall(archive.parent)  # noqa: S202
+            tar.extractall(archive.parent)
     return _cifar_from(archive.parent / folder, name, train_files, test_files, label_key)
 
 
-def _cifar_from(folder: Path, name: str, train: list[str], test: list[str], label_key: bytes) -> Dataset:
+def _cifar_from(
+    folder: Path, name: str, train: list[str], test: list[str], label_key: bytes
+) -> Dataset:
     def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for file in files:
             with (folder / file).open("rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")  # noqa: S301 - the official format
-            images.append(torch.tensor(bytearray(batch[b"data"]), dtype=torch.uint8).view(-1, 3, 32, 32))
+                batch = pickle.load(handle, encoding="bytes")
+            images.append(
+                torch.tensor(bytearray(batch[b"data"]), dtype=torch.uint8).view(-1, 3, 32, 32)
+            )
             labels.append(torch.tensor(batch[label_key], dtype=torch.long))
         return torch.cat(images), torch.cat(labels)
 
     train_images, train_labels = read(train)
     test_images, test_labels = read(test)
-    return Dataset(name, train_images, train_labels, test_images, test_labels, 10 if name == "cifar10" else 100)
+    return Dataset(
+        name, train_images, train_labels, test_images, test_labels, 10 if name == "cifar10" else 100
+    )
 
 
 def load_dataset(name: str, data_dir: Optional[PathLike] = None, download: bool = True) -> Dataset:
@@ -241,7 +283,10 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, download: bool 
         return _fashion_from(EMBEDDED, name, check=False)
     if name in CIFAR:
         return load_cifar(name, data_dir, download)
-    raise ValueError(f"dataset: expected one of fashion-mnist, fashion-mnist-subset, cifar10, cifar100 (got {name!r})")
+    raise ValueError(
+        "dataset: expected one of fashion-mnist, fashion-mnist-subset, cifar10, cifar100 "
+        f"(got {name!r})"
+    )
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

@@ -16,8 +16,11 @@ from ..nn import PCADenoising2d, ZCAWhitening2d
 __all__ = ["STEM_NORMS", "ResNet", "resnet"]
 
 STEM_NORMS = ("batchnorm", "zca", "pca")
-DEPTHS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
-          "resnet50": ("bottleneck", (3, 4, 6, 3))}
+DEPTHS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
 
 
 class BasicBlock(nn.Module):
@@ -58,7 +61,9 @@ class Bottleneck(nn.Module):
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
     if stride == 1 and in_planes == out_planes:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
+    )
 
 
 def stem_norm(name: str, channels: int, **kwargs: Any) -> nn.Module:

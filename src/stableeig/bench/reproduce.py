@@ -25,24 +25,72 @@ GROUP_SIZES = (4, 8, 16, 32, 64)
 
 # What each preset changes from RunConfig's defaults; "quick" fits a 2-core CPU.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"dataset": "fashion-mnist", "width": 0.125, "steps": 120, "steps_per_epoch": 40,
-              "test_subset": 2000, "compute_dtype": "float32", "seeds": 3},
-    "demo": {"dataset": "fashion-mnist", "width": 0.125, "steps": 90, "steps_per_epoch": 30,
-             "test_subset": 2000, "compute_dtype": "float32", "seeds": 1},
-    "paper": {"dataset": "cifar10", "width": 1.0, "steps": 350 * 391, "steps_per_epoch": 391,
-              "test_subset": None, "compute_dtype": "float32", "seeds": 15},
+    "quick": {
+        "dataset": "fashion-mnist",
+        "width": 0.125,
+        "steps": 120,
+        "steps_per_epoch": 40,
+        "test_subset": 2000,
+        "compute_dtype": "float32",
+        "seeds": 3,
+    },
+    "demo": {
+        "dataset": "fashion-mnist",
+        "width": 0.125,
+        "steps": 90,
+        "steps_per_epoch": 30,
+        "test_subset": 2000,
+        "compute_dtype": "float32",
+        "seeds": 1,
+    },
+    "paper": {
+        "dataset": "cifar10",
+        "width": 1.0,
+        "steps": 350 * 391,
+        "steps_per_epoch": 391,
+        "test_subset": None,
+        "compute_dtype": "float32",
+        "seeds": 15,
+    },
 }
 
 PAPER_TABLE1 = {  # success rate, (min, mean ± std) test error %, NeurIPS 2019 Table 1
-    "analytic": {4: ("46.7%", "4.59, 4.54±0.08"), 8: ("0%", "-"), 16: ("0%", "-"), 32: ("0%", "-"), 64: ("0%", "-")},
-    "pi": {4: ("100%", "4.44, 4.99±0.51"), 8: ("6.7%", "6.28, -"), 16: ("0%", "-"), 32: ("0%", "-"), 64: ("0%", "-")},
-    "power": {4: ("100%", "4.59, 4.71±0.11"), 8: ("100%", "4.43, 4.62±0.18"), 16: ("100%", "4.40, 4.63±0.14"),
-              32: ("100%", "4.46, 4.64±0.15"), 64: ("100%", "4.44, 4.59±0.09")},
+    "analytic": {
+        4: ("46.7%", "4.59, 4.54±0.08"),
+        8: ("0%", "-"),
+        16: ("0%", "-"),
+        32: ("0%", "-"),
+        64: ("0%", "-"),
+    },
+    "pi": {
+        4: ("100%", "4.44, 4.99±0.51"),
+        8: ("6.7%", "6.28, -"),
+        16: ("0%", "-"),
+        32: ("0%", "-"),
+        64: ("0%", "-"),
+    },
+    "power": {
+        4: ("100%", "4.59, 4.71±0.11"),
+        8: ("100%", "4.43, 4.62±0.18"),
+        16: ("100%", "4.40, 4.63±0.14"),
+        32: ("100%", "4.46, 4.64±0.15"),
+        64: ("100%", "4.44, 4.59±0.09"),
+    },
 }
-PAPER_TABLE2 = {"batchnorm": "4.66, 4.81±0.19", "pi": "5.05, 5.35±0.25", "analytic": "NaN (5/5 failed)",
-                "power": "4.58, 4.63±0.11"}
-PAPER_NAMES = {"analytic": "SVD", "pi": "PI", "power": "SVD-PI (ours in the paper)", "taylor": "—",
-               "loewner": "—", "batchnorm": "BN"}
+PAPER_TABLE2 = {
+    "batchnorm": "4.66, 4.81±0.19",
+    "pi": "5.05, 5.35±0.25",
+    "analytic": "NaN (5/5 failed)",
+    "power": "4.58, 4.63±0.11",
+}
+PAPER_NAMES = {
+    "analytic": "SVD",
+    "pi": "PI",
+    "power": "SVD-PI (ours in the paper)",
+    "taylor": "—",
+    "loewner": "—",
+    "batchnorm": "BN",
+}
 
 
 @dataclass(frozen=True)
@@ -56,8 +104,12 @@ class Cell:
         return (self.table, self.method, self.group_size, self.seed)
 
 
-def table_cells(table: str, seeds: int, group_sizes: Iterable[int] = GROUP_SIZES,
-                methods: Optional[Iterable[str]] = None) -> list[Cell]:
+def table_cells(
+    table: str,
+    seeds: int,
+    group_sizes: Iterable[int] = GROUP_SIZES,
+    methods: Optional[Iterable[str]] = None,
+) -> list[Cell]:
     """The runs of a table: every method × group size × seed, plus a BatchNorm reference."""
     cells = [Cell(table, "batchnorm", None, s) for s in range(seeds)]
     if table == "table1":
@@ -66,7 +118,11 @@ def table_cells(table: str, seeds: int, group_sizes: Iterable[int] = GROUP_SIZES
     elif table == "table2":
         cells += [Cell(table, m, 64, s) for m in methods or TABLE2_METHODS for s in range(seeds)]
     elif table == "demo":
-        cells = [Cell(table, m, 64, s) for m in methods or ("analytic", "power", "loewner") for s in range(seeds)]
+        cells = [
+            Cell(table, m, 64, s)
+            for m in methods or ("analytic", "power", "loewner")
+            for s in range(seeds)
+        ]
     else:
         raise ValueError(f"table: expected table1, table2 or demo (got {table!r})")
     return cells
@@ -75,10 +131,18 @@ def table_cells(table: str, seeds: int, group_sizes: Iterable[int] = GROUP_SIZES
 def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) -> RunConfig:
     settings = {k: v for k, v in PRESETS[preset].items() if k != "seeds"}
     settings.update(overrides)
-    norm = "batchnorm" if cell.method == "batchnorm" else ("pca" if cell.table == "table2" else "zca")
+    norm = (
+        "batchnorm" if cell.method == "batchnorm" else ("pca" if cell.table == "table2" else "zca")
+    )
     method = "loewner" if cell.method == "batchnorm" else cell.method
-    return RunConfig(norm=norm, method=method, group_size=cell.group_size, seed=cell.seed,
-                     device=device, **settings)
+    return RunConfig(
+        norm=norm,
+        method=method,
+        group_size=cell.group_size,
+        seed=cell.seed,
+        device=device,
+        **settings,
+    )
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -87,24 +151,49 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_cells(cells: list[Cell], dataset: Dataset, preset: str, results: Path, device: str = "cpu",
-              progress: bool = True, **overrides: Any) -> list[dict[str, Any]]:
-    """Run the cells not yet in ``results`` (JSONL), appending one line per finished run."""
+def run_cells(
+    cells: list[Cell],
+    dataset: Dataset,
+    preset: str,
+    results: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    overrides: Optional[dict[str, Any]] = None,
+) -> list[dict[str, Any]]:
+    """Run the cells not yet in ``results`` (JSONL), appending one line per finished run.
+
+    ``overrides`` replace fields of the preset's :class:`RunConfig` (e.g. ``steps``).
+    """
     done = {(r["table"], r["method"], r["group_size"], r["seed"]) for r in read_results(results)}
     results.parent.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if c.key() not in done]
     for number, cell in enumerate(todo, 1):
-        config = cell_config(cell, preset, device, **overrides)
+        config = cell_config(cell, preset, device, **(overrides or {}))
         result = train_run(config, dataset, progress=progress)
-        line = {"table": cell.table, "dataset": dataset.name, "preset": preset, "method": cell.method,
-                "group_size": cell.group_size, "seed": cell.seed, **dataclasses.asdict(result),
-                "config": config_dict(config)}
+        line = {
+            "table": cell.table,
+            "dataset": dataset.name,
+            "preset": preset,
+            "method": cell.method,
+            "group_size": cell.group_size,
+            "seed": cell.seed,
+            **dataclasses.asdict(result),
+            "config": config_dict(config),
+        }
         line["test_error"] = None if result.test_error is None else round(result.test_error, 3)
         line["seconds"] = round(result.seconds, 1)
         with results.open("a") as out:
             out.write(json.dumps(line) + "\n")
-        outcome = f"error {line['test_error']}%" if result.success else f"FAILED at step {result.failure_step}: {result.failure_reason}"
-        print(f"[{number}/{len(todo)}] {cell.method} d={cell.group_size} seed={cell.seed}: {outcome} ({line['seconds']}s)", flush=True)
+        outcome = (
+            f"error {line['test_error']}%"
+            if result.success
+            else f"FAILED at step {result.failure_step}: {result.failure_reason}"
+        )
+        print(
+            f"[{number}/{len(todo)}] {cell.method} d={cell.group_size} seed={cell.seed}: "
+            f"{outcome} ({line['seconds']}s)",
+            flush=True,
+        )
     return read_results(results)
 
 
@@ -125,8 +214,10 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     if table == "table2" or table == "demo":
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
-        lines = ["| method | group size | success | test error % (min, mean±std) | paper (CIFAR-10) |",
-                 "|---|---|---|---|---|"]
+        lines = [
+            "| method | group size | success | test error % (min, mean±std) | paper (CIFAR-10) |",
+            "|---|---|---|---|---|",
+        ]
         for method in methods:
             for size in [None] if method == "batchnorm" else sizes:
                 cell = [r for r in rows if r["method"] == method and r["group_size"] == size]
@@ -140,15 +231,27 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     for method in methods:
         if method == "batchnorm":
             rate, error = _summary([r for r in rows if r["method"] == method])
-            lines.append(f"| batchnorm (reference) | Suc. Rate, Min, Mean | {rate}; {error} |" + " |" * (len(sizes) - 1))
+            lines.append(
+                f"| batchnorm (reference) | Suc. Rate, Min, Mean | {rate}; {error} |"
+                + " |" * (len(sizes) - 1)
+            )
             continue
-        cells = [_summary([r for r in rows if r["method"] == method and r["group_size"] == d]) for d in sizes]
+        cells = [
+            _summary([r for r in rows if r["method"] == method and r["group_size"] == d])
+            for d in sizes
+        ]
         lines.append(f"| {method} | Min, Mean | " + " | ".join(c[1] for c in cells) + " |")
         lines.append(f"| {method} | Suc. Rate | " + " | ".join(c[0] for c in cells) + " |")
         if method in PAPER_TABLE1:
-            paper = PAPER_TABLE1[method]
-            lines.append(f"| *paper {PAPER_NAMES[method]}* | Suc. Rate; Min, Mean | "
-                         + " | ".join(f"*{paper[d][0]}; {paper[d][1]}*" if d in paper else "" for d in sizes) + " |")
+            reference = PAPER_TABLE1[method]
+            lines.append(
+                f"| *paper {PAPER_NAMES[method]}* | Suc. Rate; Min, Mean | "
+                + " | ".join(
+                    f"*{reference[d][0]}; {reference[d][1]}*" if d in reference else ""
+                    for d in sizes
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -166,7 +269,9 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
         rates = []
         for d in sizes:
             cell = [r for r in rows if r["method"] == method and r["group_size"] == d]
-            rates.append(100 * sum(r["success"] for r in cell) / len(cell) if cell else float("nan"))
+            rates.append(
+                100 * sum(r["success"] for r in cell) / len(cell) if cell else float("nan")
+            )
         left.plot(sizes, rates, marker="o", label=method)
     left.set_xscale("log", base=2)
     left.set_xticks(sizes, [str(d) for d in sizes])
@@ -177,8 +282,11 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
     left.legend()
     largest = max(sizes) if sizes else None
     for method in dict.fromkeys(r["method"] for r in rows):
-        curves = [r["losses"] for r in rows if r["method"] == method
-                  and r["group_size"] in (largest, None) and r["losses"]]
+        curves = [
+            r["losses"]
+            for r in rows
+            if r["method"] == method and r["group_size"] in (largest, None) and r["losses"]
+        ]
         if curves:
             longest = max(curves, key=len)
             right.plot(range(1, len(longest) + 1), longest, marker=".", label=method)

@@ -88,8 +88,13 @@ def _normalizer(images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda batch: (batch.float() / 255 - mean) / std
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             normalize: Callable[[torch.Tensor], torch.Tensor], device: str) -> float:
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    device: str,
+) -> float:
     """Test error in percent."""
     model.eval()
     wrong = 0
@@ -126,13 +131,17 @@ def train_run(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, dataset).to(config.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     milestones = [max(1, int(f * config.steps)) for f in config.lr_milestones]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     train_images, train_labels = dataset.train_images, dataset.train_labels
     if config.train_subset is not None:
-        train_images, train_labels = train_images[: config.train_subset], train_labels[: config.train_subset]
+        train_images, train_labels = (
+            train_images[: config.train_subset],
+            train_labels[: config.train_subset],
+        )
     normalize = _normalizer(train_images)
     step, elapsed, losses, epoch_losses, first_loss = 0, 0.0, [], [], None
     checkpoint = run_dir / "checkpoint.pt" if run_dir else None
@@ -143,12 +152,22 @@ def train_run(
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        step, elapsed, losses, first_loss = state["step"], state["seconds"], state["losses"], state["first_loss"]
+        step, elapsed, losses, first_loss = (
+            state["step"],
+            state["seconds"],
+            state["losses"],
+            state["first_loss"],
+        )
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, initial=step, desc=f"{config.norm}/{config.method}/d={config.group_size}/s{config.seed}", leave=False)
+        bar = tqdm(
+            total=config.steps,
+            initial=step,
+            desc=f"{config.norm}/{config.method}/d={config.group_size}/s{config.seed}",
+            leave=False,
+        )
     start = time.perf_counter() - elapsed
     failure: Optional[tuple[int, str]] = None
     model.train()
@@ -158,7 +177,7 @@ def train_run(
         try:
             loss = nn.functional.cross_entropy(model(batch), train_labels[index].to(config.device))
         except ValueError as error:  # a layer refusing non-finite statistics
-            failure = (step, f"forward raised {type(error).__name__}: {str(error)[:200]}")
+            failure = (step, f"forward raised {type(error).__name__}: {str(error)[:150]}")
             break
         if inject_nan_at is not None and step == inject_nan_at:
             loss = loss * float("nan")
@@ -168,13 +187,17 @@ def train_run(
             break
         first_loss = value if first_loss is None else first_loss
         if value > config.divergence_factor * first_loss:
-            failure = (step, f"diverged: loss {value:.3g} > {config.divergence_factor:g} x initial {first_loss:.3g}")
+            failure = (
+                step,
+                f"diverged: loss {value:.3g} > "
+                f"{config.divergence_factor:g} x initial {first_loss:.3g}",
+            )
             break
         optimizer.zero_grad(set_to_none=True)
         try:
             loss.backward()
         except (ValueError, RuntimeError) as error:  # e.g. a layer refusing NaN statistics
-            failure = (step, f"backward raised {type(error).__name__}: {str(error)[:200]}")
+            failure = (step, f"backward raised {type(error).__name__}: {str(error)[:150]}")
             break
         optimizer.step()
         schedule.step()
@@ -190,10 +213,20 @@ def train_run(
             epoch_losses = []
             _log_epoch(run_dir, step, config, losses[-1], time.perf_counter() - start)
             if checkpoint is not None:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                            "torch_rng": torch.get_rng_state(), "step": step, "losses": losses,
-                            "seconds": time.perf_counter() - start, "first_loss": first_loss}, checkpoint)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "step": step,
+                        "losses": losses,
+                        "seconds": time.perf_counter() - start,
+                        "first_loss": first_loss,
+                    },
+                    checkpoint,
+                )
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
@@ -201,20 +234,34 @@ def train_run(
         return RunResult(False, None, failure[0], failure[1], seconds, losses)
     test_images, test_labels = dataset.test_images, dataset.test_labels
     if config.test_subset is not None:
-        test_images, test_labels = test_images[: config.test_subset], test_labels[: config.test_subset]
-    error = evaluate(model, test_images, test_labels, normalize, config.device)
-    if not math.isfinite(error):
+        test_images, test_labels = (
+            test_images[: config.test_subset],
+            test_labels[: config.test_subset],
+        )
+    test_error = evaluate(model, test_images, test_labels, normalize, config.device)
+    if not math.isfinite(test_error):
         return RunResult(False, None, step, "non-finite evaluation", seconds, losses)
-    return RunResult(True, error, None, None, time.perf_counter() - start, losses)
+    return RunResult(True, test_error, None, None, time.perf_counter() - start, losses)
 
 
-def _log_epoch(run_dir: Optional[Path], step: int, config: RunConfig, loss: float, seconds: float) -> None:
+def _log_epoch(
+    run_dir: Optional[Path], step: int, config: RunConfig, loss: float, seconds: float
+) -> None:
     if run_dir is None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "metrics.jsonl").open("a") as out:
-        out.write(json.dumps({"step": step, "epoch": step // config.steps_per_epoch,
-                              "train_loss": loss, "seconds": round(seconds, 2)}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "step": step,
+                    "epoch": step // config.steps_per_epoch,
+                    "train_loss": loss,
+                    "seconds": round(seconds, 2),
+                }
+            )
+            + "\n"
+        )
 
 
 def config_dict(config: RunConfig) -> dict[str, Any]:

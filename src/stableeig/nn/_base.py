@@ -234,9 +234,7 @@ class _GroupTransform(nn.Module):
                 )
                 checks.check_finite(f"{name}: activations' covariance", covariance)
                 covariance = covariance.to(self._decomposition_dtype(statistics_dtype))
-                transform, values = self._batch_transform(
-                    (covariance + covariance.mT) / 2, count
-                )
+                transform, values = self._batch_transform((covariance + covariance.mT) / 2, count)
                 if self.training and self.track_running_stats:
                     if self.running == "covariance":
                         values = {"covariance": unbiased(covariance, count)}

@@ -149,9 +149,9 @@ def group_moments(
             ``process_group``; the backward all-reduces the incoming gradients. Default: False.
         process_group: the group to reduce over. Default: None (the world).
     """
-    return _GroupMoments.apply(x3, group_size, sync, process_group)  # type: ignore[no-any-return]
+    return _GroupMoments.apply(x3, group_size, sync, process_group)
 
 
 def group_affine(x3: torch.Tensor, transform: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``T x + shift`` per group of contiguous (N, C, L) activations: (N, C, L)."""
-    return _GroupAffine.apply(x3, transform, shift)  # type: ignore[no-any-return]
+    return _GroupAffine.apply(x3, transform, shift)
