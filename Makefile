@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stableeig-installed
 
-.PHONY: install demo test lint check bench clean
+.PHONY: install data demo test lint check bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,16 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Fashion-MNIST from Debian's package where we can install it; otherwise the demo falls back
+# to the 4,000-image subset shipped inside the package.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || true; \
+	  fi; }
+	@test -d /usr/share/datasets/fashion-mnist || echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist); using the embedded subset"
+
+demo: $(STAMP) data
 	$(VENV)/bin/stableeig demo
 
 test: $(STAMP)
@@ -30,7 +39,8 @@ check: test lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/precision.py
-	$(PY) benchmarks/core_speed.py
+	$(VENV)/bin/stableeig bench gradients
+	$(VENV)/bin/stableeig bench speed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

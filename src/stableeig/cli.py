@@ -116,12 +116,59 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _bench_gradients(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench.gradient_report import format_report, gradient_report
+    from .bench import gradients
 
     torch.set_num_threads(args.threads)
-    print("Gradient of <G, inv_sqrtm(A)> for float32 A: relative error against the float64")
-    print("exact (Loewner) gradient of the same input; NaN/Inf = the gradient is not finite.\n")
-    print(format_report(gradient_report()))
+    sizes = (4, 16) if args.quick else (4, 16, 64, 256)
+    rows = gradients.gradient_sweep(sizes=sizes, draws=1 if args.quick else 3)
+    gradients.write(rows, Path(args.results), n=16 if args.quick else 64)
+    print(gradients.summary_markdown(rows, n=16 if args.quick else 64))
+    print(f"wrote {args.results}/bench_gradients.json, .md, .png")
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import speed
+
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
+    parts = (
+        set(args.only.split(",")) if args.only else {"decomposition", "eigh", "layers", "training"}
+    )
+    result: dict[str, Any] = {
+        "environment": speed.environment(),
+        "device": args.device,
+        "repeats": repeats,
+        "quick": args.quick,
+    }
+    if "decomposition" in parts:
+        sizes = (4, 16) if args.quick else (4, 16, 64, 128, 256)
+        result["decomposition"] = speed.decomposition_speed(
+            sizes, repeats=repeats, device=args.device
+        )
+    if "eigh" in parts:
+        result["eigh_backward"] = speed.eigh_backward_speed(
+            repeats=max(repeats, 5), device=args.device
+        )
+    if "layers" in parts:
+        shape: tuple[int, ...] = (8, 64, 8, 8) if args.quick else (128, 64, 32, 32)
+        group_sizes: tuple[int, ...] = (16, 64) if args.quick else (4, 16, 32, 64)
+        result["layers"] = speed.layer_speed(
+            shape, group_sizes, repeats=repeats, device=args.device
+        )
+    if "training" in parts:
+        result["training"] = speed.training_speed(
+            batch=16 if args.quick else 128, repeats=repeats, device=args.device
+        )
+    stem = (
+        "bench_speed"
+        + ("_quick" if args.quick else "")
+        + ("_cuda" if args.device.startswith("cuda") else "")
+    )
+    speed.write(result, Path(args.results), stem)
+    print(speed.speed_markdown(result))
     return 0
 
 
@@ -183,9 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    gradients = bench_commands.add_parser("gradients", help="gradient fidelity report")
+    gradients = bench_commands.add_parser(
+        "gradients", help="gradient fidelity sweep (JSON, MD, plot)"
+    )
     common(gradients)
+    gradients.add_argument("--quick", action="store_true", help="n = 4, 16 and one draw (smoke)")
+    gradients.add_argument("--results", default="results")
     gradients.set_defaults(run=_bench_gradients)
+    speed_parser = bench_commands.add_parser(
+        "speed", help="speed vs torch eigh, BatchNorm (JSON, MD, plot)"
+    )
+    common(speed_parser)
+    speed_parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats (smoke)")
+    speed_parser.add_argument("--repeats", type=int, default=10)
+    speed_parser.add_argument(
+        "--only", default=None, help="comma list of decomposition,eigh,layers,training"
+    )
+    speed_parser.add_argument("--device", default="cpu")
+    speed_parser.add_argument("--results", default="results")
+    speed_parser.set_defaults(run=_bench_speed)
     return parser
 
 

@@ -3,7 +3,7 @@
 Activations are viewed as ``(N, C, L)``; channels form ``G = C / d`` consecutive groups of
 ``d``. Both operations stream over the activations with batched matrix products and write
 at most one activation-sized tensor per pass, forward or backward: at these sizes the cost
-is memory traffic, not arithmetic (``benchmarks/layer_speed.py``).
+is memory traffic, not arithmetic (``stableeig bench speed``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,408 @@
+"""Speed: decompositions, layers and a training step, each against its baseline in-process.
+
+Every comparison interleaves ours and the baseline and reports the median of per-pair
+ratios, so machine noise hits both alike. (a) ``inv_sqrtm`` forward+backward per method
+vs ``torch.linalg.eigh`` autograd (float32, and float64 to compare at the same internal
+precision); (b) ``ZCAWhitening2d`` train forward+backward and eval forward vs
+``nn.BatchNorm2d``; (c) one SGD step of the quick-preset ResNet with ZCA vs with BatchNorm.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..nn import ZCAWhitening2d
+from ..spectral import inv_sqrtm
+from .models import resnet
+
+__all__ = ["decomposition_speed", "environment", "layer_speed", "speed_markdown", "training_speed"]
+
+LAYER_TARGETS = {
+    ("loewner", 16, "train"): 1.5,
+    ("loewner", 64, "train"): 2.0,
+    ("power", 64, "train"): 2.5,
+}
+
+
+def environment() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def paired(
+    ours: Callable[[], None], baseline: Callable[[], None], repeats: int, device: str = "cpu"
+) -> tuple[float, float, float]:
+    """(median seconds of ours, of the baseline, median per-pair ratio), after a warm-up."""
+    for _ in range(2):
+        ours()
+        baseline()
+    _sync(device)
+    a, b, ratios = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours()
+        _sync(device)
+        middle = time.perf_counter()
+        baseline()
+        _sync(device)
+        end = time.perf_counter()
+        a.append(middle - start)
+        b.append(end - middle)
+        ratios.append((middle - start) / (end - middle))
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
+
+
+def _torch_inv_sqrtm(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    def function(A: torch.Tensor) -> torch.Tensor:
+        w, V = torch.linalg.eigh(A.to(dtype))
+        return ((V * w.rsqrt().unsqueeze(-2)) @ V.mT).to(A.dtype)
+
+    return function
+
+
+def _forward_backward(
+    function: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor, G: torch.Tensor
+) -> Callable[[], None]:
+    def run() -> None:
+        X = A.detach().requires_grad_(True)
+        (function(X) * G).sum().backward()
+
+    return run
+
+
+def decomposition_speed(
+    sizes: tuple[int, ...] = (4, 16, 64, 128, 256),
+    elements: int = 1 << 16,
+    repeats: int = 10,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """``inv_sqrtm`` fwd+bwd per method vs torch eigh autograd; batch = elements / n²."""
+    rows = []
+    for n in sizes:
+        batch = max(1, elements // (n * n))
+        g = torch.Generator().manual_seed(n)
+        X = torch.randn(batch, n, 2 * n, generator=g)
+        A = (X @ X.mT / (2 * n) + 1e-3 * torch.eye(n)).to(device)
+        G = torch.randn(A.shape, generator=g).to(device)
+        for method in ("loewner", "power", "taylor", "clip", "analytic"):
+            for baseline_dtype in (torch.float32, torch.float64):
+                ours_s, base_s, ratio = paired(
+                    _forward_backward(functools.partial(inv_sqrtm, backward=method), A, G),
+                    _forward_backward(_torch_inv_sqrtm(baseline_dtype), A, G),
+                    repeats,
+                    device,
+                )
+                rows.append(
+                    {
+                        "n": n,
+                        "batch": batch,
+                        "method": method,
+                        "baseline": f"torch.linalg.eigh autograd in {str(baseline_dtype)[6:]}",
+                        "ours_ms": round(ours_s * 1e3, 3),
+                        "baseline_ms": round(base_s * 1e3, 3),
+                        "ratio": round(ratio, 3),
+                    }
+                )
+    return rows
+
+
+def eigh_backward_speed(
+    n: int = 64, batch: int = 16, repeats: int = 20, device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """Backward alone of ``eigh`` per rule vs the ``analytic`` rule (issue target: power ≤ 3×)."""
+    from ..eigh import eigh
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(batch, n, 3 * n, generator=g)
+    A = (X @ X.mT / (3 * n) + 1e-4 * torch.eye(n)).to(device).requires_grad_(True)
+    G = torch.randn(batch, n, n, generator=g).to(device)
+
+    def backward_of(rule: str) -> Callable[[], None]:
+        def run() -> None:
+            w, V = eigh(A, rule)
+            loss = (V * G).sum() + w.sum()
+            start = time.perf_counter()
+            loss.backward()
+            _sync(device)
+            run.seconds.append(time.perf_counter() - start)  # type: ignore[attr-defined]
+
+        run.seconds = []  # type: ignore[attr-defined]
+        return run
+
+    analytic = backward_of("analytic")
+    rows = []
+    for rule in ("power", "taylor", "clip"):
+        ours = backward_of(rule)
+        analytic.seconds.clear()  # type: ignore[attr-defined]
+        paired(ours, analytic, repeats, device)
+        ratios = [a / b for a, b in zip(ours.seconds[2:], analytic.seconds[2:])]  # type: ignore[attr-defined]
+        rows.append(
+            {
+                "rule": rule,
+                "n": n,
+                "batch": batch,
+                "ratio_to_analytic": round(statistics.median(ratios), 3),
+                "target": 3.0 if rule == "power" else None,
+            }
+        )
+    return rows
+
+
+def layer_speed(
+    shape: tuple[int, ...] = (128, 64, 32, 32),
+    group_sizes: tuple[int, ...] = (4, 16, 64),
+    methods: tuple[str, ...] = ("loewner", "power", "taylor", "clip", "analytic"),
+    repeats: int = 10,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """ZCAWhitening2d train fwd+bwd and eval fwd vs nn.BatchNorm2d on float32 ``shape``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(device)
+    upstream = torch.randn(shape, generator=g).to(device)
+    bn = nn.BatchNorm2d(shape[1]).to(device)
+    rows = []
+    for group_size in group_sizes:
+        for method in methods:
+            layer = ZCAWhitening2d(shape[1], group_size=group_size, method=method).to(device)
+            for mode in ("train", "eval"):
+                layer.train(mode == "train"), bn.train(mode == "train")
+                if mode == "train":
+                    ours, base = (
+                        _forward_backward(layer, x, upstream),
+                        _forward_backward(bn, x, upstream),
+                    )
+                else:
+                    ours, base = _no_grad(layer, x), _no_grad(bn, x)
+                ours_s, base_s, ratio = paired(ours, base, repeats, device)
+                target = LAYER_TARGETS.get(
+                    (method, group_size, mode), 1.2 if mode == "eval" else None
+                )
+                rows.append(
+                    {
+                        "method": method,
+                        "group_size": group_size,
+                        "mode": mode,
+                        "shape": list(shape),
+                        "ours_ms": round(ours_s * 1e3, 2),
+                        "batchnorm_ms": round(base_s * 1e3, 2),
+                        "ratio": round(ratio, 3),
+                        "target": target,
+                    }
+                )
+    return rows
+
+
+def _no_grad(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            module(x)
+
+    return run
+
+
+def training_speed(
+    methods: tuple[str, ...] = ("loewner", "power"),
+    group_size: int = 64,
+    batch: int = 128,
+    repeats: int = 10,
+    device: str = "cpu",
+    width: float = 0.125,
+) -> list[dict[str, Any]]:
+    """One SGD step of the quick-preset ResNet-18 (Fashion-MNIST-sized input), ZCA vs BN."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, 28, 28, generator=g).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=g).to(device)
+
+    def step_of(model: nn.Module) -> Callable[[], None]:
+        model.to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+
+        return run
+
+    reference = step_of(resnet("resnet18", in_channels=1, width=width, norm="batchnorm"))
+    rows = []
+    for method in methods:
+        model = resnet(
+            "resnet18", in_channels=1, width=width, norm="zca", group_size=group_size, method=method
+        )
+        ours_s, base_s, ratio = paired(step_of(model), reference, repeats, device)
+        rows.append(
+            {
+                "method": method,
+                "group_size": group_size,
+                "batch": batch,
+                "width": width,
+                "ours_ms": round(ours_s * 1e3, 1),
+                "batchnorm_ms": round(base_s * 1e3, 1),
+                "ratio": round(ratio, 3),
+                "target": 1.3,
+            }
+        )
+    return rows
+
+
+def speed_markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        f"Measured on {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
+        f"device {result['device']}; medians of per-pair ratios.",
+        "",
+    ]
+    if result.get("decomposition"):
+        lines += [
+            "**(a) inv_sqrtm forward+backward vs torch.linalg.eigh autograd** (float32 input)",
+            "",
+            "| n | batch | method | ours ms | vs eigh float32 | vs eigh float64 |",
+            "|---|---|---|---|---|---|",
+        ]
+        rows = result["decomposition"]
+        for row in rows:
+            if row["baseline"].endswith("float32"):
+                other = next(
+                    r
+                    for r in rows
+                    if r["n"] == row["n"]
+                    and r["method"] == row["method"]
+                    and r["baseline"].endswith("float64")
+                )
+                lines.append(
+                    f"| {row['n']} | {row['batch']} | {row['method']} | {row['ours_ms']} | "
+                    f"{row['ratio']:.2f}× | {other['ratio']:.2f}× |"
+                )
+        lines.append("")
+    if result.get("eigh_backward"):
+        lines += [
+            "**eigh backward alone vs the analytic rule** (16 × 64×64, float32)",
+            "",
+            "| rule | ratio |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {r['rule']} | {r['ratio_to_analytic']:.2f}× |" for r in result["eigh_backward"]
+        ]
+        lines.append("")
+    if result.get("layers"):
+        shape = tuple(result["layers"][0]["shape"])
+        lines += [
+            f"**(b) ZCAWhitening2d vs nn.BatchNorm2d**, {shape} float32",
+            "",
+            "| method | group size | train fwd+bwd | eval fwd |",
+            "|---|---|---|---|",
+        ]
+        layers = result["layers"]
+        for row in layers:
+            if row["mode"] == "train":
+                other = next(
+                    r
+                    for r in layers
+                    if r["method"] == row["method"]
+                    and r["group_size"] == row["group_size"]
+                    and r["mode"] == "eval"
+                )
+                lines.append(
+                    f"| {row['method']} | {row['group_size']} | {_with_target(row)} | "
+                    f"{_with_target(other)} |"
+                )
+        lines.append("")
+    if result.get("training"):
+        batch = result["training"][0]["batch"]
+        lines += [
+            f"**(c) one SGD step, quick-preset ResNet-18 (batch {batch}, 1×28×28), "
+            "ZCA at the stem vs BN**",
+            "",
+            "| method | group size | ZCA step ms | BN step ms | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for row in result["training"]:
+            lines.append(
+                f"| {row['method']} | {row['group_size']} | {row['ours_ms']} | "
+                f"{row['batchnorm_ms']} | {_with_target(row)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _with_target(row: dict[str, Any]) -> str:
+    target: Optional[float] = row.get("target")
+    text = f"{row['ratio']:.2f}×"
+    if target is not None:
+        text += f" ({'≤' if row['ratio'] <= target else 'above'} {target}×)"
+    return text
+
+
+def plot_speed(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = [r for r in result.get("decomposition", []) if r["baseline"].endswith("float64")]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = [(r["n"], r["ratio"]) for r in rows if r["method"] == method]
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    left.axhline(1.0, color="gray", lw=0.8)
+    left.set_xscale("log", base=2)
+    left.set_xlabel("matrix size n (batch = 65536 / n²)")
+    left.set_ylabel("time / torch.linalg.eigh autograd (float64)")
+    left.set_title("(a) inv_sqrtm forward+backward")
+    left.legend()
+    layers = result.get("layers", [])
+    for mode, style in (("train", "-o"), ("eval", "--s")):
+        for method in ("loewner", "power"):
+            points = [
+                (r["group_size"], r["ratio"])
+                for r in layers
+                if r["mode"] == mode and r["method"] == method
+            ]
+            if points:
+                right.plot(
+                    [p[0] for p in points], [p[1] for p in points], style, label=f"{method} {mode}"
+                )
+    right.axhline(1.0, color="gray", lw=0.8)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("group size")
+    right.set_ylabel("time / nn.BatchNorm2d")
+    right.set_title(f"(b) ZCAWhitening2d, {tuple(layers[0]['shape']) if layers else ''}")
+    right.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write(result: dict[str, Any], folder: Path, stem: str = "bench_speed") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / f"{stem}.md").write_text(speed_markdown(result))
+    plot_speed(result, folder / f"{stem}.png")

@@ -1,0 +1,65 @@
+"""Smoke tests of the benchmarks at their smallest sizes (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import stableeig as se
+from stableeig.bench import gradients, speed
+
+
+def test_gradient_sweep_rows_and_outputs(tmp_path: Path) -> None:
+    rows = gradients.gradient_sweep(sizes=(4,), dtypes=(torch.float32,), draws=1)
+    assert {r["function"] for r in rows} == {"inv_sqrtm", "top_k_projector"}
+    identity = [r for r in rows if r["spectrum"] == "identity" and r["function"] == "inv_sqrtm"]
+    by_method = {r["method"]: r for r in identity}
+    assert by_method["analytic"]["non_finite_fraction"] == 1.0  # torch's rule fails on ties
+    assert by_method["loewner"]["median_relative_error"] < 1e-6  # exact, also on ties
+    assert all(r["non_finite_fraction"] == 0 for r in rows if r["method"] != "analytic")
+    gradients.write(rows, tmp_path, n=4)
+    assert len(json.loads((tmp_path / "bench_gradients.json").read_text())) == len(rows)
+    assert "| identity | NaN |" in (tmp_path / "bench_gradients.md").read_text()
+    assert (tmp_path / "bench_gradients.png").stat().st_size > 1000
+
+
+def test_speed_parts_smallest_sizes(tmp_path: Path) -> None:
+    result = {
+        "environment": speed.environment(),
+        "device": "cpu",
+        "repeats": 1,
+        "quick": True,
+        "decomposition": speed.decomposition_speed((4,), elements=64, repeats=1),
+        "eigh_backward": speed.eigh_backward_speed(n=4, batch=2, repeats=1),
+        "layers": speed.layer_speed((4, 8, 3, 3), (4,), ("loewner",), repeats=1),
+        "training": speed.training_speed(
+            ("loewner",), group_size=16, batch=4, repeats=1, width=0.0625
+        ),
+    }
+    assert all(
+        row["ratio"] > 0 for row in result["decomposition"] + result["layers"] + result["training"]
+    )
+    speed.write(result, tmp_path, "speed")
+    text = (tmp_path / "speed.md").read_text()
+    assert "(a) inv_sqrtm" in text and "(b) ZCAWhitening2d" in text and "(c) one SGD step" in text
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    A = torch.randn(4, 8, 8, dtype=torch.float64)
+    A = A @ A.mT + 0.1 * torch.eye(8, dtype=torch.float64)
+    G = torch.randn(4, 8, 8, dtype=torch.float64)
+    grads = []
+    for device in ("cpu", "cuda"):
+        X = A.to(device).float().requires_grad_(True)
+        (se.inv_sqrtm(X) * G.to(device).float()).sum().backward()
+        grads.append(X.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+    layer = se.nn.ZCAWhitening2d(16, group_size=8).cuda()
+    x = torch.randn(8, 16, 4, 4, device="cuda", requires_grad=True)
+    layer(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all()
