@@ -68,16 +68,16 @@ def _inv_sqrt_loewner(w: torch.Tensor) -> torch.Tensor:
 
 
 def _sqrt_loewner(w: torch.Tensor) -> torch.Tensor:
-    s = w.sqrt()
+    s = w.clamp_min(0).sqrt()
     return 1.0 / (s.unsqueeze(-1) + s.unsqueeze(-2))
 
 
 INV_SQRT = SpectralFunction(
     "inv_sqrtm", torch.rsqrt, _inv_sqrt_loewner, "an eigenvalue is not positive"
 )
-SQRT = SpectralFunction(
+SQRT = SpectralFunction(  # round-off negative eigenvalues count as 0
     "sqrtm",
-    torch.sqrt,
+    lambda w: w.clamp_min(0).sqrt(),
     _sqrt_loewner,
     "the derivative of √λ is infinite at an eigenvalue equal to 0; add eps·I to A",
 )
@@ -316,15 +316,9 @@ def sqrtm(
         >>> S.diagonal().tolist()
         [2.0, 2.0]
     """
-    clamped = SpectralFunction(
-        SQRT.name,
-        lambda w: SQRT.values(w.clamp_min(0)),
-        lambda w: SQRT.loewner(w.clamp_min(0)),
-        SQRT.undefined_gradient,
-    )
     return _spectral(
         A,
-        clamped,
+        SQRT,
         backward,
         num_iters,
         order,
