@@ -89,8 +89,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     dataset = _dataset(dataset_name, args.data_dir)
     seeds = args.seeds or preset["seeds"]
     sizes = [int(d) for d in args.group_sizes.split(",")] if args.group_sizes else None
-    cells = table_cells(args.table, seeds, group_sizes=sizes or GROUP_SIZES)
-    stem = f"{args.table}_{args.preset}_{dataset.name}"
+    methods = args.methods.split(",") if args.methods else None
+    cells = table_cells(args.table, seeds, group_sizes=sizes or GROUP_SIZES, methods=methods)
+    stem = f"{args.table}_{args.preset}_{dataset.name}" + (
+        f"_steps{args.steps}" if args.steps else ""
+    )
     results = Path(args.results) / f"{stem}.jsonl"
     overrides: dict[str, Any] = {"dataset": dataset.name}
     if args.steps:
@@ -222,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seeds", type=int, default=None, help="seeds per cell (preset's)")
     reproduce.add_argument("--group-sizes", default=None, help="comma list, e.g. 4,8,16,32,64,128")
     reproduce.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    reproduce.add_argument("--methods", default=None, help="comma list (default: the table's)")
     reproduce.add_argument("--device", default="cpu", help="cpu or cuda")
     reproduce.add_argument(
         "--results", default="results", help="folder of the JSONL/MD/PNG outputs"
