@@ -18,6 +18,7 @@ import torch
 
 from ..spectral import inv_sqrtm, top_k_projector
 from .matrices import stem_covariance
+from .plotting import new_figure, save_figure
 
 __all__ = ["METHODS", "gradient_sweep", "plot_gradients", "spectrum_families", "summary_markdown"]
 
@@ -165,14 +166,9 @@ def plot_gradients(
     rows: list[dict[str, Any]], path: Path, n: int = 64, dtype: str = "float32"
 ) -> None:
     """Relative error vs eigenvalue gap (clustered family), one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     functions = list(dict.fromkeys(r["function"] for r in rows))
-    figure, axes = plt.subplots(1, len(functions), figsize=(6 * len(functions), 4.5), squeeze=False)
-    for axis, function in zip(axes[0], functions):
+    figure, axes = new_figure(len(functions), width=6, height=4.5)
+    for axis, function in zip(axes, functions):
         chosen = [
             r
             for r in rows
@@ -198,10 +194,7 @@ def plot_gradients(
         axis.set_ylabel("relative gradient error vs float64 exact")
         axis.set_title(f"{function}, n={n}, {dtype} (x at top: non-finite)")
         axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write(rows: list[dict[str, Any]], folder: Path, n: int = 64) -> None:

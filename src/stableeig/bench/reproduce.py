@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .data import Dataset
+from .plotting import new_figure, save_figure
 from .training import RunConfig, config_dict, train_run
 
 __all__ = ["PRESETS", "Cell", "render_table", "run_cells", "table_cells"]
@@ -257,12 +258,7 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
 
 def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
     """Success rate vs group size per method, and mean training-loss curves at the largest d."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, right) = new_figure(2)
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "batchnorm"]
     sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
     for method in methods:
@@ -294,7 +290,4 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
     right.set_ylabel("training loss (one seed)")
     right.set_title(f"training curves at d={largest}")
     right.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

@@ -23,6 +23,7 @@ from torch import nn
 from ..nn import ZCAWhitening2d
 from ..spectral import inv_sqrtm
 from .models import resnet
+from .plotting import new_figure, save_figure
 
 __all__ = ["decomposition_speed", "environment", "layer_speed", "speed_markdown", "training_speed"]
 
@@ -361,12 +362,7 @@ def _with_target(row: dict[str, Any]) -> str:
 
 
 def plot_speed(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, right) = new_figure(2)
     rows = [r for r in result.get("decomposition", []) if r["baseline"].endswith("float64")]
     for method in dict.fromkeys(r["method"] for r in rows):
         points = [(r["n"], r["ratio"]) for r in rows if r["method"] == method]
@@ -395,10 +391,7 @@ def plot_speed(result: dict[str, Any], path: Path) -> None:
     right.set_ylabel("time / nn.BatchNorm2d")
     right.set_title(f"(b) ZCAWhitening2d, {tuple(layers[0]['shape']) if layers else ''}")
     right.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write(result: dict[str, Any], folder: Path, stem: str = "bench_speed") -> None:
