@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _validation as checks
+from ._docs import fill_args
 from .eigh import _Eigh, analytic_coefficients, coefficient_rule, prepare_symmetric
 
 __all__ = [
@@ -371,5 +372,4 @@ def top_k_projector(
     )
 
 
-for _function in (inv_sqrtm, sqrtm, top_k_projector):
-    _function.__doc__ = (_function.__doc__ or "").replace("{args}", _DOC_ARGS)
+fill_args(_DOC_ARGS, inv_sqrtm, sqrtm, top_k_projector)

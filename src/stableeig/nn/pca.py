@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 
 from .. import _validation as checks
+from .._docs import fill_args
 from ..eigh import coefficient_rule
 from ..power_iteration import power_iteration_unchecked
 from ..spectral import (
@@ -148,5 +149,4 @@ class PCADenoising2d(_PCADenoising):
     _input_description = "4D (N, C, H, W)"
 
 
-for _cls in (PCADenoising1d, PCADenoising2d):
-    _cls.__doc__ = (_cls.__doc__ or "").replace("{args}", _ARGS)
+fill_args(_ARGS, PCADenoising1d, PCADenoising2d)
