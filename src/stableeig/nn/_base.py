@@ -17,6 +17,8 @@ from torch import nn
 
 from .. import _validation as checks
 from .._precision import working_dtype
+from ..eigh import CoefficientRule, coefficient_rule
+from ..spectral import SpectralFunction, spectral_unchecked
 from ._statistics import group_affine, group_moments, sync_enabled
 
 __all__ = ["RankDeficientWarning"]
@@ -138,11 +140,11 @@ class _GroupTransform(nn.Module):
         if not self.track_running_stats:
             return
         eye = torch.eye(self.group_size).expand(self.num_groups, -1, -1)
-        self.running_mean.zero_()  # type: ignore[operator]
-        for buffer in self._running_buffers():
-            value = getattr(self, buffer)
-            value.copy_(eye) if value.ndim == 3 else value.fill_(1.0)
-        self.num_batches_tracked.zero_()  # type: ignore[operator]
+        self._buffer("running_mean").zero_()
+        for name, kind in self._running_buffers().items():
+            buffer = self._buffer(name)
+            buffer.copy_(eye) if kind == "matrix" else buffer.fill_(1.0)
+        self._buffer("num_batches_tracked").zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -170,6 +172,22 @@ class _GroupTransform(nn.Module):
         )
 
     # ---- forward ------------------------------------------------------------------------
+
+    def _coefficient_rule(self) -> CoefficientRule:
+        """The eigenvector rule ``w -> C`` of ``method`` (one of ``eigh``'s rules)."""
+        return coefficient_rule(
+            self.method, num_iters=self.num_iters, order=self.order, min_gap=self.min_gap
+        )
+
+    def _spectral(self, matrix: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
+        """``V f(Λ) Vᵀ`` of (G, d, d) ``matrix`` with ``method``'s gradient (not ``pi``)."""
+        rule = None if self.method == "loewner" else self._coefficient_rule()
+        return spectral_unchecked(matrix, function, rule)[0]
+
+    def _ridge(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``matrix + eps·I`` for a (G, d, d) batch."""
+        eye = torch.eye(self.group_size, dtype=matrix.dtype, device=matrix.device)
+        return matrix + self.eps * eye
 
     def _decomposition_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:
         return working_dtype(statistics_dtype, self.compute_dtype)

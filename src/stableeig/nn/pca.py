@@ -15,12 +15,10 @@ import torch
 
 from .. import _validation as checks
 from .._docs import fill_args
-from ..eigh import coefficient_rule
 from ..power_iteration import power_iteration_unchecked
 from ..spectral import (
     SpectralFunction,
     energy_projector_function,
-    spectral_unchecked,
     top_k_function,
 )
 from ._base import _GroupTransform, unbiased
@@ -66,15 +64,10 @@ class _PCADenoising(_GroupTransform):
     def _projector(self, matrix: torch.Tensor) -> torch.Tensor:
         """The projector (G, d, d) onto the kept eigenvectors of ``matrix``."""
         function = self._projector_function()
-        if self.method == "loewner":
-            return spectral_unchecked(matrix, function)[0]
         if self.method == "pi":
             w, V = power_iteration_unchecked(matrix, self.group_size, self.num_iters)
             return (V * function.values(w).unsqueeze(-2)) @ V.mT
-        rule = coefficient_rule(
-            self.method, num_iters=self.num_iters, order=self.order, min_gap=self.min_gap
-        )
-        return spectral_unchecked(matrix, function, rule)[0]
+        return self._spectral(matrix, function)
 
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
@@ -82,8 +75,7 @@ class _PCADenoising(_GroupTransform):
         variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d)
         scale = (variance + self.eps).rsqrt()
         correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
-        eye = torch.eye(self.group_size, dtype=covariance.dtype, device=covariance.device)
-        projector = self._projector(correlation + self.eps * eye)
+        projector = self._projector(self._ridge(correlation))
         values = {"var": unbiased(variance, count).reshape(-1), "projector": projector}
         return projector * scale.unsqueeze(-2), values
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from .._docs import fill_args
-from ..eigh import _Eigh, coefficient_rule
+from ..eigh import _Eigh
 from ..power_iteration import power_iteration_unchecked
-from ..spectral import INV_SQRT, spectral_unchecked
+from ..spectral import INV_SQRT
 from ._base import _GroupTransform
 
 __all__ = ["METHOD_NOTES", "ZCAWhitening1d", "ZCAWhitening2d", "paper_truncation_mask"]
@@ -82,16 +82,10 @@ class _ZCAWhitening(_GroupTransform):
 
     def _whitening(self, matrix: torch.Tensor) -> torch.Tensor:
         """``M^{-1/2}`` (or the paper's truncated version) of ``M`` (G, d, d)."""
-        if self.method == "loewner":
-            return spectral_unchecked(matrix, INV_SQRT)[0]
-        if self.method in ("taylor", "clip", "analytic"):
-            rule = coefficient_rule(
-                self.method, num_iters=self.num_iters, order=self.order, min_gap=self.min_gap
-            )
-            return spectral_unchecked(matrix, INV_SQRT, rule)[0]
+        if self.method not in ("power", "pi"):
+            return self._spectral(matrix, INV_SQRT)
         if self.method == "power":
-            rule = coefficient_rule("power", num_iters=self.num_iters)
-            w, V = _Eigh.apply(matrix, rule)
+            w, V = _Eigh.apply(matrix, self._coefficient_rule())
         else:  # "pi": power iteration forward, autograd through it
             w, V = power_iteration_unchecked(matrix, self.group_size, self.num_iters)
         return _masked_inverse_sqrt(w, V, paper_truncation_mask(w, V, matrix, self.eps))
@@ -99,8 +93,7 @@ class _ZCAWhitening(_GroupTransform):
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        eye = torch.eye(self.group_size, dtype=covariance.dtype, device=covariance.device)
-        whitening = self._whitening(covariance + self.eps * eye)
+        whitening = self._whitening(self._ridge(covariance))
         return whitening, {"whitening": whitening}
 
     def _running_transform(self) -> torch.Tensor:
