@@ -8,13 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stableeig as se
-from conftest import ADVERSARIAL, relative_error, with_spectrum
-from stableeig.eigh import (
-    clip_coefficients,
-    geometric_sum,
-    power_coefficients,
-    taylor_coefficients,
-)
+from helpers import ADVERSARIAL, relative_error, with_spectrum
+from stableeig.rules import RULES, Clip, Power, Taylor, geometric_sum
 
 STABLE_RULES = ("power", "taylor", "clip")
 SEPARATED = torch.tensor([0.1, 0.3, 0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
@@ -26,9 +21,9 @@ def spectral_loss(w: torch.Tensor, V: torch.Tensor, weights: torch.Tensor) -> to
     return ((V * scale.unsqueeze(-2)) @ V.mT * weights).sum()
 
 
-def grad_of(A: torch.Tensor, backward: str, weights: torch.Tensor, **knobs: object) -> torch.Tensor:
+def grad_of(A: torch.Tensor, backward: object, weights: torch.Tensor) -> torch.Tensor:
     A = A.detach().clone().requires_grad_(True)
-    w, V = se.eigh(A, backward, **knobs)  # type: ignore[arg-type]
+    w, V = se.eigh(A, backward)  # type: ignore[arg-type]
     spectral_loss(w, V, weights.to(A.dtype)).backward()
     assert A.grad is not None
     return A.grad
@@ -97,77 +92,74 @@ def test_analytic_reproduces_torch() -> None:
     assert not torch.isfinite(grad_of(identity, "analytic", weights[:4, :4])).all()
 
 
-def test_power_matches_the_paper_algorithm_literally() -> None:
-    """The closed form equals the reference code: PI layer per eigenvector, autograd deflation."""
-
-    class PowerIterationLayer(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, M, v, K):  # type: ignore[no-untyped-def, override]
-            ctx.save_for_backward(M, v)
-            ctx.K = K
-            return v.clone()
-
-        @staticmethod
-        def backward(ctx, grad_v):  # type: ignore[no-untyped-def, override]
-            M, v = ctx.saved_tensors
-            norm = (M @ v).norm()
-            projector = torch.eye(v.shape[0], dtype=M.dtype) - v @ v.T
-            series, power = torch.zeros_like(M), torch.eye(v.shape[0], dtype=M.dtype)
-            for k in range(ctx.K):
-                series = series + power @ projector / norm ** (k + 1)
-                power = power @ M
-            return series @ grad_v @ v.T, None, None
-
-    A = with_spectrum(SEPARATED, seed=5).requires_grad_(True)
-    weights = torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for K in (1, 3, 19):
-        with torch.no_grad():
-            w, V = torch.linalg.eigh(A)
-        deflated, vectors = A, []
-        for j in reversed(range(6)):
-            v = PowerIterationLayer.apply(deflated, V[:, j : j + 1].clone(), K)
-            vectors.append(v)
-            deflated = deflated - deflated @ v @ v.T
-        literal = torch.cat(vectors[::-1], dim=1)
-        (reference,) = torch.autograd.grad(spectral_loss(w.detach(), literal, weights), A)
-        reference = (reference + reference.T) / 2
-        ours = grad_of(A, "power", weights, num_iters=K)
-        # eigenvalue gradients are exact in ours; the literal version above holds w fixed
-        A2 = A.detach().clone().requires_grad_(True)
-        w2, V2 = se.eigh(A2, "power", num_iters=K)
-        spectral_loss(w2.detach(), V2, weights).backward()
-        assert A2.grad is not None
-        torch.testing.assert_close(A2.grad, reference, rtol=1e-9, atol=1e-11)
-        assert torch.isfinite(ours).all()
-
-
-@pytest.mark.parametrize(("rule", "knob"), [("power", "num_iters"), ("taylor", "order")])
-def test_series_converge_to_analytic(rule: str, knob: str) -> None:
+@pytest.mark.parametrize("rule", [Power, Taylor])
+def test_series_converge_to_analytic(rule: type) -> None:
     A = with_spectrum(SEPARATED, seed=4)
     weights = torch.randn(6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     exact = grad_of(A, "analytic", weights)
-    errors = [
-        relative_error(grad_of(A, rule, weights, **{knob: K}), exact) for K in (2, 5, 19, 60, 200)
-    ]
+    errors = [relative_error(grad_of(A, rule(K), weights), exact) for K in (2, 5, 19, 60, 200)]
     assert all(later < earlier for earlier, later in zip(errors[:3], errors[1:4]))
     assert errors[-1] < 1e-12
 
 
-@pytest.mark.parametrize("name", ["identity", "all_equal", "clustered", "rank_1", "zero_plus_eps"])
-@pytest.mark.parametrize("K", [1, 9, 19])
-def test_series_coefficients_bounded_on_degenerate_spectra(name: str, K: int) -> None:
-    w = torch.linalg.eigvalsh(ADVERSARIAL[name](8))
-    floor = w.abs().amax() * 8 * torch.finfo(w.dtype).eps
-    largest = torch.maximum(w.unsqueeze(-1), w.unsqueeze(-2)).clamp_min(floor)
-    for C in (power_coefficients(w, K), taylor_coefficients(w, K)):
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("K", [0, 1, 9, 19])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_series_coefficients_obey_their_documented_bound(
+    name: str, K: int, dtype: torch.dtype
+) -> None:
+    w = torch.linalg.eigvalsh(ADVERSARIAL[name](8).to(dtype))
+    largest = torch.maximum(w.unsqueeze(-1), w.unsqueeze(-2)).clamp_min(1e-5)
+    for C in (Power(K).coefficients(w), Taylor(K).coefficients(w)):
         assert torch.isfinite(C).all()
-        assert (C.abs() <= (K + 1) / largest * (1 + 1e-12)).all()
+        assert (C.abs() <= (K + 1) / largest * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("rule", ["power", "taylor", "clip"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "matrix",
+    [
+        torch.zeros(3, 3),
+        torch.ones(4, 4),
+        torch.diag(torch.tensor([0.0, 0.0, 1.0, 2.0])),
+        -torch.eye(3),
+        torch.diag(torch.tensor([-2.0, 0.0, 3.0])),
+    ],
+    ids=["zero", "ones", "psd_exact_zeros", "negative_identity", "indefinite"],
+)
+def test_stable_rules_bounded_at_zero_and_negative_eigenvalues(
+    rule: str, dtype: torch.dtype, matrix: torch.Tensor
+) -> None:
+    """Unit-scale matrices with exact zero eigenvalues: |∂L/∂A| <= 1e8 · |upstream|."""
+    A = matrix.to(dtype).clone().requires_grad_(True)
+    _, V = se.eigh(A, rule)
+    upstream = torch.randn(V.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    (V * upstream).sum().backward()
+    assert A.grad is not None and torch.isfinite(A.grad).all()
+    assert float(A.grad.abs().max()) <= 1e8 * float(upstream.abs().max())
+
+
+def test_power_floor_is_what_bounds_it() -> None:
+    """Without the floor the zero matrix would divide by 0; with a larger floor, smaller C."""
+    w = torch.zeros(3, dtype=torch.float64)
+    assert float(Power().coefficients(w).abs().max()) == pytest.approx(1 / 1e-5)
+    assert float(Power(floor=1e-2).coefficients(w).abs().max()) == pytest.approx(1 / 1e-2)
 
 
 def test_taylor_and_clip_are_antisymmetric() -> None:
     w = torch.tensor([1e-4, 1e-4, 0.5, 0.5 + 1e-9, 2.0], dtype=torch.float64)
-    for C in (taylor_coefficients(w), clip_coefficients(w)):
+    for C in (Taylor().coefficients(w), Clip().coefficients(w)):
         torch.testing.assert_close(C, -C.mT)
+
+
+def test_registry_describes_every_rule() -> None:
+    table = se.rules.rule_table()
+    for name, rule in RULES.items():
+        assert f"`{name}`" in table and rule.describe().startswith(type(rule).__name__)
+    assert se.rules.resolve("power") is RULES["power"]
+    with pytest.raises(se.ArgumentError, match="expected one of"):
+        se.eigh(torch.eye(2), "loewner")
 
 
 @pytest.mark.parametrize("rule", [*STABLE_RULES, "analytic"])

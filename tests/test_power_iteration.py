@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stableeig as se
-from conftest import relative_error, with_spectrum
+from helpers import relative_error, with_spectrum
 
 SEPARATED = torch.tensor([0.05, 0.1, 0.2, 0.5, 1.5, 4.0], dtype=torch.float64)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stableeig as se
-from conftest import ADVERSARIAL, relative_error, with_spectrum
+from helpers import ADVERSARIAL, relative_error, with_spectrum
 
 Function = Callable[..., torch.Tensor]
 FUNCTIONS: dict[str, Function] = {
@@ -25,9 +25,9 @@ def upstream(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def grad_of(function: Function, A: torch.Tensor, backward: str, **knobs: object) -> torch.Tensor:
+def grad_of(function: Function, A: torch.Tensor, backward: object) -> torch.Tensor:
     A = A.detach().clone().requires_grad_(True)
-    (function(A, backward, **knobs) * upstream(A.shape[-1]).to(A.dtype)).sum().backward()
+    (function(A, backward) * upstream(A.shape[-1]).to(A.dtype)).sum().backward()
     assert A.grad is not None
     return A.grad
 
@@ -71,8 +71,8 @@ def test_loewner_gradcheck_and_gradgradcheck(name: str) -> None:
 def test_loewner_equals_eigenvector_rules_in_their_exact_limit(name: str, backward: str) -> None:
     A = with_spectrum(SEPARATED, seed=3)
     exact = grad_of(FUNCTIONS[name], A, "loewner")
-    knobs = {"power": {"num_iters": 400}, "taylor": {"order": 400}, "clip": {"min_gap": 1e-6}}
-    other = grad_of(FUNCTIONS[name], A, backward, **knobs.get(backward, {}))
+    limits = {"power": se.Power(400), "taylor": se.Taylor(400), "clip": se.Clip(1e-6)}
+    other = grad_of(FUNCTIONS[name], A, limits.get(backward, backward))
     assert relative_error(other, exact) < 1e-10
 
 

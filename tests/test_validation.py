@@ -68,25 +68,33 @@ def test_round_off_asymmetry_is_accepted_and_check_can_be_disabled() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("make", "message"),
     [
         (
-            {"backward": "loewner"},
-            r"expected one of 'analytic', 'power', 'taylor', 'clip' \(got 'loewner'\)",
+            lambda: se.eigh(torch.eye(2), "loewner"),
+            r"expected one of 'power', 'taylor', 'clip', 'analytic' \(got 'loewner'\)",
         ),
-        ({"backward": "svd"}, r"\(got 'svd'\)"),
-        ({"backward": "power", "num_iters": 0}, r"num_iters: expected an integer >= 1 \(got 0\)"),
-        ({"backward": "taylor", "order": -1}, r"order: expected an integer >= 0 \(got -1\)"),
-        (
-            {"backward": "clip", "min_gap": 0.0},
-            r"min_gap: expected a finite number > 0 \(got 0.0\)",
-        ),
-        ({"backward": "clip", "min_gap": -1}, r"min_gap: expected a finite number > 0 \(got -1\)"),
+        (lambda: se.eigh(torch.eye(2), "svd"), r"\(got 'svd'\)"),
+        (lambda: se.Power(num_iters=-1), r"num_iters: expected an integer >= 0 \(got -1\)"),
+        (lambda: se.Power(floor=0.0), r"floor: expected a finite number > 0 \(got 0.0\)"),
+        (lambda: se.Taylor(order=-1), r"order: expected an integer >= 0 \(got -1\)"),
+        (lambda: se.Clip(min_gap=0.0), r"min_gap: expected a finite number > 0 \(got 0.0\)"),
+        (lambda: se.Clip(min_gap=-1), r"min_gap: expected a finite number > 0 \(got -1\)"),
+        (lambda: se.PowerIteration(backward="x"), r"backward: expected one of 'reference'"),
+        (lambda: se.eigh(torch.eye(2), 3), r"backward: expected a rule name .* \(got int\)"),
+        (lambda: se.eigh(torch.eye(2), se.PowerIteration()), r"\(got 'pi'\)"),
     ],
 )
-def test_bad_rule_arguments(kwargs: dict[str, object], message: str) -> None:
+def test_bad_rule_arguments(make: Callable[[], object], message: str) -> None:
     with pytest.raises(se.StableEigError, match=message):
-        se.eigh(torch.eye(3), **kwargs)  # type: ignore[arg-type]
+        make()
+
+
+def test_exception_hierarchy() -> None:
+    assert issubclass(se.DTypeError, se.StableEigError) and issubclass(se.DTypeError, TypeError)
+    for error in (se.ShapeError, se.NonFiniteError, se.NotSymmetricError, se.ArgumentError):
+        assert issubclass(error, se.StableEigError) and issubclass(error, ValueError)
+    assert set(se.exceptions.__all__) <= set(se.__all__)
 
 
 def test_spectral_rule_names_and_k() -> None:

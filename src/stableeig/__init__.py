@@ -3,8 +3,10 @@
 Scope: real symmetric and symmetric positive (semi)definite matrices, batched (..., n, n).
 """
 
-from . import nn
-from ._validation import (
+from . import exceptions, nn, rules
+from .eigh import eigh
+from .exceptions import (
+    ArgumentError,
     DTypeError,
     NonFiniteError,
     NotDifferentiableError,
@@ -13,27 +15,35 @@ from ._validation import (
     ShapeError,
     StableEigError,
 )
-from .eigh import BACKWARD_RULES, eigh
 from .power_iteration import power_iteration_eigh
-from .spectral import SPECTRAL_BACKWARDS, inv_sqrtm, sqrtm, top_k_projector
+from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
+from .spectral import inv_sqrtm, sqrtm, top_k_projector
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BACKWARD_RULES",
-    "SPECTRAL_BACKWARDS",
+    "RULES",
+    "Analytic",
+    "ArgumentError",
+    "Clip",
     "DTypeError",
+    "Loewner",
     "NonFiniteError",
     "NotDifferentiableError",
     "NotPositiveDefiniteError",
     "NotSymmetricError",
+    "Power",
+    "PowerIteration",
     "ShapeError",
     "StableEigError",
+    "Taylor",
     "__version__",
     "eigh",
+    "exceptions",
     "inv_sqrtm",
     "nn",
     "power_iteration_eigh",
+    "rules",
     "sqrtm",
     "top_k_projector",
 ]

@@ -11,14 +11,15 @@ from typing import Optional
 
 import torch
 
+from .exceptions import (
+    ArgumentError,
+    DTypeError,
+    NonFiniteError,
+    NotSymmetricError,
+    ShapeError,
+)
+
 __all__ = [
-    "DTypeError",
-    "NonFiniteError",
-    "NotDifferentiableError",
-    "NotPositiveDefiniteError",
-    "NotSymmetricError",
-    "ShapeError",
-    "StableEigError",
     "check_choice",
     "check_finite",
     "check_int_at_least",
@@ -29,34 +30,6 @@ __all__ = [
 ]
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-class StableEigError(ValueError):
-    """Base class of the library's value errors."""
-
-
-class ShapeError(StableEigError):
-    """A tensor has the wrong number of dimensions or the wrong size."""
-
-
-class DTypeError(TypeError):
-    """A tensor has a dtype the operation does not support."""
-
-
-class NonFiniteError(StableEigError):
-    """A tensor holds NaN or Inf where finite values are required."""
-
-
-class NotSymmetricError(StableEigError):
-    """A matrix is not symmetric within the tolerance of its dtype."""
-
-
-class NotPositiveDefiniteError(StableEigError):
-    """A matrix has eigenvalues at or below zero where positive ones are required."""
-
-
-class NotDifferentiableError(StableEigError):
-    """The requested derivative does not exist (it is infinite) at this input."""
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -123,7 +96,7 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """Check that ``value`` is one of ``choices`` and return it."""
     if not isinstance(value, str) or value not in choices:
-        raise StableEigError(
+        raise ArgumentError(
             f"{name}: expected one of {', '.join(map(repr, choices))} (got {value!r})"
         )
     return value
@@ -132,18 +105,18 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 def check_int_at_least(name: str, value: object, minimum: int) -> int:
     """Check that ``value`` is an integer ``>= minimum`` (bools are rejected) and return it."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise StableEigError(f"{name}: expected an integer >= {minimum} (got {value!r})")
+        raise ArgumentError(f"{name}: expected an integer >= {minimum} (got {value!r})")
     if value < minimum:
-        raise StableEigError(f"{name}: expected an integer >= {minimum} (got {value})")
+        raise ArgumentError(f"{name}: expected an integer >= {minimum} (got {value})")
     return value
 
 
 def check_positive(name: str, value: object) -> float:
     """Check that ``value`` is a finite real number > 0 and return it as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise StableEigError(f"{name}: expected a positive number (got {value!r})")
+        raise ArgumentError(f"{name}: expected a positive number (got {value!r})")
     if not (value > 0 and value != float("inf")):
-        raise StableEigError(f"{name}: expected a finite number > 0 (got {value})")
+        raise ArgumentError(f"{name}: expected a finite number > 0 (got {value})")
     return float(value)
 
 
@@ -152,5 +125,5 @@ def check_k(name: str, k: object, n: int, allow_none: bool = False) -> Optional[
     if k is None and allow_none:
         return None
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise StableEigError(f"{name}: expected an integer in [1, {n}] for n = {n} (got {k!r})")
+        raise ArgumentError(f"{name}: expected an integer in [1, {n}] for n = {n} (got {k!r})")
     return k

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="the paper's Table 1 (ZCA) or Table 2 (PCA)")
     common(reproduce)
     reproduce.add_argument("table", choices=("table1", "table2"))
-    reproduce.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    reproduce.add_argument("--preset", choices=("quick", "long", "paper"), default="quick")
     reproduce.add_argument("--dataset", default=None, help="override the preset's data set")
     reproduce.add_argument("--seeds", type=int, default=None, help="seeds per cell (preset's)")
     reproduce.add_argument("--group-sizes", default=None, help="comma list, e.g. 4,8,16,32,64,128")

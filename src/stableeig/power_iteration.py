@@ -1,9 +1,20 @@
-"""The paper's "PI" baseline: power iteration with deflation, differentiated by autograd.
+"""The paper's "PI" baseline: power iteration with deflation, forward and backward.
 
 This is a baseline and behaves like one: it converges slowly when ``|λ₂/λ₁| -> 1``, its
 eigenvectors depend on the random start, and on degenerate or low-rank matrices it can
-return inaccurate eigenpairs, negative Rayleigh quotients or NaN. Nothing here stabilizes
-it; use :func:`stableeig.eigh` for a decomposition you can trust.
+return inaccurate eigenpairs, negative Rayleigh quotients or huge gradients. Nothing here
+stabilizes it; use :func:`stableeig.eigh` for a decomposition you can trust.
+
+Two backwards (``stableeig.rules.PowerIteration(backward=...)``):
+
+* ``"reference"`` (default) — the reference code's ``power_iteration_unstable`` as it
+  computes it: per iteration ``mid = (I - v₊v₊ᵀ) g / max(‖M̃ v‖, 1e-5)``,
+  ``∂L/∂M̃ += mid vᵀ``, and ``g ← M̃ mid``. On a deflated, non-symmetric ``M̃`` the exact
+  recursion needs ``M̃ᵀ``; this is the arithmetic the paper's PI column ran.
+* ``"exact"`` — autograd through the same iterations.
+
+The forward is the same for both, including the reference's ``clamp(min=1e-5)`` of the norm
+and its starting vectors ``r / (‖r‖ + 1e-12)``.
 """
 
 from __future__ import annotations
@@ -13,9 +24,101 @@ from typing import Optional
 import torch
 
 from . import _validation as checks
-from .eigh import prepare_symmetric
+from ._autograd import prepare_symmetric
 
 __all__ = ["power_iteration_eigh", "power_iteration_unchecked"]
+
+NORM_FLOOR = 1e-5  # the reference's clamp(min=1e-5) on ‖M v‖
+
+
+def _iterate(M: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step ``v <- M v / max(‖M v‖, 1e-5)``; also returns the clamped norm (..., 1, 1)."""
+    Mv = M @ v
+    norm = torch.linalg.vector_norm(Mv, dim=-2, keepdim=True).clamp_min(NORM_FLOOR)
+    return Mv / norm, norm
+
+
+class _ReferencePowerIteration(torch.autograd.Function):
+    """``num_iters`` power iterations of (..., n, 1) ``v`` on (..., n, n) ``M``, with the
+    reference code's backward (``M̃`` where ``M̃ᵀ`` belongs; no gradient to the start)."""
+
+    @staticmethod
+    def forward(
+        M: torch.Tensor, v: torch.Tensor, num_iters: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        iterates, norms = [v], []
+        for _ in range(num_iters):
+            v, norm = _iterate(M, v)
+            iterates.append(v)
+            norms.append(norm)
+        return v, torch.stack(iterates), torch.stack(norms)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        _, iterates, norms = output
+        ctx.num_iters = inputs[2]
+        ctx.mark_non_differentiable(iterates, norms)
+        ctx.save_for_backward(inputs[0], iterates, norms)
+
+    @staticmethod
+    def backward(ctx, grad_v, _grad_iterates, _grad_norms):  # type: ignore[no-untyped-def]
+        M, iterates, norms = ctx.saved_tensors
+        grad_M = torch.zeros_like(M)
+        for k in reversed(range(ctx.num_iters)):
+            after, before = iterates[k + 1], iterates[k]
+            mid = (grad_v - after @ (after.mT @ grad_v)) / norms[k]  # (I - v₊v₊ᵀ) g / ‖M v‖
+            grad_M = grad_M + mid @ before.mT
+            grad_v = M @ mid  # the reference's arithmetic: M, not Mᵀ
+        return grad_M, None, None
+
+
+def power_iteration_unchecked(
+    symmetric: torch.Tensor,
+    count: int,
+    num_iters: int,
+    generator: Optional[torch.Generator] = None,
+    backward: str = "reference",
+    starts: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iterations of :func:`power_iteration_eigh` on a validated symmetric batch.
+
+    Args:
+        symmetric: (..., n, n) matrices in working precision.
+        count: eigenpairs to extract, ``1 <= count <= n``.
+        num_iters: iterations per eigenpair.
+        generator: for the random starts. Default: the global generator.
+        backward: ``"reference"`` or ``"exact"`` (see the module docstring).
+        starts: (..., n, count) starting vectors (normalized here) instead of random ones.
+
+    Returns:
+        ``(w, V)`` (..., count) Rayleigh quotients and (..., n, count) vectors, in reverse
+        order of extraction (ascending when power iteration converged).
+    """
+    deflated = symmetric
+    if starts is None:
+        draw_device = generator.device if generator is not None else symmetric.device
+        starts = torch.randn(
+            (*symmetric.shape[:-1], count),
+            generator=generator,
+            dtype=symmetric.dtype,
+            device=draw_device,
+        ).to(symmetric.device)
+    starts = starts.to(symmetric.dtype)
+    starts = starts / (torch.linalg.vector_norm(starts, dim=-2, keepdim=True) + 1e-12)
+    values, vectors = [], []
+    with torch.autocast(symmetric.device.type, enabled=False):
+        for j in range(count):
+            v = starts[..., j : j + 1]
+            if backward == "reference":
+                v = _ReferencePowerIteration.apply(deflated, v, num_iters)[0]
+            else:
+                for _ in range(num_iters):
+                    v = _iterate(deflated, v)[0]
+            quotient = (deflated @ v).mT @ v / (v.mT @ v)  # the reference's Rayleigh quotient
+            values.append(quotient[..., 0, 0])
+            vectors.append(v[..., 0])
+            deflated = deflated - deflated @ v @ v.mT
+    return torch.stack(values[::-1], dim=-1), torch.stack(vectors[::-1], dim=-1)
 
 
 def power_iteration_eigh(
@@ -24,22 +127,25 @@ def power_iteration_eigh(
     num_iters: int = 19,
     generator: Optional[torch.Generator] = None,
     *,
+    backward: str = "reference",
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` eigenpairs by power iteration and deflation, differentiable throughout.
+    """Top-``k`` eigenpairs by power iteration and deflation: the paper's "PI" baseline.
 
     For each of ``k`` eigenvectors: start from a random unit vector, iterate
-    ``v <- M̃ v / ‖M̃ v‖`` ``num_iters`` times, take the Rayleigh quotient ``λ = vᵀ M̃ v``
-    and deflate ``M̃ <- M̃ - M̃ v vᵀ`` (the reference code's deflation). Batched over the
-    leading dimensions; the loops run over ``k`` and ``num_iters`` only.
+    ``v <- M̃ v / max(‖M̃ v‖, 1e-5)`` ``num_iters`` times, take the Rayleigh quotient
+    ``λ = vᵀ M̃ v / vᵀ v`` and deflate ``M̃ <- M̃ - M̃ v vᵀ`` (the reference code's steps).
+    Batched over the leading dimensions; the loops run over ``k`` and ``num_iters`` only.
 
     Args:
-        A: real symmetric matrices, shape (..., n, n).
+        A: real symmetric matrices, shape (..., n, n), n >= 1.
         k: number of eigenpairs, ``1 <= k <= n``. Default: ``None`` (all ``n``).
         num_iters: iterations per eigenvector, >= 1. Default: 19.
         generator: random generator for the starting vectors (its device is used to draw
             them). Default: ``None`` (the global generator).
+        backward: ``"reference"`` (the reference code's PI backward, as it computes it) or
+            ``"exact"`` (autograd through the iterations). Default: ``"reference"``.
         compute_dtype: least working precision. Default: ``None`` (float64).
         check_symmetric: raise if ``A`` is not symmetric within ``sqrt(eps)``. Default: True.
 
@@ -58,37 +164,14 @@ def power_iteration_eigh(
     """
     checks.check_square_matrix("A", A)
     n = A.shape[-1]
+    if n == 0:
+        raise checks.ShapeError(
+            f"A: expected matrices with n >= 1 for power iteration (got shape {tuple(A.shape)})"
+        )
     count = n if k is None else checks.check_k("k", k, n)
     assert count is not None
     checks.check_int_at_least("num_iters", num_iters, 1)
+    checks.check_choice("backward", backward, ("reference", "exact"))
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    w, V = power_iteration_unchecked(symmetric, count, num_iters, generator)
+    w, V = power_iteration_unchecked(symmetric, count, num_iters, generator, backward)
     return w.to(A.dtype), V.to(A.dtype)
-
-
-def power_iteration_unchecked(
-    symmetric: torch.Tensor,
-    count: int,
-    num_iters: int,
-    generator: Optional[torch.Generator] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The iterations of :func:`power_iteration_eigh` on a validated symmetric batch."""
-    deflated = symmetric
-    draw_device = generator.device if generator is not None else deflated.device
-    values, vectors = [], []
-    with torch.autocast(deflated.device.type, enabled=False):
-        for _ in range(count):
-            v = torch.randn(
-                (*deflated.shape[:-1], 1),
-                generator=generator,
-                dtype=deflated.dtype,
-                device=draw_device,
-            ).to(deflated.device)
-            v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True)
-            for _ in range(num_iters):
-                v = deflated @ v
-                v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True)
-            values.append((v.mT @ deflated @ v)[..., 0, 0])
-            vectors.append(v[..., 0])
-            deflated = deflated - deflated @ v @ v.mT
-    return torch.stack(values[::-1], dim=-1), torch.stack(vectors[::-1], dim=-1)

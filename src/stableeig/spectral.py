@@ -28,18 +28,25 @@ at repeated eigenvalues.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
 from . import _validation as checks
+from ._autograd import (
+    EighFunction,
+    LoewnerFunction,
+    SpectralFunction,
+    compose,
+    prepare_symmetric,
+)
 from ._docs import fill_args
-from .eigh import _Eigh, analytic_coefficients, coefficient_rule, prepare_symmetric
+from .exceptions import NotPositiveDefiniteError
+from .rules import EigenvectorRule, Rule, resolve
 
 __all__ = [
     "INV_SQRT",
-    "SPECTRAL_BACKWARDS",
+    "SQRT",
     "SpectralFunction",
     "energy_projector_function",
     "inv_sqrtm",
@@ -49,17 +56,7 @@ __all__ = [
     "top_k_projector",
 ]
 
-SPECTRAL_BACKWARDS = ("loewner", "analytic", "power", "taylor", "clip")
-
-
-@dataclass(frozen=True)
-class SpectralFunction:
-    """A scalar function of eigenvalues and its Loewner matrix, both ``(..., n) -> ...``."""
-
-    name: str
-    values: Callable[[torch.Tensor], torch.Tensor]  # (..., n) -> (..., n)
-    loewner: Callable[[torch.Tensor], torch.Tensor]  # (..., n) -> (..., n, n)
-    undefined_gradient: str  # why L can be infinite, for the error message
+SPECTRAL_KINDS = ("spectral", "eigenvector")
 
 
 def _inv_sqrt_loewner(w: torch.Tensor) -> torch.Tensor:
@@ -73,15 +70,28 @@ def _sqrt_loewner(w: torch.Tensor) -> torch.Tensor:
     return 1.0 / (s.unsqueeze(-1) + s.unsqueeze(-2))
 
 
-INV_SQRT = SpectralFunction(
-    "inv_sqrtm", torch.rsqrt, _inv_sqrt_loewner, "an eigenvalue is not positive"
-)
+def _inv_sqrt_undefined(w: torch.Tensor) -> str:
+    if bool((w <= 0).any()):
+        return f"an eigenvalue is not positive (smallest {float(w.amin()):.3g})"
+    return (
+        f"the gradient overflows {w.dtype} at eigenvalues as small as {float(w.amin()):.3g}; "
+        "rescale A or add eps·I"
+    )
+
+
+INV_SQRT = SpectralFunction("inv_sqrtm", torch.rsqrt, _inv_sqrt_loewner, _inv_sqrt_undefined)
 SQRT = SpectralFunction(  # round-off negative eigenvalues count as 0
     "sqrtm",
     lambda w: w.clamp_min(0).sqrt(),
     _sqrt_loewner,
-    "the derivative of √λ is infinite at an eigenvalue equal to 0; add eps·I to A",
+    lambda w: "the derivative of √λ is infinite at an eigenvalue equal to 0; add eps·I to A",
 )
+
+
+def _resolution(w: torch.Tensor) -> torch.Tensor:
+    """``n · eps · max|λ|`` per matrix, (..., 1): eigenvalue differences below it are noise."""
+    n = max(w.shape[-1], 1)
+    return n * torch.finfo(w.dtype).eps * w.abs().amax(-1, keepdim=True)
 
 
 def _projector_function(
@@ -93,10 +103,14 @@ def _projector_function(
         kept = indicator(w)
         crossing = kept.unsqueeze(-1) - kept.unsqueeze(-2)  # ±1 for kept × dropped pairs
         gaps = w.unsqueeze(-1) - w.unsqueeze(-2)
+        # A gap within round-off of the decomposition (n · eps · max|λ|) is a tie: its
+        # derivative is undefined, whatever tiny nonzero value the eigensolver returned.
+        resolution = _resolution(w).unsqueeze(-1)
+        gaps = torch.where(gaps.abs() <= resolution, torch.zeros_like(gaps), gaps)
         # 1 where the pair does not cross the cut: keeps 0/0 out of double backward
         return crossing / torch.where(crossing != 0, gaps, torch.ones_like(gaps))
 
-    return SpectralFunction(name, indicator, loewner, undefined_gradient)
+    return SpectralFunction(name, indicator, loewner, lambda w: undefined_gradient)
 
 
 def top_k_function(k: int) -> SpectralFunction:
@@ -136,81 +150,32 @@ def energy_projector_function(energy: float) -> SpectralFunction:
     )
 
 
-def _compose(V: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``V diag(values) Vᵀ``: (..., n, n)."""
-    return (V * values.unsqueeze(-2)) @ V.mT
-
-
-class _Loewner(torch.autograd.Function):
-    """``F = V f(Λ) Vᵀ`` with the Daleckii–Krein backward; also returns ``(w, V)``."""
-
-    @staticmethod
-    def forward(
-        A: torch.Tensor, function: SpectralFunction
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w, V = torch.linalg.eigh(A)
-        return _compose(V, function.values(w)), w, V
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        ctx.function = inputs[1]
-        ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
-        ctx.save_for_backward(output[1], output[2])
-
-    @staticmethod
-    def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
-        w, V = ctx.saved_tensors
-        function: SpectralFunction = ctx.function
-        inner = torch.zeros_like(V)
-        if grad_F is not None:
-            loewner = function.loewner(w)
-            if not bool(torch.isfinite(loewner).all()):
-                raise checks.NotDifferentiableError(
-                    f"{function.name} backward: expected a differentiable point (got: "
-                    f"{function.undefined_gradient})"
-                )
-            inner = loewner * (V.mT @ grad_F @ V)
-        if grad_V is not None:  # only in double backward: exact eigenvector rule
-            inner = inner + analytic_coefficients(w) * (V.mT @ grad_V)
-        if grad_w is not None:
-            inner = inner + torch.diag_embed(grad_w)
-        return V @ inner @ V.mT, None
-
-
 def spectral_unchecked(
-    symmetric: torch.Tensor,
-    function: SpectralFunction,
-    coefficients: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    symmetric: torch.Tensor, function: SpectralFunction, rule: Rule
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F, w)`` for an already validated symmetric working-precision batch, no host sync.
 
-    ``coefficients=None`` selects the Loewner backward, otherwise the eigenvector rule
-    (a function ``w -> C`` from :func:`stableeig.eigh.coefficient_rule`). For layers, which
-    validate their own inputs once.
+    ``rule`` is :class:`~stableeig.rules.Loewner` (the exact spectral gradient) or an
+    eigenvector rule, which differentiates ``V f(Λ) Vᵀ`` through the eigenvectors. For the
+    layers, which validate their own inputs once.
     """
     with torch.autocast(symmetric.device.type, enabled=False):
-        if coefficients is None:
-            F, w, _ = _Loewner.apply(symmetric, function)
-            return F, w
-        w, V = _Eigh.apply(symmetric, coefficients)
-        return _compose(V, function.values(w)), w
+        if isinstance(rule, EigenvectorRule):
+            w, V = EighFunction.apply(symmetric, rule)
+            return compose(V, function.values(w)), w
+        F, w, _ = LoewnerFunction.apply(symmetric, function)
+        return F, w
 
 
 def _spectral(
     A: torch.Tensor,
     function: SpectralFunction,
-    backward: str,
-    num_iters: int,
-    order: int,
-    min_gap: float,
+    backward: Union[str, Rule],
     compute_dtype: Optional[torch.dtype],
     check_symmetric: bool,
     eigenvalue_check: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
-    checks.check_choice("backward", backward, SPECTRAL_BACKWARDS)
-    rule = None
-    if backward != "loewner":
-        rule = coefficient_rule(backward, num_iters=num_iters, order=order, min_gap=min_gap)
+    rule = resolve(backward, kinds=SPECTRAL_KINDS)
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
     F, w = spectral_unchecked(symmetric, function, rule)
     eigenvalue_check(w)
@@ -219,7 +184,7 @@ def _spectral(
 
 def _require_positive(w: torch.Tensor) -> None:
     if w.numel() and not bool((w > 0).all()):
-        raise checks.NotPositiveDefiniteError(
+        raise NotPositiveDefiniteError(
             "inv_sqrtm: expected a positive definite matrix, all eigenvalues > 0 "
             f"(got smallest eigenvalue {float(w.amin()):.3g}); add eps·I to A"
         )
@@ -230,7 +195,7 @@ def _require_semidefinite(w: torch.Tensor) -> None:
         return
     tolerance = checks.symmetry_tolerance(w.dtype) * w.abs().amax()
     if not bool((w >= -tolerance).all()):
-        raise checks.NotPositiveDefiniteError(
+        raise NotPositiveDefiniteError(
             "sqrtm: expected a positive semidefinite matrix, eigenvalues >= "
             f"-{float(tolerance):.3g} (got smallest eigenvalue {float(w.amin()):.3g})"
         )
@@ -244,8 +209,8 @@ _DOC_ARGS = """
     Args:
         A: real symmetric matrices, shape (..., n, n), any floating dtype.
         backward: ``"loewner"`` (exact, stable; default) or an eigenvector rule of
-            :func:`stableeig.eigh`: ``"analytic"``, ``"power"``, ``"taylor"``, ``"clip"``.
-        num_iters, order, min_gap: knobs of the ``power``/``taylor``/``clip`` rules.
+            :func:`stableeig.eigh`, by name (``"analytic"``, ``"power"``, ``"taylor"``,
+            ``"clip"``) or as a :mod:`stableeig.rules` object.
         compute_dtype: least working precision. Default: ``None`` (float64).
         check_symmetric: raise if ``A`` is not symmetric within ``sqrt(eps)``. Default: True.
 """
@@ -253,11 +218,8 @@ _DOC_ARGS = """
 
 def inv_sqrtm(
     A: torch.Tensor,
-    backward: str = "loewner",
+    backward: Union[str, Rule] = "loewner",
     *,
-    num_iters: int = 19,
-    order: int = 9,
-    min_gap: float = 1e-2,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
 ) -> torch.Tensor:
@@ -280,9 +242,6 @@ def inv_sqrtm(
         A,
         INV_SQRT,
         backward,
-        num_iters,
-        order,
-        min_gap,
         compute_dtype,
         check_symmetric,
         _require_positive,
@@ -291,11 +250,8 @@ def inv_sqrtm(
 
 def sqrtm(
     A: torch.Tensor,
-    backward: str = "loewner",
+    backward: Union[str, Rule] = "loewner",
     *,
-    num_iters: int = 19,
-    order: int = 9,
-    min_gap: float = 1e-2,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
 ) -> torch.Tensor:
@@ -321,9 +277,6 @@ def sqrtm(
         A,
         SQRT,
         backward,
-        num_iters,
-        order,
-        min_gap,
         compute_dtype,
         check_symmetric,
         _require_semidefinite,
@@ -333,11 +286,8 @@ def sqrtm(
 def top_k_projector(
     A: torch.Tensor,
     k: int,
-    backward: str = "loewner",
+    backward: Union[str, Rule] = "loewner",
     *,
-    num_iters: int = 19,
-    order: int = 9,
-    min_gap: float = 1e-2,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
 ) -> torch.Tensor:
@@ -363,9 +313,6 @@ def top_k_projector(
         A,
         top_k_function(k),
         backward,
-        num_iters,
-        order,
-        min_gap,
         compute_dtype,
         check_symmetric,
         _no_requirement,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import channel_covariance, stem_activations
-from test_zca import gaussian
 from torch import nn
 
 import stableeig as se
+from helpers import channel_covariance, gaussian, stem_activations
 from stableeig.nn import PCADenoising1d, PCADenoising2d
 
 METHODS = ("loewner", "power", "taylor", "clip", "analytic", "pi")

@@ -9,24 +9,14 @@ import warnings
 
 import pytest
 import torch
-from helpers import channel_covariance, stem_activations
 from torch import nn
 
 import stableeig as se
+from helpers import channel_covariance, gaussian, stem_activations
 from stableeig.nn import ZCAWhitening1d, ZCAWhitening2d
 
 METHODS = ("loewner", "power", "taylor", "clip", "analytic", "pi")
 STABLE = ("loewner", "power", "taylor", "clip")
-
-
-def gaussian(
-    shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    C = shape[1]
-    mixing = torch.randn(C, C, generator=g, dtype=torch.float64)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    return (torch.einsum("dc,nc...->nd...", mixing, x) + 3.0).to(dtype)
 
 
 # ---- smoke / shapes ---------------------------------------------------------------------
@@ -240,7 +230,8 @@ def test_non_finite_activations_raise_and_leave_running_stats() -> None:
         ({"method": "svd"}, r"method: expected one of .* \(got 'svd'\)"),
         ({"running": "mean"}, r"running: expected one of 'whitening', 'covariance' \(got 'mean'\)"),
         ({"momentum": 1.5}, r"expected momentum in \[0, 1\] or None \(got 1.5\)"),
-        ({"num_iters": 0}, r"num_iters: expected an integer >= 1 \(got 0\)"),
+        ({"convention": "paper"}, r"convention: expected one of 'stableeig', 'reference'"),
+        ({"truncation": "half"}, r"truncation: expected one of 'none', 'paper', 'pi'"),
     ],
 )
 def test_constructor_errors(kwargs: dict[str, object], message: str) -> None:
@@ -298,7 +289,9 @@ def test_state_dict_round_trip_deepcopy_pickle_and_to() -> None:
 
 def test_extra_repr_and_reset() -> None:
     layer = ZCAWhitening2d(8, group_size=4, method="taylor")
-    assert "8, group_size=4, eps=0.0001, momentum=0.1" in repr(layer) and "'taylor'" in repr(layer)
+    assert "8, group_size=4, eps=0.0001, momentum=0.1" in repr(layer) and "Taylor(order=9" in repr(
+        layer
+    )
     layer(gaussian((8, 8, 3, 3)))
     layer.reset_running_stats()
     assert torch.equal(layer.running_whitening, torch.eye(4).expand(2, 4, 4))

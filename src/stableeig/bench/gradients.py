@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..rules import Analytic, Clip, Loewner, Power, Taylor
 from ..spectral import inv_sqrtm, top_k_projector
 from .matrices import stem_covariance
 from .plotting import new_figure, save_figure
@@ -23,16 +24,16 @@ from .plotting import new_figure, save_figure
 __all__ = ["METHODS", "gradient_sweep", "plot_gradients", "spectrum_families", "summary_markdown"]
 
 METHODS: dict[str, dict[str, Any]] = {
-    "analytic": {"backward": "analytic"},
-    "power K=5": {"backward": "power", "num_iters": 5},
-    "power K=19": {"backward": "power", "num_iters": 19},
-    "power K=50": {"backward": "power", "num_iters": 50},
-    "taylor 5": {"backward": "taylor", "order": 5},
-    "taylor 9": {"backward": "taylor", "order": 9},
-    "taylor 20": {"backward": "taylor", "order": 20},
-    "clip 1e-2": {"backward": "clip", "min_gap": 1e-2},
-    "clip 1e-4": {"backward": "clip", "min_gap": 1e-4},
-    "loewner": {"backward": "loewner"},
+    "analytic": {"backward": Analytic()},
+    "power K=5": {"backward": Power(num_iters=5)},
+    "power K=19": {"backward": Power(num_iters=19)},
+    "power K=50": {"backward": Power(num_iters=50)},
+    "taylor 5": {"backward": Taylor(order=5)},
+    "taylor 9": {"backward": Taylor(order=9)},
+    "taylor 20": {"backward": Taylor(order=20)},
+    "clip 1e-2": {"backward": Clip(min_gap=1e-2)},
+    "clip 1e-4": {"backward": Clip(min_gap=1e-4)},
+    "loewner": {"backward": Loewner()},
 }
 GAPS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 40,
         "test_subset": 2000,
         "compute_dtype": "float32",
+        "convention": "reference",
+        "seeds": 3,
+    },
+    "long": {  # long enough for the baselines' failures to show: 1,000 steps ≈ 2.1 epochs
+        "dataset": "fashion-mnist",
+        "width": 0.125,
+        "steps": 1000,
+        "steps_per_epoch": 100,
+        "test_subset": None,
+        "compute_dtype": "float32",
+        "convention": "reference",
         "seeds": 3,
     },
     "demo": {
@@ -42,6 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 30,
         "test_subset": 2000,
         "compute_dtype": "float32",
+        "convention": "reference",
         "seeds": 1,
     },
     "paper": {
@@ -51,6 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 391,
         "test_subset": None,
         "compute_dtype": "float32",
+        "convention": "reference",
         "seeds": 15,
     },
 }
@@ -147,9 +161,19 @@ def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) 
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file; a torn line (a run killed mid-append) is skipped with a
+    warning on stderr, never losing the others."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{number}: skipping a torn line", file=sys.stderr)
+    return rows
 
 
 def run_cells(

@@ -34,6 +34,7 @@ class RunConfig:
     method: str = "loewner"
     group_size: Optional[int] = 64
     compute_dtype: str = "float64"  # of the stem layer's decomposition
+    convention: str = "stableeig"  # or "reference": the authors' code's arithmetic
     energy: float = 0.99  # pca
     eps: float = 1e-4
     steps: int = 120
@@ -68,6 +69,7 @@ def build_model(config: RunConfig, dataset: Dataset) -> nn.Module:
             "method": config.method,
             "eps": config.eps,
             "compute_dtype": getattr(torch, config.compute_dtype),
+            "convention": config.convention,
         }
         if config.norm == "pca":
             norm_kwargs["energy"] = config.energy

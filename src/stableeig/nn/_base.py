@@ -10,20 +10,22 @@ synchronization, ``state_dict`` versioning and ``extra_repr``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
 from .. import _validation as checks
+from .._autograd import SpectralFunction
 from .._precision import working_dtype
-from ..eigh import CoefficientRule, coefficient_rule
-from ..spectral import SpectralFunction, spectral_unchecked
+from ..exceptions import ArgumentError, DTypeError, ShapeError
+from ..rules import Rule, resolve
+from ..spectral import spectral_unchecked
 from ._statistics import group_affine, group_moments, sync_enabled
 
-__all__ = ["RankDeficientWarning"]
+__all__ = ["CONVENTIONS", "RankDeficientWarning"]
 
-METHODS = ("loewner", "power", "taylor", "clip", "analytic", "pi")
+CONVENTIONS = ("stableeig", "reference")
 
 
 def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -50,11 +52,9 @@ class _GroupTransform(nn.Module):
         momentum: Optional[float] = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        method: str = "loewner",
+        method: Union[str, Rule] = "loewner",
         running: Optional[str] = None,
-        num_iters: int = 19,
-        order: int = 9,
-        min_gap: float = 1e-2,
+        convention: str = "stableeig",
         compute_dtype: Optional[torch.dtype] = None,
         sync_statistics: bool = False,
         process_group: Optional[Any] = None,
@@ -67,7 +67,7 @@ class _GroupTransform(nn.Module):
         group_size = num_features if group_size is None else group_size
         checks.check_int_at_least(f"{name}: group_size", group_size, 1)
         if num_features % group_size:
-            raise checks.StableEigError(
+            raise ArgumentError(
                 f"{name}: expected group_size to divide num_features = {num_features} "
                 f"(got group_size = {group_size})"
             )
@@ -77,18 +77,15 @@ class _GroupTransform(nn.Module):
         if momentum is not None and not (
             isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0
         ):
-            raise checks.StableEigError(
-                f"{name}: expected momentum in [0, 1] or None (got {momentum!r})"
-            )
+            raise ArgumentError(f"{name}: expected momentum in [0, 1] or None (got {momentum!r})")
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        self.method = checks.check_choice(f"{name}: method", method, METHODS)
+        self.rule = resolve(method, argument=f"{name}: method")
+        self.method = self.rule.name
         running = self._running_choices[0] if running is None else running
         self.running = checks.check_choice(f"{name}: running", running, self._running_choices)
-        self.num_iters = checks.check_int_at_least(f"{name}: num_iters", num_iters, 1)
-        self.order = checks.check_int_at_least(f"{name}: order", order, 0)
-        self.min_gap = checks.check_positive(f"{name}: min_gap", min_gap)
+        self.convention = checks.check_choice(f"{name}: convention", convention, CONVENTIONS)
         working_dtype(torch.float32, compute_dtype)  # validates
         self.compute_dtype = compute_dtype
         self.sync_statistics = sync_statistics
@@ -131,6 +128,10 @@ class _GroupTransform(nn.Module):
         """``T`` (G, d, d) for evaluation, from the running buffers."""
         raise NotImplementedError
 
+    def _initial_matrix(self) -> torch.Tensor:
+        """Initial value of the running matrices: the identity (d, d)."""
+        return torch.eye(self.group_size)
+
     _input_dims: tuple[int, ...] = ()
     _input_description = ""
 
@@ -139,25 +140,27 @@ class _GroupTransform(nn.Module):
     def reset_running_stats(self) -> None:
         if not self.track_running_stats:
             return
-        eye = torch.eye(self.group_size).expand(self.num_groups, -1, -1)
         self._buffer("running_mean").zero_()
         for name, kind in self._running_buffers().items():
             buffer = self._buffer(name)
-            buffer.copy_(eye) if kind == "matrix" else buffer.fill_(1.0)
+            buffer.copy_(self._initial_matrix()) if kind == "matrix" else buffer.fill_(1.0)
         self._buffer("num_batches_tracked").zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
-            nn.init.ones_(self.weight)
+            if self.convention == "reference":
+                nn.init.uniform_(self.weight)  # the reference code's weight.data.uniform_()
+            else:
+                nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, group_size={self.group_size}, eps={self.eps}, "
             f"momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}, method={self.method!r}, "
-            f"running={self.running!r}"
+            f"track_running_stats={self.track_running_stats}, method={self.rule.describe()}, "
+            f"running={self.running!r}, convention={self.convention!r}"
         )
 
     def _load_from_state_dict(  # type: ignore[no-untyped-def]
@@ -173,16 +176,9 @@ class _GroupTransform(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
 
-    def _coefficient_rule(self) -> CoefficientRule:
-        """The eigenvector rule ``w -> C`` of ``method`` (one of ``eigh``'s rules)."""
-        return coefficient_rule(
-            self.method, num_iters=self.num_iters, order=self.order, min_gap=self.min_gap
-        )
-
     def _spectral(self, matrix: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
-        """``V f(Λ) Vᵀ`` of (G, d, d) ``matrix`` with ``method``'s gradient (not ``pi``)."""
-        rule = None if self.method == "loewner" else self._coefficient_rule()
-        return spectral_unchecked(matrix, function, rule)[0]
+        """``V f(Λ) Vᵀ`` of (G, d, d) ``matrix`` with the layer's rule (not ``pi``)."""
+        return spectral_unchecked(matrix, function, self.rule)[0]
 
     def _ridge(self, matrix: torch.Tensor) -> torch.Tensor:
         """``matrix + eps·I`` for a (G, d, d) batch."""
@@ -216,11 +212,16 @@ class _GroupTransform(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         if x.dim() not in self._input_dims:
-            raise checks.ShapeError(
+            raise ShapeError(
                 f"{name}: expected {self._input_description} input (got shape {tuple(x.shape)})"
             )
+        if x.dtype not in checks.FLOATING_DTYPES:
+            raise DTypeError(
+                f"{name}: expected a real floating input (float16, bfloat16, float32, float64) "
+                f"(got {x.dtype})"
+            )
         if x.shape[1] != self.num_features:
-            raise checks.ShapeError(
+            raise ShapeError(
                 f"{name}: expected {self.num_features} channels in dimension 1 "
                 f"(got input of shape {tuple(x.shape)})"
             )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import _validation as checks
+from ..exceptions import ArgumentError, StableEigError
 from ._base import _GroupTransform
 from .pca import PCADenoising1d, PCADenoising2d
 from .zca import ZCAWhitening1d, ZCAWhitening2d
@@ -36,16 +37,14 @@ def _replacement(
             dtype=bn.weight.dtype if bn.affine else None,
             **kwargs,
         )
-    except checks.StableEigError as error:
-        raise checks.StableEigError(
-            f"convert_batchnorm: cannot replace {name!r}: {error}"
-        ) from None
+    except StableEigError as error:
+        raise ArgumentError(f"convert_batchnorm: cannot replace {name!r}: {error}") from None
     with torch.no_grad():
         if bn.affine:
             layer.weight.copy_(bn.weight)
             layer.bias.copy_(bn.bias)
         if bn.track_running_stats and bn.running_mean is not None:
-            layer._buffer("running_mean").copy_(bn.running_mean)
+            layer.get_buffer("running_mean").copy_(bn.running_mean)
     layer.train(bn.training)
     return layer.to(bn.running_mean.device) if bn.running_mean is not None else layer
 
@@ -57,7 +56,8 @@ def convert_batchnorm(
 
     Affine parameters, the running mean, momentum, device, dtype and the training flag are
     copied; the running whitening/projector starts at the identity (a BatchNorm has no
-    cross-channel statistics to copy). The model is changed in place and returned (a
+    cross-channel statistics to copy). A BatchNorm module used at several places is replaced
+    at every place by one shared new layer. The model is changed in place and returned (a
     BatchNorm passed as ``module`` itself is returned replaced).
 
     Args:
@@ -81,21 +81,24 @@ def convert_batchnorm(
     checks.check_choice("convert_batchnorm: kind", kind, tuple(_REPLACEMENTS))
     batchnorms = [
         (name, m)
-        for name, m in module.named_modules()
+        for name, m in module.named_modules(remove_duplicate=False)  # every place it is used
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
     ]
     if which == "all":
         chosen = batchnorms
     elif which == "first":
-        chosen = batchnorms[:1]
+        chosen = [(name, m) for name, m in batchnorms if m is batchnorms[0][1]]
     elif callable(which):
         chosen = [(name, m) for name, m in batchnorms if which(name, m)]
     else:
-        raise checks.StableEigError(
+        raise ArgumentError(
             f"convert_batchnorm: expected which = 'all', 'first' or a predicate (got {which!r})"
         )
+    replaced: dict[int, nn.Module] = {}  # a BatchNorm used at two places stays shared
     for name, bn in chosen:
-        new = _replacement(bn, kind, name or "<root>", **layer_kwargs)
+        if id(bn) not in replaced:
+            replaced[id(bn)] = _replacement(bn, kind, name or "<root>", **layer_kwargs)
+        new = replaced[id(bn)]
         if not name:
             return new
         parent_name, _, child = name.rpartition(".")

@@ -9,18 +9,17 @@ gradient is the exact projector gradient, in which only pairs across the cut app
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
 from .. import _validation as checks
+from .._autograd import SpectralFunction, compose
 from .._docs import fill_args
+from ..exceptions import ArgumentError
 from ..power_iteration import power_iteration_unchecked
-from ..spectral import (
-    SpectralFunction,
-    energy_projector_function,
-    top_k_function,
-)
+from ..rules import PowerIteration, Rule
+from ..spectral import energy_projector_function, top_k_function
 from ._base import _GroupTransform, unbiased
 
 __all__ = ["PCADenoising1d", "PCADenoising2d"]
@@ -35,7 +34,7 @@ class _PCADenoising(_GroupTransform):
         group_size: Optional[int] = None,
         n_components: Optional[int] = None,
         energy: float = 0.99,
-        method: str = "loewner",
+        method: Union[str, Rule] = "loewner",
         **kwargs: Any,
     ) -> None:
         super().__init__(num_features, group_size, method=method, **kwargs)
@@ -44,7 +43,7 @@ class _PCADenoising(_GroupTransform):
             f"{name}: n_components", n_components, self.group_size, allow_none=True
         )
         if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
-            raise checks.StableEigError(f"{name}: expected energy in (0, 1] (got {energy!r})")
+            raise ArgumentError(f"{name}: expected energy in (0, 1] (got {energy!r})")
         self.energy = float(energy)
 
     def extra_repr(self) -> str:
@@ -64,16 +63,26 @@ class _PCADenoising(_GroupTransform):
     def _projector(self, matrix: torch.Tensor) -> torch.Tensor:
         """The projector (G, d, d) onto the kept eigenvectors of ``matrix``."""
         function = self._projector_function()
-        if self.method == "pi":
-            w, V = power_iteration_unchecked(matrix, self.group_size, self.num_iters)
-            return (V * function.values(w).unsqueeze(-2)) @ V.mT
+        if isinstance(self.rule, PowerIteration):
+            w, V = power_iteration_unchecked(
+                matrix, self.group_size, self.rule.num_iters, backward=self.rule.backward
+            )
+            return compose(V, function.values(w))
         return self._spectral(matrix, function)
+
+    def _initial_matrix(self) -> torch.Tensor:
+        """The running projector starts at the identity (``"reference"``: at 0, as the
+        reference code's ``reset_running_stats``)."""
+        if self.convention == "reference" and self.running == "projector":
+            return torch.zeros(self.group_size, self.group_size)
+        return super()._initial_matrix()
 
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d)
-        scale = (variance + self.eps).rsqrt()
+        variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d), biased
+        standardizing = unbiased(variance, count) if self.convention == "reference" else variance
+        scale = (standardizing + self.eps).rsqrt()
         correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
         projector = self._projector(self._ridge(correlation))
         values = {"var": unbiased(variance, count).reshape(-1), "projector": projector}
@@ -101,9 +110,12 @@ _ARGS = """
         running: ``"projector"`` (EMA of the running variance and of the projector, the
             paper's) or ``"covariance"`` (EMA of the covariance, decomposed in eval).
             Default: ``"projector"``.
-        eps, momentum, affine, track_running_stats, num_iters, order, min_gap, compute_dtype,
-        sync_statistics, process_group, device, dtype: as in
-            :class:`stableeig.nn.ZCAWhitening2d`.
+        convention: ``"stableeig"`` (default: standardize by the biased batch variance, as
+            BatchNorm does; running projector starts at the identity) or ``"reference"``
+            (the authors' code: the unbiased variance, running projector starting at 0,
+            weight initialised ``uniform_()``).
+        eps, momentum, affine, track_running_stats, compute_dtype, sync_statistics,
+        process_group, device, dtype: as in :class:`stableeig.nn.ZCAWhitening2d`.
 """
 
 

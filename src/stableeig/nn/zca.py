@@ -2,69 +2,125 @@
 
 Per group of ``d`` channels, ``y = γ ∘ (M^{-1/2} (x - μ)) + β`` with ``M`` the batch
 covariance plus ``eps·I``. The whitening matrix and its gradient come from the chosen
-``method`` (see :data:`stableeig.nn.zca.METHOD_NOTES`).
+``method`` (a :mod:`stableeig.rules` rule); ``truncation`` picks the eigenvectors whitened.
 """
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
 
+from .. import _validation as checks
+from .._autograd import EighFunction
 from .._docs import fill_args
-from ..eigh import _Eigh
 from ..power_iteration import power_iteration_unchecked
+from ..rules import EigenvectorRule, Power, PowerIteration
 from ..spectral import INV_SQRT
 from ._base import _GroupTransform
 
-__all__ = ["METHOD_NOTES", "ZCAWhitening1d", "ZCAWhitening2d", "paper_truncation_mask"]
+__all__ = [
+    "TRUNCATIONS",
+    "ZCAWhitening1d",
+    "ZCAWhitening2d",
+    "paper_truncation_mask",
+    "pi_truncation_mask",
+]
 
-METHOD_NOTES = {
-    "loewner": "eigh forward, exact Daleckii–Krein gradient of M^{-1/2}; full whitening",
-    "power": "the paper's SVD-PI layer: truncated eigenbasis, power-iteration gradients",
-    "taylor": "eigh forward, degree-`order` Taylor series gradient; full whitening",
-    "clip": "eigh forward, gap-clamped gradient (`min_gap`); full whitening",
-    "analytic": "eigh forward, exact eigenvector gradient 1/(λi - λj): fails on ties (baseline)",
-    "pi": "power iteration forward and backward (`num_iters`), truncated (baseline)",
-}
-
+TRUNCATIONS = ("none", "paper", "pi")
 ENERGY_TOLERANCE = 1e-4  # the paper: stop once cumulative energy >= 1 - 1e-4
 RAYLEIGH_TOLERANCE = 0.1  # the paper: stop if the deflated Rayleigh quotient is off by > 10%
 
 
-def paper_truncation_mask(
-    w: torch.Tensor, V: torch.Tensor, matrix: torch.Tensor, eps: float
+def _deflated_rayleigh(
+    w: torch.Tensor, V: torch.Tensor, matrix: torch.Tensor, literal: bool
 ) -> torch.Tensor:
+    """Rayleigh quotients of the descending eigenvectors on ``M`` deflated of the earlier ones.
+
+    ``literal``: deflate step by step, ``M̃ <- M̃ - M̃ v vᵀ``, in the working dtype, as the
+    reference code does (its round-off included); otherwise the same quantity in closed form,
+    ``vᵢᵀMvᵢ - Σ_{k<i} λₖ (vₖᵀvᵢ)²``. Shapes: (..., n) from (..., n), (..., n, n) ×2.
+    """
+    if not literal:
+        quotient = (V.mT @ matrix @ V).diagonal(dim1=-2, dim2=-1)
+        earlier = torch.ones(w.shape[-1], w.shape[-1], dtype=w.dtype, device=w.device).triu(1)
+        return quotient - (w.unsqueeze(-1) * (V.mT @ V) ** 2 * earlier).sum(-2)
+    deflated, quotients = matrix, []
+    for i in range(w.shape[-1]):
+        v = V[..., i : i + 1]
+        quotients.append(((deflated @ v).mT @ v / (v.mT @ v))[..., 0, 0])
+        deflated = deflated - deflated @ v @ v.mT
+    return torch.stack(quotients, dim=-1)
+
+
+def paper_truncation_mask(
+    w: torch.Tensor,
+    V: torch.Tensor,
+    matrix: torch.Tensor,
+    eps: float,
+    convention: str = "stableeig",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's rule for how many eigenvectors SVD-PI keeps, as a 0/1 mask.
 
-    Walking eigenvalues in descending order, stop at the first ``i`` where ``λᵢ <= eps``
-    (within ``n · ulp · λ_max``: float64 ε-eigenvalues scatter around eps), cumulative
-    energy ``>= 1 - 1e-4``, the Rayleigh quotient on the deflated matrix differs from
-    ``λᵢ`` by more than 10 %, or it is negative. Batched, no host sync.
+    Walking eigenvalues in descending order, stop at the first ``i`` where ``λᵢ <= floor``,
+    cumulative energy ``>= 1 - tolerance``, the Rayleigh quotient on the deflated matrix
+    differs from ``λᵢ`` by more than 10 %, or it is negative. Batched, no host sync.
+
+    ``convention="reference"`` is the reference code literally: ``floor = eps``,
+    ``tolerance = eps``, the Rayleigh quotients from step-by-step deflation in the working
+    dtype. ``"stableeig"``: ``floor = eps + n · ulp · λ_max`` (float eigenvalues of an
+    ``eps``-ridged covariance scatter around ``eps`` by round-off, so ``λᵢ <= eps`` is decided
+    by rounding), ``tolerance = 1e-4``, closed-form Rayleigh quotients.
 
     Args:
-        w: eigenvalues in extraction order reversed (ascending for eigh), shape (..., n).
+        w: eigenvalues ascending, shape (..., n).
         V: matching eigenvectors, shape (..., n, n).
         matrix: the decomposed matrices ``M``, shape (..., n, n).
         eps: the ridge added to ``M``.
+        convention: ``"stableeig"`` or ``"reference"``. Default: ``"stableeig"``.
 
     Returns:
-        (..., n) mask in ``w``'s order: 1 for kept eigenvectors.
+        ``(mask, rayleigh)``, both (..., n) in ``w``'s order: 1 for kept eigenvectors, and
+        the deflated Rayleigh quotients.
     """
     with torch.no_grad():
         n = w.shape[-1]
+        literal = convention == "reference"
         descending, vectors = w.flip(-1), V.flip(-1)
-        floor = eps + n * torch.finfo(w.dtype).eps * descending.abs().amax(-1, keepdim=True)
-        energy = descending.cumsum(-1) / descending.clamp_min(0).sum(-1, keepdim=True)
-        # Rayleigh quotient on M deflated of the earlier vectors: vᵢᵀMvᵢ - Σ_{k<i} λₖ (vₖᵀvᵢ)²
-        quotient = (vectors.mT @ matrix @ vectors).diagonal(dim1=-2, dim2=-1)
-        earlier = torch.ones(n, n, dtype=w.dtype, device=w.device).triu(1)  # k < i
-        overlap = (vectors.mT @ vectors) ** 2 * earlier
-        rayleigh = quotient - (descending.unsqueeze(-1) * overlap).sum(-2)
+        if literal:
+            floor = torch.full_like(descending[..., :1], eps)
+            tolerance = eps
+        else:
+            floor = eps + n * torch.finfo(w.dtype).eps * descending.abs().amax(-1, keepdim=True)
+            tolerance = ENERGY_TOLERANCE
+        energy = descending.cumsum(-1) / descending.sum(-1, keepdim=True)
+        rayleigh = _deflated_rayleigh(descending, vectors, matrix, literal)
         fine = (
             (descending > floor)
-            & (energy < 1 - ENERGY_TOLERANCE)
-            & ((rayleigh - descending).abs() <= RAYLEIGH_TOLERANCE * descending.abs())
+            & (energy < 1 - tolerance)
+            & ((rayleigh - descending).abs() <= RAYLEIGH_TOLERANCE * descending)
             & (rayleigh >= 0)
         )
+        return fine.to(w.dtype).cumprod(-1).flip(-1), rayleigh.flip(-1)
+
+
+def pi_truncation_mask(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference PI layer's stop rule (``ZCANormPIunstable``), as a 0/1 mask.
+
+    In extraction order (the reverse of ``w``'s), keep the first eigenvector, then stop at
+    the first Rayleigh quotient that is larger than the previous one or below ``eps``.
+
+    Args:
+        w: Rayleigh quotients in reverse extraction order, shape (..., n).
+        eps: the ridge added to ``M``.
+
+    Returns:
+        (..., n) mask in ``w``'s order.
+    """
+    with torch.no_grad():
+        extracted = w.flip(-1)
+        fine = torch.ones_like(extracted, dtype=torch.bool)
+        fine[..., 1:] = (extracted[..., 1:] <= extracted[..., :-1]) & (extracted[..., 1:] >= eps)
         return fine.to(w.dtype).cumprod(-1).flip(-1)
 
 
@@ -77,18 +133,42 @@ def _masked_inverse_sqrt(w: torch.Tensor, V: torch.Tensor, keep: torch.Tensor) -
 class _ZCAWhitening(_GroupTransform):
     _running_choices = ("whitening", "covariance")
 
+    def __init__(
+        self, num_features: int, *args: Any, truncation: Optional[str] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        default = {"power": "paper", "pi": "pi"}.get(self.rule.name, "none")
+        truncation = default if truncation is None else truncation
+        name = type(self).__name__
+        self.truncation = checks.check_choice(f"{name}: truncation", truncation, TRUNCATIONS)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, truncation={self.truncation!r}"
+
     def _running_buffers(self) -> dict[str, str]:
         return {f"running_{self.running}": "matrix"}
 
     def _whitening(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``M^{-1/2}`` (or the paper's truncated version) of ``M`` (G, d, d)."""
-        if self.method not in ("power", "pi"):
+        """``M^{-1/2}`` (or the truncated version) of ``M`` (G, d, d)."""
+        rule = self.rule
+        if isinstance(rule, PowerIteration):
+            w, V = power_iteration_unchecked(
+                matrix, self.group_size, rule.num_iters, backward=rule.backward
+            )
+        elif self.truncation == "none":
             return self._spectral(matrix, INV_SQRT)
-        if self.method == "power":
-            w, V = _Eigh.apply(matrix, self._coefficient_rule())
-        else:  # "pi": power iteration forward, autograd through it
-            w, V = power_iteration_unchecked(matrix, self.group_size, self.num_iters)
-        return _masked_inverse_sqrt(w, V, paper_truncation_mask(w, V, matrix, self.eps))
+        else:
+            eigenvector_rule = rule if isinstance(rule, EigenvectorRule) else Power()
+            w, V = EighFunction.apply(matrix, eigenvector_rule)
+        if self.truncation == "pi":
+            keep = pi_truncation_mask(w, self.eps)
+        elif self.truncation == "paper":
+            keep, rayleigh = paper_truncation_mask(w, V, matrix, self.eps, self.convention)
+            if self.convention == "reference":  # its value, with the eigenvalue's gradient
+                w = w + (rayleigh - w).detach()
+        else:
+            keep = torch.ones_like(w)
+        return _masked_inverse_sqrt(w, V, keep)
 
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
@@ -113,14 +193,24 @@ _ARGS = """
         affine: learnable per-channel weight (init 1) and bias (init 0). Default: True.
         track_running_stats: keep running statistics for eval; if False, eval uses batch
             statistics too. Default: True.
-        method: gradient method: ``"loewner"`` (exact, stable), ``"power"`` (the paper's
-            SVD-PI layer: truncated by its rules, so it whitens only the kept subspace and
-            zeroes the rest), ``"taylor"``, ``"clip"``, ``"analytic"`` and ``"pi"`` (the
-            paper's failing baselines, not stabilized). Default: ``"loewner"``.
+        method: the gradient rule, by name or as a :mod:`stableeig.rules` object:
+            ``"loewner"`` (exact, stable), ``"power"`` (the paper's SVD-PI layer),
+            ``"taylor"``, ``"clip"``, ``"analytic"`` and ``"pi"`` (the paper's failing
+            baselines, not stabilized; ``"pi"`` also decomposes by power iteration).
+            Settings go in the object, e.g. ``stableeig.rules.Power(num_iters=29)``.
+            Default: ``"loewner"``.
+        truncation: which eigenvectors are whitened: ``"none"`` (all), ``"paper"`` (the
+            SVD-PI rule, see :func:`paper_truncation_mask`: whitens only the kept subspace
+            and zeroes the rest) or ``"pi"`` (the PI baseline's rule, see
+            :func:`pi_truncation_mask`). Default: ``None`` — ``"paper"`` for ``power``,
+            ``"pi"`` for ``pi``, ``"none"`` otherwise.
         running: what eval uses: ``"whitening"`` (EMA of the whitening matrix, the paper's)
             or ``"covariance"`` (EMA of the unbiased covariance, whitened in eval; each eval
             forward then decomposes it). Default: ``"whitening"``.
-        num_iters, order, min_gap: knobs of ``power``/``pi``, ``taylor``, ``clip``.
+        convention: ``"stableeig"`` (default) or ``"reference"``, the authors' code's
+            arithmetic where the two differ: the literal truncation tests ``λ <= eps`` and
+            energy ``>= 1 - eps`` with step-by-step deflation, Rayleigh-quotient eigenvalues
+            in the truncated whitening, and weight initialised ``uniform_()``.
         compute_dtype: least precision of the decomposition. Default: None (float64).
         sync_statistics: all-reduce the batch statistics over ``process_group`` in training
             (like ``nn.SyncBatchNorm``). Default: False.

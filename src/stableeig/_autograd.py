@@ -1,0 +1,128 @@
+"""Private plumbing shared by the public functions and the layers: input preparation and
+the two custom autograd Functions (eigenvector rules, Loewner spectral functions).
+
+Nothing here validates arguments: the public entry points do that once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import _validation as checks
+from ._precision import working_dtype
+from .exceptions import NotDifferentiableError
+from .rules import Analytic, EigenvectorRule
+
+__all__ = ["EighFunction", "LoewnerFunction", "SpectralFunction", "compose", "prepare_symmetric"]
+
+
+def prepare_symmetric(
+    name: str,
+    A: object,
+    compute_dtype: Optional[torch.dtype],
+    check_symmetric: bool = True,
+) -> torch.Tensor:
+    """Validate ``A``, cast it to the working dtype and return ``(A + Aᵀ) / 2``.
+
+    The symmetrization is differentiable, so gradients that reach ``A`` are symmetric.
+    """
+    A = checks.check_square_matrix(name, A)
+    checks.check_finite(name, A)
+    work = A.to(working_dtype(A.dtype, compute_dtype))
+    if check_symmetric:
+        checks.check_symmetric(name, A)  # tolerance of the dtype the user gave
+    return (work + work.mT) / 2
+
+
+def compose(V: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``V diag(values) Vᵀ``: (..., n, n)."""
+    return (V * values.unsqueeze(-2)) @ V.mT
+
+
+def eigenvector_backward(
+    w: torch.Tensor,
+    V: torch.Tensor,
+    grad_w: Optional[torch.Tensor],
+    grad_V: Optional[torch.Tensor],
+    rule: EigenvectorRule,
+) -> torch.Tensor:
+    """``V (C ∘ (Vᵀ grad_V) + diag(grad_w)) Vᵀ`` with ``C = rule.coefficients(w)``: (..., n, n).
+
+    Not symmetrized here; the callers symmetrize their input, so the gradient that reaches
+    the user is the symmetric part.
+    """
+    inner = torch.zeros_like(V)
+    if grad_V is not None:
+        inner = rule.coefficients(w) * (V.mT @ grad_V)
+    if grad_w is not None:
+        inner = inner + torch.diag_embed(grad_w)
+    return V @ inner @ V.mT
+
+
+class EighFunction(torch.autograd.Function):
+    """Exact ``torch.linalg.eigh`` forward, eigenvector gradient by a rule's coefficients."""
+
+    @staticmethod
+    def forward(A: torch.Tensor, rule: EigenvectorRule) -> tuple[torch.Tensor, torch.Tensor]:
+        w, V = torch.linalg.eigh(A)
+        return w, V
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        ctx.rule = inputs[1]
+        ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
+        ctx.save_for_backward(*output)
+
+    @staticmethod
+    def backward(ctx, grad_w, grad_V):  # type: ignore[no-untyped-def]
+        w, V = ctx.saved_tensors
+        return eigenvector_backward(w, V, grad_w, grad_V, ctx.rule), None
+
+
+@dataclass(frozen=True)
+class SpectralFunction:
+    """A scalar function of eigenvalues and its Loewner matrix, both ``(..., n) -> ...``."""
+
+    name: str
+    values: Callable[[torch.Tensor], torch.Tensor]  # (..., n) -> (..., n)
+    loewner: Callable[[torch.Tensor], torch.Tensor]  # (..., n) -> (..., n, n)
+    undefined_gradient: Callable[[torch.Tensor], str]  # why L is infinite at these w
+
+
+class LoewnerFunction(torch.autograd.Function):
+    """``F = V f(Λ) Vᵀ`` with the Daleckii–Krein backward; also returns ``(w, V)``."""
+
+    @staticmethod
+    def forward(
+        A: torch.Tensor, function: SpectralFunction
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w, V = torch.linalg.eigh(A)
+        return compose(V, function.values(w)), w, V
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        ctx.function = inputs[1]
+        ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
+        ctx.save_for_backward(output[1], output[2])
+
+    @staticmethod
+    def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
+        w, V = ctx.saved_tensors
+        function: SpectralFunction = ctx.function
+        inner = torch.zeros_like(V)
+        if grad_F is not None:
+            loewner = function.loewner(w)
+            if not bool(torch.isfinite(loewner).all()):
+                raise NotDifferentiableError(
+                    f"{function.name} backward: expected a differentiable point (got: "
+                    f"{function.undefined_gradient(w)})"
+                )
+            inner = loewner * (V.mT @ grad_F @ V)
+        if grad_V is not None:  # only in double backward: exact eigenvector rule
+            inner = inner + Analytic().coefficients(w) * (V.mT @ grad_V)
+        if grad_w is not None:
+            inner = inner + torch.diag_embed(grad_w)
+        return V @ inner @ V.mT, None
