@@ -118,3 +118,11 @@ def test_compute_dtype_must_be_float32_or_float64() -> None:
 def test_errors_are_value_or_type_errors() -> None:
     assert issubclass(se.ShapeError, ValueError) and issubclass(se.DTypeError, TypeError)
     assert issubclass(se.NotDifferentiableError, ValueError)
+
+
+def test_readme_rule_table_is_the_registry() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("<!-- rule table -->\n")[1].split("\n<!-- end rule table -->")[0]
+    assert table == se.rules.rule_table()
