@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import reference  # noqa: E402
-
 import stableeig as se  # noqa: E402
 from stableeig.bench.matrices import stem_covariance  # noqa: E402
 from stableeig.nn.zca import paper_truncation_mask  # noqa: E402
