@@ -58,22 +58,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
+    import shutil
 
     import torch
 
-    from .bench.training import RunConfig, config_dict, train_run
+    from .bench.training import CheckpointError, RunConfig, atomic_write, config_dict, train_run
 
     torch.set_num_threads(args.threads)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    config = RunConfig(**overrides)
+    config: RunConfig = args.config
     dataset = _dataset(config.dataset, args.data_dir)
     run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_dict(config), indent=1) + "\n")
-    result = train_run(config, dataset, run_dir=run_dir, progress=not args.quiet)
+    if args.restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    try:
+        result = train_run(config, dataset, run_dir=run_dir, progress=not args.quiet)
+    except CheckpointError as error:
+        raise SystemExit(f"stableeig train: error: {error}") from None
     summary = dataclasses.asdict(result)
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=1) + "\n")
+    text = json.dumps(config_dict(config), indent=1) + "\n"
+    atomic_write(run_dir / "config.json", lambda out: out.write(text))
+    text = json.dumps(summary, indent=1) + "\n"
+    atomic_write(run_dir / "result.json", lambda out: out.write(text))
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     return 0 if result.success else 1
 
@@ -86,17 +91,17 @@ def _reproduce(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     dataset_name = args.dataset or preset["dataset"]
+    seeds = preset["seeds"] if args.seeds is None else args.seeds
+    cells = table_cells(
+        args.table, seeds, group_sizes=args.group_sizes or GROUP_SIZES, methods=args.methods
+    )
     dataset = _dataset(dataset_name, args.data_dir)
-    seeds = args.seeds or preset["seeds"]
-    sizes = [int(d) for d in args.group_sizes.split(",")] if args.group_sizes else None
-    methods = args.methods.split(",") if args.methods else None
-    cells = table_cells(args.table, seeds, group_sizes=sizes or GROUP_SIZES, methods=methods)
     stem = f"{args.table}_{args.preset}_{dataset.name}" + (
         f"_steps{args.steps}" if args.steps else ""
     )
     results = Path(args.results) / f"{stem}.jsonl"
     overrides: dict[str, Any] = {"dataset": dataset.name}
-    if args.steps:
+    if args.steps is not None:
         overrides["steps"] = args.steps
     rows = run_cells(
         cells,
@@ -137,9 +142,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
-    parts = (
-        set(args.only.split(",")) if args.only else {"decomposition", "eigh", "layers", "training"}
-    )
+    parts = set(args.only or ("decomposition", "eigh", "layers", "training"))
     result: dict[str, Any] = {
         "environment": speed.environment(),
         "device": args.device,
@@ -175,60 +178,144 @@ def _bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(least: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least} (got {value})")
+        return value
+
+    return parse
+
+
+def _comma_list(choices: Optional[Sequence[str]] = None, kind: Any = str) -> Any:
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list (got nothing)")
+        if choices is not None:
+            bad = [item for item in items if item not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"expected items from {', '.join(choices)} (got {', '.join(bad)})"
+                )
+        try:
+            return [kind(item) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s (got {text!r})") from None
+
+    return parse
+
+
+def _group_size(text: str) -> int:
+    value = _at_least(1)(text)
+    if 64 % value:
+        raise argparse.ArgumentTypeError(f"expected a divisor of 64 (got {value})")
+    return value
+
+
+def _existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected an existing directory (got {text!r})")
+    return text
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`RunConfig` field: type, default, help and choices from it."""
+    import dataclasses
+    import typing
+
+    from .bench.training import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    for field in dataclasses.fields(RunConfig):
+        if "help" not in field.metadata:
+            continue
+        kind = next((t for t in typing.get_args(hints[field.name]) if t is not type(None)), None)
+        kind = kind or hints[field.name]
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=kind,
+            default=field.default,
+            choices=field.metadata["choices"],
+            help=field.metadata["help"] + " (default: %(default)s)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="stableeig", description=__doc__)
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="version", version=f"stableeig {__version__}")
     commands = parser.add_subparsers(dest="command")
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-        sub.add_argument("--data-dir", default=None, help="searched first for data sets")
+        sub.add_argument(
+            "--threads", type=_at_least(1), default=2, help="torch CPU threads (default: 2)"
+        )
+        sub.add_argument(
+            "--data-dir", type=_existing_dir, default=None, help="searched first for data sets"
+        )
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    demo = commands.add_parser("demo", help="train with analytic / power / loewner ZCA (d=64)")
+    demo = commands.add_parser(
+        "demo", help="the phenomenon: gradients on a real stem covariance, then short training"
+    )
     common(demo)
     demo.add_argument("--output", default="runs/demo", help="where the plot and runs go")
     demo.set_defaults(run=_demo)
 
     train = commands.add_parser(
-        "train", help="one training run (metrics JSONL, checkpoint, resume)"
+        "train",
+        help="one training run (metrics JSONL, checkpoint, resume)",
     )
     common(train)
     train.add_argument(
-        "--run-dir", required=True, help="metrics.jsonl, checkpoint.pt (resumed), result.json"
+        "--run-dir",
+        required=True,
+        help="metrics.jsonl, checkpoint.pt (resumed if the configuration matches), result.json",
     )
-    for name, kind in (
-        ("dataset", str),
-        ("depth", str),
-        ("width", float),
-        ("norm", str),
-        ("method", str),
-        ("group-size", int),
-        ("compute-dtype", str),
-        ("steps", int),
-        ("steps-per-epoch", int),
-        ("batch-size", int),
-        ("lr", float),
-        ("train-subset", int),
-        ("test-subset", int),
-        ("seed", int),
-        ("device", str),
-    ):
-        train.add_argument(f"--{name}", type=kind, default=None)
+    train.add_argument(
+        "--restart", action="store_true", help="delete the run directory's run and start over"
+    )
+    _add_config_options(train)
     train.set_defaults(run=_train)
 
     reproduce = commands.add_parser("reproduce", help="the paper's Table 1 (ZCA) or Table 2 (PCA)")
     common(reproduce)
-    reproduce.add_argument("table", choices=("table1", "table2"))
-    reproduce.add_argument("--preset", choices=("quick", "long", "paper"), default="quick")
-    reproduce.add_argument("--dataset", default=None, help="override the preset's data set")
-    reproduce.add_argument("--seeds", type=int, default=None, help="seeds per cell (preset's)")
-    reproduce.add_argument("--group-sizes", default=None, help="comma list, e.g. 4,8,16,32,64,128")
-    reproduce.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    reproduce.add_argument("--methods", default=None, help="comma list (default: the table's)")
-    reproduce.add_argument("--device", default="cpu", help="cpu or cuda")
+    reproduce.add_argument("table", choices=("table1", "table2"), help="which table")
     reproduce.add_argument(
-        "--results", default="results", help="folder of the JSONL/MD/PNG outputs"
+        "--preset",
+        choices=("quick", "long", "paper"),
+        default="quick",
+        help="run length and model (see the README; default: quick)",
+    )
+    reproduce.add_argument("--dataset", default=None, help="override the preset's data set")
+    reproduce.add_argument(
+        "--seeds", type=_at_least(1), default=None, help="seeds per cell (default: the preset's)"
+    )
+    reproduce.add_argument(
+        "--group-sizes",
+        type=_comma_list(kind=_group_size),
+        default=None,
+        help="comma list of divisors of 64 (default: 4,8,16,32,64)",
+    )
+    reproduce.add_argument(
+        "--steps", type=_at_least(1), default=None, help="override the preset's steps"
+    )
+    reproduce.add_argument(
+        "--methods",
+        type=_comma_list(choices=("analytic", "pi", "power", "taylor", "clip", "loewner")),
+        default=None,
+        help="comma list of gradient rules (default: the table's)",
+    )
+    reproduce.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    reproduce.add_argument(
+        "--results", default="results", help="folder of the JSONL/MD/PNG outputs (default: results)"
     )
     reproduce.set_defaults(run=_reproduce)
 
@@ -239,19 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(gradients)
     gradients.add_argument("--quick", action="store_true", help="n = 4, 16 and one draw (smoke)")
-    gradients.add_argument("--results", default="results")
+    gradients.add_argument("--results", default="results", help="output folder (default: results)")
     gradients.set_defaults(run=_bench_gradients)
     speed_parser = bench_commands.add_parser(
         "speed", help="speed vs torch eigh, BatchNorm (JSON, MD, plot)"
     )
     common(speed_parser)
     speed_parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats (smoke)")
-    speed_parser.add_argument("--repeats", type=int, default=10)
     speed_parser.add_argument(
-        "--only", default=None, help="comma list of decomposition,eigh,layers,training"
+        "--repeats", type=_at_least(1), default=10, help="timed repeats (default: 10)"
     )
-    speed_parser.add_argument("--device", default="cpu")
-    speed_parser.add_argument("--results", default="results")
+    speed_parser.add_argument(
+        "--only",
+        type=_comma_list(choices=("decomposition", "eigh", "layers", "training")),
+        default=None,
+        help="comma list of decomposition,eigh,layers,training (default: all)",
+    )
+    speed_parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    speed_parser.add_argument(
+        "--results", default="results", help="output folder (default: results)"
+    )
     speed_parser.set_defaults(run=_bench_speed)
     return parser
 
@@ -259,14 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from . import __version__
-
-        print(__version__)
-        return 0
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "train":  # every field validated before any work
+        import dataclasses
+
+        from .bench.training import RunConfig
+        from .exceptions import StableEigError
+
+        names = {f.name for f in dataclasses.fields(RunConfig) if "help" in f.metadata}
+        try:
+            args.config = RunConfig(**{name: getattr(args, name) for name in names})
+        except StableEigError as error:
+            parser.error(f"train: {error}")
     return int(args.run(args))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,9 +55,7 @@ def tiny_config(**changes: object) -> training.RunConfig:
         test_subset=None,
         group_size=16,
     )
-    for key, value in changes.items():
-        setattr(base, key, value)
-    return base
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def test_tiny_run_end_to_end_writes_metrics(tmp_path: Path) -> None:
@@ -82,11 +81,76 @@ def test_divergence_is_a_failure() -> None:
     assert result.failure_reason.startswith(("diverged", "non-finite"))
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+def _metrics(run_dir: Path) -> list[dict[str, object]]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 4])  # mid-epoch, and right after a checkpoint
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(
+    tmp_path: Path, interrupt_at: int
+) -> None:
+    config = tiny_config(steps=8)
+    whole = training.train_run(config, tiny_dataset(), run_dir=tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        training.train_run(
+            config, tiny_dataset(), run_dir=tmp_path / "cut", interrupt_at=interrupt_at
+        )
+    resumed = training.train_run(config, tiny_dataset(), run_dir=tmp_path / "cut")
+    assert resumed.losses == whole.losses and resumed.test_error == whole.test_error
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")  # no duplicated line
+    final = [
+        torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("whole", "cut")
+    ]
+    for key, value in final[0]["model"].items():
+        assert torch.equal(value, final[1]["model"][key]), key
+
+
+def test_restore_brings_back_generator_and_first_loss(tmp_path: Path) -> None:
+    config = tiny_config(steps=4)
+    training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = training._new_state(config, tiny_dataset())
+    training._restore(state, saved, config)
+    assert state.first_loss == saved["first_loss"] and state.first_loss is not None
+    assert torch.equal(state.generator.get_state(), saved["generator"])
+    assert state.step == 4 and state.metrics == saved["metrics"]
+
+
+def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
     training.train_run(tiny_config(steps=4), tiny_dataset(), run_dir=tmp_path)
-    resumed = training.train_run(tiny_config(steps=8), tiny_dataset(), run_dir=tmp_path)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 4, 6, 8] and resumed.success and len(resumed.losses) == 4
+    with pytest.raises(training.CheckpointError, match=r"method: 'loewner' -> 'power'.*--restart"):
+        training.train_run(tiny_config(steps=4, method="power"), tiny_dataset(), run_dir=tmp_path)
+    with pytest.raises(training.CheckpointError, match=r"steps: 4 -> 2"):
+        training.train_run(tiny_config(steps=2), tiny_dataset(), run_dir=tmp_path)
+
+
+def test_unreadable_checkpoint_falls_back_then_errors_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(steps=4)
+    whole = training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # a kill during the write, before atomicity
+    again = training.train_run(config, tiny_dataset(), run_dir=tmp_path)  # from step 2
+    assert "cannot read" in capsys.readouterr().err and again.losses == whole.losses
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    (tmp_path / "checkpoint.prev.pt").write_bytes(b"\x80")
+    with pytest.raises(training.CheckpointError, match=r"checkpoint.pt: expected a readable"):
+        training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+
+
+def test_run_config_validates_every_field() -> None:
+    for changes, message in [
+        ({"steps": 0}, r"steps: expected an integer >= 1 \(got 0\)"),
+        ({"steps_per_epoch": 0}, r"steps_per_epoch: expected an integer >= 1"),
+        ({"batch_size": 0}, r"batch_size: expected an integer >= 2"),
+        ({"train_subset": 0}, r"train_subset: expected an integer >= 1"),
+        ({"compute_dtype": "banana"}, r"compute_dtype: expected one of 'float32'"),
+        ({"group_size": 12}, r"group_size: expected a divisor of the stem's 64 channels"),
+        ({"method": "svd"}, r"method: expected one of"),
+    ]:
+        with pytest.raises(se.StableEigError, match=message):
+            tiny_config(**changes)
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.exists(), reason="dataset-fashion-mnist not installed")
@@ -124,8 +188,32 @@ def test_reproduce_skips_finished_cells(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(rows) == len(cells) and len(calls) == len(cells)  # the first three were not rerun
     assert all(line["table"] == "table1" and "failure_reason" in line for line in rows)
     table = reproduce.render_table(rows, "table1")
-    assert "| analytic | Suc. Rate | 100% (2/2) | 0% (0/2) |" in table
+    assert "| analytic | Suc. Rate | 100% (2/2; CI 34–100%) | 0% (0/2; CI 0–66%) |" in table
     assert "| power | Min, Mean | 10.00, 10.50±0.71 | 10.00, 10.50±0.71 |" in table
     assert "*paper SVD*" in table
     reproduce.plot(rows, "table1", tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+    # a torn last line (a kill mid-append) and a duplicated cell (two processes) are harmless
+    with results.open("a") as out:
+        out.write(json.dumps(rows[0]) + "\n" + '{"table": "tab')
+    again = reproduce.run_cells(cells, tiny_dataset(), "quick", results, progress=False)
+    assert len(again) == len(cells) and len(calls) == len(cells)
+    assert reproduce.render_table(again, "table1") == table
+
+
+def test_concurrent_reproduce_runs_each_cell_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = reproduce.table_cells("table1", seeds=1, group_sizes=(4,), methods=("power",))[1]
+    results = tmp_path / "t1.jsonl"
+    with reproduce._claim(results, cell) as first, reproduce._claim(results, cell) as second:
+        assert first and not second  # a second process, same cell
+    stale = results.with_name(results.name + ".claims") / "stale.claim"
+    stale.write_text("999999999")  # a killed process's claim
+    assert not reproduce._holder_alive(stale)
+
+
+def test_wilson_interval() -> None:
+    low, high = reproduce.wilson_interval(7, 15)
+    assert (round(low, 3), round(high, 3)) == (0.248, 0.699)
+    assert reproduce.wilson_interval(0, 3)[0] == 0.0 and reproduce.wilson_interval(3, 3)[1] == 1.0

@@ -6,11 +6,14 @@ rerunning skips the cells already there, so an interrupted reproduction resumes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -176,6 +179,71 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _done(results: Path) -> set[tuple[str, str, Optional[int], int]]:
+    return {(r["table"], r["method"], r["group_size"], r["seed"]) for r in read_results(results)}
+
+
+def _append(results: Path, line: dict[str, Any]) -> None:
+    """Append one JSON line under an exclusive lock, flushed to disk before the lock goes."""
+    with results.open("a") as out:
+        fcntl.flock(out, fcntl.LOCK_EX)
+        try:
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        finally:
+            fcntl.flock(out, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _claim(results: Path, cell: Cell) -> Iterator[bool]:
+    """Claim a cell for this process (``True``), so that concurrent ``reproduce`` processes
+    on one results file run each cell once; ``False`` if a live process holds it. A claim
+    left by a killed process (its pid is gone) is taken over."""
+    folder = results.with_name(results.name + ".claims")
+    folder.mkdir(exist_ok=True)
+    path = folder / ("_".join(str(part) for part in cell.key()) + ".claim")
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _holder_alive(path):
+                yield False
+                return
+            path.unlink(missing_ok=True)  # stale: its process was killed
+            continue
+        with os.fdopen(descriptor, "w") as out:
+            out.write(str(os.getpid()))
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _holder_alive(path: Path) -> bool:
+    try:
+        pid = int(path.read_text() or "0")
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
+
+
+def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell (the first written), whatever ran twice."""
+    seen, unique = set(), []
+    for row in rows:
+        key = (row["table"], row["method"], row["group_size"], row["seed"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
 def run_cells(
     cells: list[Cell],
     dataset: Dataset,
@@ -189,26 +257,27 @@ def run_cells(
 
     ``overrides`` replace fields of the preset's :class:`RunConfig` (e.g. ``steps``).
     """
-    done = {(r["table"], r["method"], r["group_size"], r["seed"]) for r in read_results(results)}
     results.parent.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells if c.key() not in done]
+    todo = [c for c in cells if c.key() not in _done(results)]
     for number, cell in enumerate(todo, 1):
-        config = cell_config(cell, preset, device, **(overrides or {}))
-        result = train_run(config, dataset, progress=progress)
-        line = {
-            "table": cell.table,
-            "dataset": dataset.name,
-            "preset": preset,
-            "method": cell.method,
-            "group_size": cell.group_size,
-            "seed": cell.seed,
-            **dataclasses.asdict(result),
-            "config": config_dict(config),
-        }
-        line["test_error"] = None if result.test_error is None else round(result.test_error, 3)
-        line["seconds"] = round(result.seconds, 1)
-        with results.open("a") as out:
-            out.write(json.dumps(line) + "\n")
+        with _claim(results, cell) as claimed:
+            if not claimed or cell.key() in _done(results):
+                continue  # another process runs (or ran) this cell
+            config = cell_config(cell, preset, device, **(overrides or {}))
+            result = train_run(config, dataset, progress=progress)
+            line = {
+                "table": cell.table,
+                "dataset": dataset.name,
+                "preset": preset,
+                "method": cell.method,
+                "group_size": cell.group_size,
+                "seed": cell.seed,
+                **dataclasses.asdict(result),
+                "config": config_dict(config),
+            }
+            line["test_error"] = None if result.test_error is None else round(result.test_error, 3)
+            line["seconds"] = round(result.seconds, 1)
+            _append(results, line)
         outcome = (
             f"error {line['test_error']}%"
             if result.success
@@ -219,7 +288,17 @@ def run_cells(
             f"{outcome} ({line['seconds']}s)",
             flush=True,
         )
-    return read_results(results)
+    return unique_rows(read_results(results))
+
+
+def wilson_interval(successes: int, runs: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (meaningful also for 0/n and n/n)."""
+    if runs == 0:
+        return 0.0, 1.0
+    p = successes / runs
+    centre = (p + z * z / (2 * runs)) / (1 + z * z / runs)
+    half = z / (1 + z * z / runs) * (p * (1 - p) / runs + z * z / (4 * runs * runs)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _summary(rows: list[dict[str, Any]]) -> tuple[str, str]:
@@ -227,7 +306,9 @@ def _summary(rows: list[dict[str, Any]]) -> tuple[str, str]:
     if not rows:
         return "", ""
     ok = [r["test_error"] for r in rows if r["success"]]
-    rate = f"{100 * len(ok) / len(rows):.0f}% ({len(ok)}/{len(rows)})"
+    low, high = wilson_interval(len(ok), len(rows))
+    interval = f"CI {100 * low:.0f}–{100 * high:.0f}%"
+    rate = f"{100 * len(ok) / len(rows):.0f}% ({len(ok)}/{len(rows)}; {interval})"
     if not ok:
         return rate, "-"
     spread = f"±{statistics.stdev(ok):.2f}" if len(ok) > 1 else ""
@@ -236,6 +317,7 @@ def _summary(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 def render_table(rows: list[dict[str, Any]], table: str) -> str:
     """Markdown in the paper's layout: success rate and (min, mean ± std) test error %."""
+    rows = unique_rows(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     if table == "table2" or table == "demo":
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})

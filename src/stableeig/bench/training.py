@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,38 +19,84 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .._validation import check_choice, check_int_at_least, check_positive
+from ..exceptions import ArgumentError
+from ..nn._base import CONVENTIONS
+from ..rules import RULES
 from .data import Dataset, augment
 from .models import resnet
 
-__all__ = ["RunConfig", "RunResult", "train_run"]
+__all__ = ["CheckpointError", "RunConfig", "RunResult", "atomic_write", "train_run"]
+
+
+def _option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
+    """A RunConfig field whose help text and choices also make its command-line option."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+DATASETS = ("fashion-mnist", "fashion-mnist-subset", "cifar10", "cifar100")
+DEPTHS = ("resnet18", "resnet50")
+NORMS = ("batchnorm", "zca", "pca")
+DTYPES = ("float32", "float64")
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; its fields are recorded with the result."""
+    """Everything that defines a run; its fields are recorded with the result, and each is
+    an option of ``stableeig train`` (help text and choices from the field's metadata)."""
 
-    dataset: str = "fashion-mnist"
-    depth: str = "resnet18"
-    width: float = 0.125
-    norm: str = "zca"  # batchnorm | zca | pca
-    method: str = "loewner"
-    group_size: Optional[int] = 64
-    compute_dtype: str = "float64"  # of the stem layer's decomposition
-    convention: str = "stableeig"  # or "reference": the authors' code's arithmetic
-    energy: float = 0.99  # pca
-    eps: float = 1e-4
-    steps: int = 120
-    steps_per_epoch: int = 40
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    train_subset: Optional[int] = None  # None: the whole training set
-    test_subset: Optional[int] = 2000
-    seed: int = 0
-    device: str = "cpu"
-    divergence_factor: float = 10.0
+    dataset: str = _option("fashion-mnist", "data set", DATASETS)
+    depth: str = _option("resnet18", "CIFAR ResNet depth", DEPTHS)
+    width: float = _option(0.125, "stage width multiplier (the stem keeps 64 channels), > 0")
+    norm: str = _option("zca", "normalization after the stem convolution", NORMS)
+    method: str = _option("loewner", "gradient rule of the stem ZCA/PCA layer", tuple(RULES))
+    group_size: Optional[int] = _option(64, "channels per group of the stem layer (divides 64)")
+    compute_dtype: str = _option("float64", "precision of the stem's decomposition", DTYPES)
+    convention: str = _option(
+        "stableeig", "the layer's arithmetic where it differs from the authors' code", CONVENTIONS
+    )
+    energy: float = _option(0.99, "PCA: share of the trace kept, in (0, 1]")
+    eps: float = _option(1e-4, "ridge added to the group covariances, > 0")
+    steps: int = _option(120, "SGD steps, >= 1")
+    steps_per_epoch: int = _option(40, "steps between metrics lines and checkpoints, >= 1")
+    batch_size: int = _option(128, "images per step, >= 2")
+    lr: float = _option(0.1, "initial learning rate, > 0")
+    momentum: float = _option(0.9, "SGD momentum, in [0, 1)")
+    weight_decay: float = _option(5e-4, "SGD weight decay, >= 0")
+    train_subset: Optional[int] = _option(None, "use the first N training images, >= 1")
+    test_subset: Optional[int] = _option(2000, "evaluate on the first N test images, >= 1")
+    seed: int = _option(0, "random seed")
+    device: str = _option("cpu", "torch device, e.g. cpu or cuda")
+    divergence_factor: float = _option(10.0, "failure when the loss exceeds this x the first")
     lr_milestones: tuple[float, ...] = (100 / 350, 200 / 350, 300 / 350)  # the paper's, scaled
+
+    def __post_init__(self) -> None:
+        """Every field checked before any work: :class:`ArgumentError` names the field."""
+        for name, choices in (  # the dataset's name is a label here; the CLI checks it
+            ("depth", DEPTHS),
+            ("norm", NORMS),
+            ("method", tuple(RULES)),
+            ("compute_dtype", DTYPES),
+            ("convention", CONVENTIONS),
+        ):
+            check_choice(name, getattr(self, name), choices)
+        for name, least in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 2)):
+            check_int_at_least(name, getattr(self, name), least)
+        for name in ("train_subset", "test_subset", "group_size"):
+            if getattr(self, name) is not None:
+                check_int_at_least(name, getattr(self, name), 1)
+        if self.group_size is not None and 64 % self.group_size:
+            raise ArgumentError(
+                f"group_size: expected a divisor of the stem's 64 channels (got {self.group_size})"
+            )
+        for name in ("width", "eps", "lr", "divergence_factor"):
+            check_positive(name, getattr(self, name))
+        if not 0 < self.energy <= 1:
+            raise ArgumentError(f"energy: expected a number in (0, 1] (got {self.energy})")
+        if not 0 <= self.momentum < 1:
+            raise ArgumentError(f"momentum: expected a number in [0, 1) (got {self.momentum})")
+        if self.weight_decay < 0:
+            raise ArgumentError(f"weight_decay: expected a number >= 0 (got {self.weight_decay})")
 
 
 @dataclass
@@ -113,157 +161,254 @@ def _parameters_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def train_run(
-    config: RunConfig,
-    dataset: Dataset,
-    run_dir: Optional[Path] = None,
-    progress: bool = False,
-    inject_nan_at: Optional[int] = None,
-) -> RunResult:
-    """Train one model; never raises on numerical failure (it is recorded instead).
+class CheckpointError(RuntimeError):
+    """A run directory's checkpoint cannot be used (unreadable, or another configuration)."""
 
-    Args:
-        config: the run.
-        dataset: its data.
-        run_dir: where ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt`` go; a
-            checkpoint there is resumed. Default: None (nothing written).
-        progress: show a tqdm progress bar.
-        inject_nan_at: for tests: make the loss NaN at this step.
-    """
+
+@dataclass
+class _State:
+    """Everything a run needs to continue bit-identically after an interruption."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    generator: torch.Generator
+    step: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    first_loss: Optional[float] = None
+
+    def snapshot(self, config: RunConfig, seconds: float) -> dict[str, Any]:
+        return {
+            "config": config_dict(config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "losses": self.losses,
+            "metrics": self.metrics,
+            "seconds": seconds,
+            "first_loss": self.first_loss,
+        }
+
+
+def _new_state(config: RunConfig, dataset: Dataset) -> _State:
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, dataset).to(config.device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     milestones = [max(1, int(f * config.steps)) for f in config.lr_milestones]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    train_images, train_labels = dataset.train_images, dataset.train_labels
-    if config.train_subset is not None:
-        train_images, train_labels = (
-            train_images[: config.train_subset],
-            train_labels[: config.train_subset],
-        )
-    normalize = _normalizer(train_images)
-    step, elapsed, losses, epoch_losses, first_loss = 0, 0.0, [], [], None
-    checkpoint = run_dir / "checkpoint.pt" if run_dir else None
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed, losses, first_loss = (
-            state["step"],
-            state["seconds"],
-            state["losses"],
-            state["first_loss"],
-        )
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return _State(model, optimizer, schedule, torch.Generator().manual_seed(config.seed))
 
-        bar = tqdm(
-            total=config.steps,
-            initial=step,
-            desc=f"{config.norm}/{config.method}/d={config.group_size}/s{config.seed}",
-            leave=False,
-        )
-    start = time.perf_counter() - elapsed
-    failure: Optional[tuple[int, str]] = None
-    model.train()
-    while step < config.steps and failure is None:
-        index = torch.randint(0, len(train_images), (config.batch_size,), generator=generator)
-        batch = normalize(augment(train_images[index], generator)).to(config.device)
+
+def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """``field: saved -> requested`` for every field that differs (``device`` may change)."""
+    current = config_dict(config)
+    return [
+        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+        for key in current
+        if key != "device" and saved.get(key) != current[key]
+    ]
+
+
+def _load_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The newest readable checkpoint of ``run_dir``, falling back to the previous one."""
+    candidates = [run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"]
+    existing = [path for path in candidates if path.exists()]
+    for path in existing:
         try:
-            loss = nn.functional.cross_entropy(model(batch), train_labels[index].to(config.device))
-        except ValueError as error:  # a layer refusing non-finite statistics
-            failure = (step, f"forward raised {type(error).__name__}: {str(error)[:150]}")
-            break
-        if inject_nan_at is not None and step == inject_nan_at:
-            loss = loss * float("nan")
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            failure = (step, "non-finite loss")
-            break
-        first_loss = value if first_loss is None else first_loss
-        if value > config.divergence_factor * first_loss:
-            failure = (
-                step,
-                f"diverged: loss {value:.3g} > "
-                f"{config.divergence_factor:g} x initial {first_loss:.3g}",
+            return dict(torch.load(path, weights_only=False))
+        except Exception as error:  # truncated, empty, garbage: any unpickling failure
+            print(
+                f"warning: cannot read {path} ({type(error).__name__}); trying the previous "
+                "checkpoint",
+                file=sys.stderr,
             )
-            break
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            loss.backward()
-        except (ValueError, RuntimeError) as error:  # e.g. a layer refusing NaN statistics
-            failure = (step, f"backward raised {type(error).__name__}: {str(error)[:150]}")
-            break
-        optimizer.step()
-        schedule.step()
-        step += 1
-        epoch_losses.append(value)
-        if bar is not None:
-            bar.update(1)
-        if step % config.steps_per_epoch == 0 or step == config.steps:
-            if not _parameters_finite(model):
-                failure = (step, "non-finite parameters")
-                break
-            losses.append(sum(epoch_losses) / len(epoch_losses))
-            epoch_losses = []
-            _log_epoch(run_dir, step, config, losses[-1], time.perf_counter() - start)
-            if checkpoint is not None:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "step": step,
-                        "losses": losses,
-                        "seconds": time.perf_counter() - start,
-                        "first_loss": first_loss,
-                    },
-                    checkpoint,
-                )
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - start
-    if failure is not None:
-        return RunResult(False, None, failure[0], failure[1], seconds, losses)
+    if existing:
+        raise CheckpointError(
+            f"{existing[0]}: expected a readable checkpoint (got an unreadable file, and no "
+            "readable previous one); delete the run directory or pass --restart to start over"
+        )
+    return None
+
+
+def _restore(state: _State, saved: dict[str, Any], config: RunConfig) -> None:
+    differences = config_differences(saved.get("config", {}), config)
+    if differences:
+        raise CheckpointError(
+            "the run directory holds a run with another configuration ("
+            + "; ".join(differences)
+            + "); use another --run-dir or pass --restart to start over"
+        )
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.schedule.load_state_dict(saved["schedule"])
+    state.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    state.step, state.seconds = saved["step"], saved["seconds"]
+    state.losses, state.metrics = saved["losses"], saved["metrics"]
+    state.first_loss = saved["first_loss"]
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write ``path`` through a temporary file in its folder: fsync, then rename over it.
+
+    A kill at any instant leaves either the old file or the new one, never a torn one.
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb" if binary else "w") as out:
+        write(out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+def _save(run_dir: Path, snapshot: dict[str, Any]) -> None:
+    """Checkpoint (the previous one kept as ``checkpoint.prev.pt``), then the metrics file
+    rewritten from the checkpoint's records: both always describe the same step."""
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        os.replace(checkpoint, run_dir / "checkpoint.prev.pt")
+    atomic_write(checkpoint, lambda out: torch.save(snapshot, out), binary=True)
+    lines = "".join(json.dumps(m) + "\n" for m in snapshot["metrics"])
+    atomic_write(run_dir / "metrics.jsonl", lambda out: out.write(lines))
+
+
+def _test_error(config: RunConfig, dataset: Dataset, model: nn.Module, normalize: Any) -> float:
     test_images, test_labels = dataset.test_images, dataset.test_labels
     if config.test_subset is not None:
         test_images, test_labels = (
             test_images[: config.test_subset],
             test_labels[: config.test_subset],
         )
-    test_error = evaluate(model, test_images, test_labels, normalize, config.device)
-    if not math.isfinite(test_error):
-        return RunResult(False, None, step, "non-finite evaluation", seconds, losses)
-    return RunResult(True, test_error, None, None, time.perf_counter() - start, losses)
+    return evaluate(model, test_images, test_labels, normalize, config.device)
 
 
-def _log_epoch(
-    run_dir: Optional[Path], step: int, config: RunConfig, loss: float, seconds: float
-) -> None:
-    if run_dir is None:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "metrics.jsonl").open("a") as out:
-        out.write(
-            json.dumps(
+def _step(
+    state: _State,
+    config: RunConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Any,
+    inject_nan: bool,
+) -> tuple[Optional[float], Optional[str]]:
+    """One SGD step: ``(loss, None)``, or ``(None, why it failed)``."""
+    index = torch.randint(0, len(images), (config.batch_size,), generator=state.generator)
+    batch = normalize(augment(images[index], state.generator)).to(config.device)
+    try:
+        loss = nn.functional.cross_entropy(state.model(batch), labels[index].to(config.device))
+    except ValueError as error:  # a layer refusing non-finite statistics
+        return None, f"forward raised {type(error).__name__}: {str(error)[:150]}"
+    if inject_nan:
+        loss = loss * float("nan")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return None, "non-finite loss"
+    state.first_loss = value if state.first_loss is None else state.first_loss
+    if value > config.divergence_factor * state.first_loss:
+        return None, (
+            f"diverged: loss {value:.3g} > {config.divergence_factor:g} x initial "
+            f"{state.first_loss:.3g}"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    try:
+        loss.backward()
+    except (ValueError, RuntimeError) as error:  # e.g. a layer refusing NaN statistics
+        return None, f"backward raised {type(error).__name__}: {str(error)[:150]}"
+    state.optimizer.step()
+    state.schedule.step()
+    state.step += 1
+    return value, None
+
+
+def train_run(
+    config: RunConfig,
+    dataset: Dataset,
+    run_dir: Optional[Path] = None,
+    progress: bool = False,
+    inject_nan_at: Optional[int] = None,
+    interrupt_at: Optional[int] = None,
+) -> RunResult:
+    """Train one model; never raises on numerical failure (it is recorded instead).
+
+    Args:
+        config: the run.
+        dataset: its data.
+        run_dir: where ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt`` go,
+            written atomically at the end of every epoch; a checkpoint there is resumed
+            (bit-identically) if it was made with the same configuration, else
+            :class:`CheckpointError`. Default: None (nothing written).
+        progress: show a tqdm progress bar.
+        inject_nan_at: for tests: make the loss NaN at this step.
+        interrupt_at: for tests: raise ``KeyboardInterrupt`` once this step is done, as a
+            kill would.
+    """
+    state = _new_state(config, dataset)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved = _load_checkpoint(run_dir)
+        if saved is not None:
+            _restore(state, saved, config)
+    images, labels = dataset.train_images, dataset.train_labels
+    if config.train_subset is not None:
+        images, labels = images[: config.train_subset], labels[: config.train_subset]
+    normalize = _normalizer(images)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=config.steps,
+            initial=state.step,
+            desc=f"{config.norm}/{config.method}/d={config.group_size}/s{config.seed}",
+            leave=False,
+        )
+    start = time.perf_counter() - state.seconds
+    failure: Optional[tuple[int, str]] = None
+    epoch_losses: list[float] = []
+    state.model.train()
+    while state.step < config.steps and failure is None:
+        value, why = _step(state, config, images, labels, normalize, state.step == inject_nan_at)
+        if why is not None:
+            failure = (state.step, why)
+            break
+        assert value is not None
+        epoch_losses.append(value)
+        if bar is not None:
+            bar.update(1)
+        if state.step % config.steps_per_epoch == 0 or state.step == config.steps:
+            if not _parameters_finite(state.model):
+                failure = (state.step, "non-finite parameters")
+                break
+            state.losses.append(sum(epoch_losses) / len(epoch_losses))
+            epoch_losses = []
+            seconds = time.perf_counter() - start
+            state.metrics.append(
                 {
-                    "step": step,
-                    "epoch": step // config.steps_per_epoch,
-                    "train_loss": loss,
+                    "step": state.step,
+                    "epoch": state.step // config.steps_per_epoch,
+                    "train_loss": state.losses[-1],
                     "seconds": round(seconds, 2),
                 }
             )
-            + "\n"
-        )
+            if run_dir is not None:
+                _save(run_dir, state.snapshot(config, seconds))
+        if state.step == interrupt_at:
+            raise KeyboardInterrupt(f"interrupted at step {state.step} (test hook)")
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+    if failure is not None:
+        return RunResult(False, None, failure[0], failure[1], seconds, state.losses)
+    test_error = _test_error(config, dataset, state.model, normalize)
+    if not math.isfinite(test_error):
+        return RunResult(False, None, state.step, "non-finite evaluation", seconds, state.losses)
+    return RunResult(True, test_error, None, None, time.perf_counter() - start, state.losses)
 
 
 def config_dict(config: RunConfig) -> dict[str, Any]:
