@@ -60,3 +60,8 @@ def test_fails_like_the_baseline_on_close_eigenvalues() -> None:
 def test_argument_errors(k: object, num_iters: int) -> None:
     with pytest.raises(se.StableEigError, match="expected an integer"):
         se.power_iteration_eigh(torch.eye(6), k=k, num_iters=num_iters)  # type: ignore[arg-type]
+
+
+def test_empty_matrix_raises_a_shape_error() -> None:
+    with pytest.raises(se.ShapeError, match=r"n >= 1 for power iteration \(got shape \(0, 0\)\)"):
+        se.power_iteration_eigh(torch.zeros(0, 0))

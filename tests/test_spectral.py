@@ -239,3 +239,18 @@ def test_property_inv_sqrtm_gradient_finite_and_symmetric(
     grad = grad_of(se.inv_sqrtm, A, backward)
     assert torch.isfinite(grad).all()
     torch.testing.assert_close(grad, grad.mT)
+
+
+def test_projector_tie_in_a_rotated_basis_raises_instead_of_overflowing() -> None:
+    """A tie the eigensolver returns as a 1e-16 gap is still a tie: no 1e14 gradient."""
+    A = with_spectrum(torch.tensor([1.0, 2.0, 2.0, 3.0], dtype=torch.float64), seed=5)
+    A = A.requires_grad_(True)
+    P = se.top_k_projector(A, k=2)
+    with pytest.raises(se.NotDifferentiableError, match="zero gap at the cut"):
+        P.sum().backward()
+
+
+def test_inv_sqrtm_of_tiny_matrix_says_the_gradient_overflows() -> None:
+    A = (1e-300 * torch.eye(3, dtype=torch.float64)).requires_grad_(True)
+    with pytest.raises(se.NotDifferentiableError, match="overflows torch.float64"):
+        se.inv_sqrtm(A).sum().backward()

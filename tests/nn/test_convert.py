@@ -70,3 +70,13 @@ def test_root_batchnorm_dtype_and_errors() -> None:
         se.nn.convert_batchnorm(small_resnet(), group_size=3)
     with pytest.raises(se.StableEigError, match=r"kind: expected one of 'zca', 'pca' \(got 'bn'\)"):
         se.nn.convert_batchnorm(small_resnet(), "bn")
+
+
+def test_a_batchnorm_used_twice_is_replaced_at_both_places() -> None:
+    shared = torch.nn.BatchNorm2d(8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), shared, torch.nn.Conv2d(8, 8, 1), shared)
+    model = se.nn.convert_batchnorm(model, "zca", group_size=4)
+    assert isinstance(model[1], se.nn.ZCAWhitening2d) and model[1] is model[3]
+    model = torch.nn.Sequential(shared, torch.nn.Identity(), shared)
+    model = se.nn.convert_batchnorm(model, "zca", which="first", group_size=4)
+    assert isinstance(model[2], se.nn.ZCAWhitening2d) and model[0] is model[2]

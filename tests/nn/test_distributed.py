@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,12 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 8, 3, 3, generator=g) * 2 + 1, torch.randn(8, 8, 3, 3, generator=g)
 
 
-def worker(rank: int, world: int, init_file: str, out_dir: str, kind: str) -> None:
+def worker(rank: int, world: int, init_file: str, out_dir: str, kind: str, split: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     layer = make_layer(kind)
     x, upstream = batch()
-    half = slice(rank * 4, rank * 4 + 4)
+    half = slice(0, split) if rank == 0 else slice(split, 8)  # rank 1 may get nothing
     xs = x[half].clone().requires_grad_(True)
     y = layer(xs)
     (y * upstream[half]).sum().backward()
@@ -51,12 +52,31 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, kind: str) -> No
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["zca", "pca"])
-def test_two_process_sync_equals_single_process_on_whole_batch(tmp_path: Path, kind: str) -> None:
-    mp.start_processes(
-        worker, args=(2, str(tmp_path / "init"), str(tmp_path), kind), nprocs=2, start_method="fork"
+def run_two_processes(tmp_path: Path, kind: str, split: int) -> None:
+    """Spawned (not forked: torch refuses fork after autograd ran, with CUDA), and never
+    allowed to hang: a process blocked in a collective fails the test after 120 s."""
+    context = mp.start_processes(
+        worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path), kind, split),
+        nprocs=2,
+        start_method="spawn",
+        join=False,
     )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a process blocked in a collective")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "split"), [("zca", 4), ("pca", 4), ("zca", 8)])
+def test_two_process_sync_equals_single_process_on_whole_batch(
+    tmp_path: Path, kind: str, split: int
+) -> None:
+    """``split = 8``: rank 1 has an empty batch and must still join every collective."""
+    run_two_processes(tmp_path, kind, split)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     layer = make_layer(kind)  # sync_statistics has no effect without a process group
     x, upstream = batch()

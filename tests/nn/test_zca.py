@@ -313,3 +313,38 @@ def test_torch_compile_smoke() -> None:
     torch.testing.assert_close(y, ZCAWhitening2d(8, group_size=4)(x))
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ---- reliability probes (each failed before 0.2) ----------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_layers_refuse_integer_and_complex_input(dtype: torch.dtype) -> None:
+    for layer in (ZCAWhitening2d(4), se.nn.PCADenoising2d(4, n_components=2)):
+        with pytest.raises(se.DTypeError, match=r"expected a real floating input .*got torch\."):
+            layer(torch.ones(2, 4, 3, 3, dtype=dtype))
+
+
+def test_huge_finite_float32_activations_are_whitened_like_float64() -> None:
+    x = gaussian((16, 8, 4, 4), seed=3, dtype=torch.float64) * 1e19  # x² overflows float32
+    layer32, layer64 = ZCAWhitening2d(8, group_size=4), ZCAWhitening2d(8, group_size=4).double()
+    y32 = layer32(x.float())
+    y64 = layer64(x)
+    assert torch.isfinite(y32).all()
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-3, atol=1e-3)
+    assert (
+        torch.isfinite(layer32.running_mean).all()
+        and torch.isfinite(layer32.running_whitening).all()
+    )
+
+
+def test_double_backward_gradient_penalty() -> None:
+    layer = ZCAWhitening2d(4, group_size=2).double()
+    x = gaussian((6, 4, 2, 2), seed=4, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda t: layer(t), (x,), eps=1e-6, atol=1e-4)
+    x32 = x.detach().float().requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        ZCAWhitening2d(4).float()(x32).square().sum(), x32, create_graph=True
+    )
+    grad.square().sum().backward()  # a gradient penalty
+    assert x32.grad is not None and torch.isfinite(x32.grad).all()

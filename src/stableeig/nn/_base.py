@@ -9,6 +9,7 @@ synchronization, ``state_dict`` versioning and ``extra_repr``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional, Union
 
@@ -209,7 +210,7 @@ class _GroupTransform(nn.Module):
             buffer = self._buffer("running_" + name)
             buffer.lerp_(value.detach().to(buffer.dtype), factor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         name = type(self).__name__
         if x.dim() not in self._input_dims:
             raise ShapeError(
@@ -225,34 +226,53 @@ class _GroupTransform(nn.Module):
                 f"{name}: expected {self.num_features} channels in dimension 1 "
                 f"(got input of shape {tuple(x.shape)})"
             )
-        if x.numel() == 0:
-            return x.clone()
-        N = x.shape[0]
-        x3 = x.reshape(N, self.num_features, -1)
-        samples = N * x3.shape[-1]
-        use_batch = self.training or not self.track_running_stats
-        if self.training and samples == 1:
+
+    def _check_samples(self, x: torch.Tensor, samples: int, sync: bool) -> None:
+        """BatchNorm's error for one value per channel; a warning for rank-deficient groups."""
+        if self.training and samples == 1 and not sync:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
-        if use_batch and samples < self.group_size and not self._warned_rank_deficient:
+        if 0 < samples < self.group_size and not sync and not self._warned_rank_deficient:
             self._warned_rank_deficient = True
             warnings.warn(
-                f"{name}: {samples} samples for groups of {self.group_size} channels: the "
-                f"group covariance is rank-deficient and regularized only by eps={self.eps}",
+                f"{type(self).__name__}: {samples} samples for groups of {self.group_size} "
+                f"channels: the group covariance is rank-deficient and regularized only by "
+                f"eps={self.eps}",
                 RankDeficientWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        statistics_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def _batch_moments(
+        self, x3: torch.Tensor, dtype: torch.dtype, sync: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, covariance and count in ``dtype``; retried in float64 if float32 overflows
+        (finite activations beyond ~1e19, which BatchNorm accepts). One host sync."""
+        mean, covariance, count = group_moments(
+            x3.to(dtype).contiguous(), self.group_size, sync, self.process_group
+        )
+        if dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
+            mean, covariance, count = group_moments(
+                x3.to(torch.float64).contiguous(), self.group_size, sync, self.process_group
+            )
+        checks.check_finite(f"{type(self).__name__}: activations' covariance", covariance)
+        return mean, covariance, count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        use_batch = self.training or not self.track_running_stats
+        sync = use_batch and sync_enabled(self.sync_statistics, self.process_group, self.training)
+        if x.numel() == 0 and not sync:  # a synchronized empty batch still joins the collectives
+            return x.clone()
+        N, length = x.shape[0], math.prod(x.shape[2:])
+        x3 = x.reshape(N, self.num_features, length)
+        self._check_samples(x, N * length, sync)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(x.device.type, enabled=False):
-            x3 = x3.to(statistics_dtype).contiguous()
             if use_batch:
-                sync = sync_enabled(self.sync_statistics, self.process_group, self.training)
-                mean, covariance, count = group_moments(
-                    x3, self.group_size, sync, self.process_group
-                )
-                checks.check_finite(f"{name}: activations' covariance", covariance)
-                covariance = covariance.to(self._decomposition_dtype(statistics_dtype))
+                mean, covariance, count = self._batch_moments(x3, dtype, sync)
+                dtype = covariance.dtype
+                covariance = covariance.to(self._decomposition_dtype(dtype))
                 transform, values = self._batch_transform((covariance + covariance.mT) / 2, count)
                 if self.training and self.track_running_stats:
                     if self.running == "covariance":
@@ -262,7 +282,7 @@ class _GroupTransform(nn.Module):
             else:
                 transform, mean = self._running_transform(), self._buffer("running_mean")
             y = self._transform_output(
-                x3, transform.to(statistics_dtype), mean.to(statistics_dtype)
+                x3.to(dtype).contiguous(), transform.to(dtype), mean.to(dtype)
             )
         y = y.view(x.shape).to(x.dtype)
         if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):

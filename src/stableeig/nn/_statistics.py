@@ -100,6 +100,9 @@ class _GroupMoments(torch.autograd.Function):
         A = (grad_covariance + grad_covariance.mT) / count
         c = (grad_mean / count).view(G, d, 1) - A @ mean.view(G, d, 1)
         N = x3.shape[0]
+        if torch.is_grad_enabled():  # double backward: differentiable ops, no out=
+            grad_x = torch.baddbmm(_repeat(c, N), _repeat(A, N), _per_group(x3, d))
+            return grad_x.view(x3.shape), None, None, None
         grad_x = torch.empty_like(x3)  # not a view, so autograd can accumulate into it
         torch.baddbmm(_repeat(c, N), _repeat(A, N), _per_group(x3, d), out=_per_group(grad_x, d))
         return grad_x, None, None, None
@@ -126,7 +129,9 @@ class _GroupAffine(torch.autograd.Function):
         G, d, _ = transform.shape
         grad_groups = _per_group(grad_y.contiguous(), d)
         grad_x = grad_transform = grad_shift = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and torch.is_grad_enabled():  # double backward: no out=
+            grad_x = torch.bmm(_repeat(transform.mT, N), grad_groups).view(x3.shape)
+        elif ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x3)  # not a view, so autograd can accumulate into it
             torch.bmm(_repeat(transform.mT, N), grad_groups, out=_per_group(grad_x, d))
         if ctx.needs_input_grad[1]:
