@@ -252,5 +252,5 @@ def test_projector_tie_in_a_rotated_basis_raises_instead_of_overflowing() -> Non
 
 def test_inv_sqrtm_of_tiny_matrix_says_the_gradient_overflows() -> None:
     A = (1e-300 * torch.eye(3, dtype=torch.float64)).requires_grad_(True)
-    with pytest.raises(se.NotDifferentiableError, match="overflows torch.float64"):
+    with pytest.raises(se.NotDifferentiableError, match=r"overflows torch\.float64"):
         se.inv_sqrtm(A).sum().backward()
