@@ -86,24 +86,31 @@ def _train(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench.reproduce import GROUP_SIZES, PRESETS, plot, render_table, run_cells, table_cells
+    from .bench import reproduce as rp
 
     torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
+    folder = Path(args.results)
+    if args.table == "survival":
+        text = rp.survival_report(folder)
+        print(text)
+        return 0
+    preset = rp.PRESETS[args.preset]
     dataset_name = args.dataset or preset["dataset"]
-    seeds = preset["seeds"] if args.seeds is None else args.seeds
-    cells = table_cells(
-        args.table, seeds, group_sizes=args.group_sizes or GROUP_SIZES, methods=args.methods
-    )
+    if args.table == "ablations":
+        cells = rp.ablation_cells(rp.ABLATION_SEEDS if args.seeds is None else args.seeds)
+    else:
+        seeds = preset["seeds"] if args.seeds is None else args.seeds
+        sizes = args.group_sizes or rp.GROUP_SIZES
+        cells = rp.table_cells(args.table, seeds, group_sizes=sizes, methods=args.methods)
     dataset = _dataset(dataset_name, args.data_dir)
     stem = f"{args.table}_{args.preset}_{dataset.name}" + (
         f"_steps{args.steps}" if args.steps else ""
     )
-    results = Path(args.results) / f"{stem}.jsonl"
+    results = folder / f"{stem}.jsonl"
     overrides: dict[str, Any] = {"dataset": dataset.name}
     if args.steps is not None:
         overrides["steps"] = args.steps
-    rows = run_cells(
+    rows = rp.run_cells(
         cells,
         dataset,
         args.preset,
@@ -113,10 +120,16 @@ def _reproduce(args: argparse.Namespace) -> int:
         overrides=overrides,
     )
     wanted = {c.key() for c in cells}
-    rows = [r for r in rows if (r["table"], r["method"], r["group_size"], r["seed"]) in wanted]
-    table = render_table(rows, args.table)
-    (Path(args.results) / f"{stem}.md").write_text(table + "\n")
-    plot(rows, args.table, Path(args.results) / f"{stem}.png")
+    rows = [r for r in rows if rp.row_key(r) in wanted]
+    if args.table == "ablations":
+        table = rp.render_ablations(rows)
+        rp.plot_ablations(rows, folder / f"{stem}.png")
+    else:
+        table = rp.render_table(rows, args.table)
+        rp.plot(rows, args.table, folder / f"{stem}.png")
+    (folder / f"{stem}.md").write_text(table + "\n")
+    if args.table == "table1":
+        rp.survival_report(folder)
     print(table)
     return 0
 
@@ -287,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="the paper's Table 1 (ZCA) or Table 2 (PCA)")
     common(reproduce)
-    reproduce.add_argument("table", choices=("table1", "table2"), help="which table")
+    reproduce.add_argument(
+        "table",
+        choices=("table1", "table2", "ablations", "survival"),
+        help="table1 (ZCA), table2 (PCA), ablations (PCA energy / components / iterations and "
+        "the ε ablation), or survival (plot from every committed table1 row; runs nothing)",
+    )
     reproduce.add_argument(
         "--preset",
         choices=("quick", "long", "paper"),

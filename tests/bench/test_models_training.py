@@ -217,3 +217,33 @@ def test_wilson_interval() -> None:
     low, high = reproduce.wilson_interval(7, 15)
     assert (round(low, 3), round(high, 3)) == (0.248, 0.699)
     assert reproduce.wilson_interval(0, 3)[0] == 0.0 and reproduce.wilson_interval(3, 3)[1] == 1.0
+
+
+def test_kaplan_meier_censors_runs_at_their_length() -> None:
+    # four runs: failures at 100 and 300; survivors censored at 200 and 1000
+    curve = reproduce.kaplan_meier([(100, True), (200, False), (300, True), (1000, False)])
+    assert curve == [(0, 1.0), (100, 0.75), (300, 0.375)]
+
+
+def test_ablation_cells_vary_one_recorded_field() -> None:
+    cells = reproduce.ablation_cells(seeds=2)
+    tables = {c.table for c in cells}
+    assert tables == {
+        "ablation_energy",
+        "ablation_n_components",
+        "ablation_num_iters",
+        "ablation_eps",
+    }
+    for cell in cells:
+        ((field_name, value),) = cell.variant
+        assert cell.table == f"ablation_{field_name}"
+        config = reproduce.cell_config(cell, "quick")
+        assert getattr(config, field_name) == value
+        assert config.norm == ("zca" if field_name == "eps" else "pca")
+    assert len({c.key() for c in cells}) == len(cells)
+    model = training.build_model(reproduce.cell_config(cells[-1], "quick"), tiny_dataset())
+    assert model is not None
+    stem = training.build_model(
+        dataclasses.replace(tiny_config(norm="pca", method="power"), num_iters=4), tiny_dataset()
+    ).bn1
+    assert stem.rule == se.Power(num_iters=4)

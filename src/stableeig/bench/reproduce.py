@@ -111,15 +111,74 @@ PAPER_NAMES = {
 }
 
 
+PAPER_ABLATIONS: dict[
+    str, dict[float, str]
+] = {  # PCA denoising, ResNet-18 CIFAR-10, test error % (the poster's tables)
+    "energy": {
+        0.85: "5.60±0.74",
+        0.9: "5.05±0.07",
+        0.95: "4.67±0.06",
+        0.99: "4.63±0.11",
+        0.995: "4.72±0.10",
+        1.0: "4.81±0.19",
+    },
+    "n_components": {
+        2: "5.09±0.12",
+        4: "4.82±0.07",
+        8: "4.64±0.18",
+        16: "4.63±0.17",
+        32: "4.65±0.08",
+    },
+    "num_iters": {
+        1: "4.72±0.10",
+        2: "4.63±0.09",
+        4: "4.67±0.09",
+        9: "4.61±0.14",
+        14: "4.69±0.11",
+        19: "4.63±0.11",
+        29: "4.61±0.03",
+    },
+    "eps": {},
+}
+EPS_VALUES = (1e-2, 1e-4, 1e-6, 1e-8)
+ABLATION_SEEDS = 2
+
+Key = tuple[str, str, Optional[int], int, tuple[tuple[str, Any], ...]]
+
+
 @dataclass(frozen=True)
 class Cell:
     table: str
     method: str  # a layer method, or "batchnorm"
     group_size: Optional[int]
     seed: int
+    variant: tuple[tuple[str, Any], ...] = ()  # RunConfig fields an ablation varies
 
-    def key(self) -> tuple[str, str, Optional[int], int]:
-        return (self.table, self.method, self.group_size, self.seed)
+    def key(self) -> Key:
+        return (self.table, self.method, self.group_size, self.seed, self.variant)
+
+
+def row_key(row: dict[str, Any]) -> Key:
+    variant = tuple(sorted(row.get("variant", {}).items()))
+    return (row["table"], row["method"], row["group_size"], row["seed"], variant)
+
+
+def ablation_cells(seeds: int = ABLATION_SEEDS) -> list[Cell]:
+    """The paper's PCA ablations (energy, number of eigenvectors, PI iterations; ``power``,
+    one group of 64) and the ε ablation (ZCA, d = 64, ``power`` and ``loewner``)."""
+    cells = []
+    for field_name, values in PAPER_ABLATIONS.items():
+        if field_name == "eps":
+            continue
+        for value in values:
+            cells += [
+                Cell(f"ablation_{field_name}", "power", 64, s, ((field_name, value),))
+                for s in range(seeds)
+            ]
+    for method in ("power", "loewner"):
+        for eps in EPS_VALUES:
+            cells += [Cell("ablation_eps", method, 64, s, (("eps", eps),)) for s in range(seeds)]
+    return cells
 
 
 def table_cells(
@@ -149,9 +208,11 @@ def table_cells(
 def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) -> RunConfig:
     settings = {k: v for k, v in PRESETS[preset].items() if k != "seeds"}
     settings.update(overrides)
-    norm = (
-        "batchnorm" if cell.method == "batchnorm" else ("pca" if cell.table == "table2" else "zca")
+    settings.update(dict(cell.variant))
+    pca = cell.table == "table2" or (
+        cell.table.startswith("ablation") and cell.table != "ablation_eps"
     )
+    norm = "batchnorm" if cell.method == "batchnorm" else ("pca" if pca else "zca")
     method = "loewner" if cell.method == "batchnorm" else cell.method
     return RunConfig(
         norm=norm,
@@ -179,8 +240,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _done(results: Path) -> set[tuple[str, str, Optional[int], int]]:
-    return {(r["table"], r["method"], r["group_size"], r["seed"]) for r in read_results(results)}
+def _done(results: Path) -> set[Key]:
+    return {row_key(r) for r in read_results(results)}
 
 
 def _append(results: Path, line: dict[str, Any]) -> None:
@@ -202,7 +263,9 @@ def _claim(results: Path, cell: Cell) -> Iterator[bool]:
     left by a killed process (its pid is gone) is taken over."""
     folder = results.with_name(results.name + ".claims")
     folder.mkdir(exist_ok=True)
-    path = folder / ("_".join(str(part) for part in cell.key()) + ".claim")
+    name = "_".join(str(part) for part in cell.key()[:4])
+    name += "".join(f"_{k}={v}" for k, v in cell.variant)
+    path = folder / (name + ".claim")
     for _ in range(2):
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -237,7 +300,7 @@ def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell (the first written), whatever ran twice."""
     seen, unique = set(), []
     for row in rows:
-        key = (row["table"], row["method"], row["group_size"], row["seed"])
+        key = row_key(row)
         if key not in seen:
             seen.add(key)
             unique.append(row)
@@ -272,6 +335,7 @@ def run_cells(
                 "method": cell.method,
                 "group_size": cell.group_size,
                 "seed": cell.seed,
+                "variant": dict(cell.variant),
                 **dataclasses.asdict(result),
                 "config": config_dict(config),
             }
@@ -360,6 +424,130 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
                 + " |"
             )
     return "\n".join(lines)
+
+
+def render_ablations(rows: list[dict[str, Any]]) -> str:
+    """One Markdown table per ablation: value, success (Wilson interval), error, paper."""
+    rows = unique_rows(rows)
+    parts = []
+    for field_name, paper in PAPER_ABLATIONS.items():
+        chosen = [r for r in rows if r["table"] == f"ablation_{field_name}"]
+        if not chosen:
+            continue
+        parts += [
+            f"**{field_name}** ({chosen[0]['preset']} protocol)",
+            "",
+            f"| method | {field_name} | success | test error % (min, mean±std) | paper |",
+            "|---|---|---|---|---|",
+        ]
+        for method in dict.fromkeys(r["method"] for r in chosen):
+            values = sorted({r["variant"][field_name] for r in chosen if r["method"] == method})
+            for value in values:
+                cell = [
+                    r for r in chosen if r["method"] == method and r["variant"][field_name] == value
+                ]
+                rate, error = _summary(cell)
+                parts.append(
+                    f"| {method} | {value:g} | {rate} | {error} | {paper.get(value, '—')} |"
+                )
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_ablations(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean test error vs the varied value, one panel per ablation."""
+    rows = unique_rows(rows)
+    fields = [f for f in PAPER_ABLATIONS if any(r["table"] == f"ablation_{f}" for r in rows)]
+    figure, axes = new_figure(max(len(fields), 1))
+    for axis, field_name in zip(axes, fields):
+        chosen = [r for r in rows if r["table"] == f"ablation_{field_name}"]
+        for method in dict.fromkeys(r["method"] for r in chosen):
+            values = sorted({r["variant"][field_name] for r in chosen if r["method"] == method})
+            means = []
+            for value in values:
+                errors = [
+                    r["test_error"]
+                    for r in chosen
+                    if r["method"] == method and r["variant"][field_name] == value and r["success"]
+                ]
+                means.append(statistics.mean(errors) if errors else float("nan"))
+            axis.plot(values, means, marker="o", label=method)
+        if field_name in ("eps", "num_iters", "n_components"):
+            axis.set_xscale("log")
+        axis.set_xlabel(field_name)
+        axis.set_ylabel("test error % (mean of successful runs)")
+        axis.set_title(f"ablation: {field_name}")
+        axis.legend()
+    save_figure(figure, path)
+
+
+def kaplan_meier(runs: list[tuple[int, bool]]) -> list[tuple[int, float]]:
+    """Survival curve from ``(steps survived, failed)`` per run, censored at the run length.
+
+    Returns ``(step, fraction alive after it)`` at 0 and at each failure step.
+    """
+    curve, alive = [(0, 1.0)], 1.0
+    for step in sorted({t for t, failed in runs if failed}):
+        at_risk = sum(1 for t, _ in runs if t >= step)
+        failures = sum(1 for t, failed in runs if failed and t == step)
+        alive *= 1 - failures / at_risk
+        curve.append((step, alive))
+    return curve
+
+
+def _survival_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[tuple[int, bool]]]:
+    runs: dict[tuple[str, int], list[tuple[int, bool]]] = {}
+    for row in unique_rows(rows):
+        if row["method"] == "batchnorm" or row["group_size"] is None:
+            continue
+        length = row["failure_step"] if not row["success"] else row["config"]["steps"]
+        if not row["success"] and row["failure_step"] is None:  # failed in evaluation
+            length = row["config"]["steps"]
+        # rows written before 0.2 ran a 19-term power series and a stabilized pi
+        method = row["method"] + ("" if "convention" in row["config"] else " (pre-0.2)")
+        runs.setdefault((method, row["group_size"]), []).append((int(length), not row["success"]))
+    return runs
+
+
+def survival_report(folder: Path) -> str:
+    """Kaplan–Meier survival of every committed ``table1_*.jsonl`` row (any run length):
+    writes ``table1_survival.png`` and ``table1_survival.md`` in ``folder``. Rows written
+    before the 0.2 fidelity fixes are labelled ``(pre-0.2)``, never mixed with newer ones."""
+    runs: dict[tuple[str, int], list[tuple[int, bool]]] = {}
+    for path in sorted(folder.glob("table1_*.jsonl")):  # each file: its own cells
+        for key, cell in _survival_runs(read_results(path)).items():
+            runs.setdefault(key, []).extend(cell)
+    sizes = sorted({d for _, d in runs})
+    figure, axes = new_figure(max(len(sizes), 1))
+    for axis, size in zip(axes, sizes):
+        for method in dict.fromkeys(m for m, d in runs if d == size):
+            curve = kaplan_meier(runs[(method, size)])
+            longest = max(t for t, _ in runs[(method, size)])
+            steps = [t for t, _ in curve] + [longest]
+            alive = [a for _, a in curve] + [curve[-1][1]]
+            axis.step(steps, alive, where="post", label=f"{method} ({len(runs[(method, size)])})")
+        axis.set_ylim(-0.05, 1.05)
+        axis.set_xlabel("training step")
+        axis.set_ylabel("fraction of runs alive")
+        axis.set_title(f"d = {size}")
+        axis.legend(fontsize=7)
+    save_figure(figure, folder / "table1_survival.png")
+    lines = [
+        "| method | d | runs | failed | steps (longest run) | alive at the end (Kaplan–Meier) "
+        "| success rate (95% Wilson CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (method, size), cell in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
+        failed = sum(f for _, f in cell)
+        low, high = wilson_interval(len(cell) - failed, len(cell))
+        lines.append(
+            f"| {method} | {size} | {len(cell)} | {failed} | {max(t for t, _ in cell)} | "
+            f"{kaplan_meier(cell)[-1][1]:.2f} | {100 * (len(cell) - failed) / len(cell):.0f}% "
+            f"({100 * low:.0f}–{100 * high:.0f}%) |"
+        )
+    text = "\n".join(lines)
+    (folder / "table1_survival.md").write_text(text + "\n")
+    return text
 
 
 def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from .._validation import check_choice, check_int_at_least, check_positive
 from ..exceptions import ArgumentError
 from ..nn._base import CONVENTIONS
-from ..rules import RULES
+from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
 from .models import resnet
 
@@ -56,6 +56,8 @@ class RunConfig:
         "stableeig", "the layer's arithmetic where it differs from the authors' code", CONVENTIONS
     )
     energy: float = _option(0.99, "PCA: share of the trace kept, in (0, 1]")
+    n_components: Optional[int] = _option(None, "PCA: eigenvectors kept (overrides energy)")
+    num_iters: Optional[int] = _option(None, "power iterations of power/pi (default: 19)")
     eps: float = _option(1e-4, "ridge added to the group covariances, > 0")
     steps: int = _option(120, "SGD steps, >= 1")
     steps_per_epoch: int = _option(40, "steps between metrics lines and checkpoints, >= 1")
@@ -82,7 +84,7 @@ class RunConfig:
             check_choice(name, getattr(self, name), choices)
         for name, least in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 2)):
             check_int_at_least(name, getattr(self, name), least)
-        for name in ("train_subset", "test_subset", "group_size"):
+        for name in ("train_subset", "test_subset", "group_size", "n_components", "num_iters"):
             if getattr(self, name) is not None:
                 check_int_at_least(name, getattr(self, name), 1)
         if self.group_size is not None and 64 % self.group_size:
@@ -109,18 +111,30 @@ class RunResult:
     losses: list[float] = field(default_factory=list)  # one per epoch (mean training loss)
 
 
+def _rule(config: RunConfig) -> Any:
+    """The stem layer's rule: the name, or the rule object when ``num_iters`` is set."""
+    if config.num_iters is None:
+        return config.method
+    if config.method == "power":
+        return Power(num_iters=config.num_iters)
+    if config.method == "pi":
+        return PowerIteration(num_iters=config.num_iters)
+    raise ArgumentError(f"num_iters: expected method power or pi (got {config.method!r})")
+
+
 def build_model(config: RunConfig, dataset: Dataset) -> nn.Module:
     norm_kwargs: dict[str, Any] = {}
     if config.norm in ("zca", "pca"):
         norm_kwargs = {
             "group_size": config.group_size,
-            "method": config.method,
+            "method": _rule(config),
             "eps": config.eps,
             "compute_dtype": getattr(torch, config.compute_dtype),
             "convention": config.convention,
         }
         if config.norm == "pca":
             norm_kwargs["energy"] = config.energy
+            norm_kwargs["n_components"] = config.n_components
     return resnet(
         config.depth,
         num_classes=dataset.num_classes,
