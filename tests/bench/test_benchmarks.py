@@ -63,3 +63,14 @@ def test_cuda_matches_cpu() -> None:
     x = torch.randn(8, 16, 4, 4, device="cuda", requires_grad=True)
     layer(x).square().sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_demo_mechanism_shows_analytic_failing_at_a_tie_and_the_others_finite() -> None:
+    from stableeig.bench import demo
+    from stableeig.bench.data import load_dataset
+
+    lines = demo.mechanism(load_dataset("fashion-mnist-subset"))
+    text = "\n".join(lines)
+    assert "eigenvalues within 1% of eps" in text
+    tail = {line.split()[0]: line.split()[1] for line in lines[-3:]}
+    assert tail == {"analytic": "NON-FINITE", "power": "finite", "loewner": "finite"}
