@@ -1,5 +1,6 @@
 """Layers built on stable eigendecomposition: ZCA whitening and PCA denoising."""
 
+from . import functional
 from ._base import RankDeficientWarning
 from .convert import convert_batchnorm
 from .pca import PCADenoising1d, PCADenoising2d
@@ -12,4 +13,5 @@ __all__ = [
     "ZCAWhitening1d",
     "ZCAWhitening2d",
     "convert_batchnorm",
+    "functional",
 ]

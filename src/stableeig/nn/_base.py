@@ -17,22 +17,15 @@ import torch
 from torch import nn
 
 from .. import _validation as checks
-from .._autograd import SpectralFunction
 from .._precision import working_dtype
-from ..exceptions import ArgumentError, DTypeError, ShapeError
+from ..exceptions import ArgumentError
 from ..rules import Rule, resolve
-from ..spectral import spectral_unchecked
-from ._statistics import group_affine, group_moments, sync_enabled
+from ._engine import check_input, group_forward, unbiased
+from ._statistics import sync_enabled
 
 __all__ = ["CONVENTIONS", "RankDeficientWarning"]
 
 CONVENTIONS = ("stableeig", "reference")
-
-
-def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Bessel's correction ``count / (count - 1)``, as BatchNorm's running variance."""
-    count = count.to(biased.dtype)
-    return biased * (count / (count - 1).clamp_min(1))
 
 
 class RankDeficientWarning(UserWarning):
@@ -177,15 +170,6 @@ class _GroupTransform(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
 
-    def _spectral(self, matrix: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
-        """``V f(Λ) Vᵀ`` of (G, d, d) ``matrix`` with the layer's rule (not ``pi``)."""
-        return spectral_unchecked(matrix, function, self.rule)[0]
-
-    def _ridge(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``matrix + eps·I`` for a (G, d, d) batch."""
-        eye = torch.eye(self.group_size, dtype=matrix.dtype, device=matrix.device)
-        return matrix + self.eps * eye
-
     def _decomposition_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:
         return working_dtype(statistics_dtype, self.compute_dtype)
 
@@ -201,35 +185,9 @@ class _GroupTransform(nn.Module):
             covariance = covariance.to(self._decomposition_dtype(covariance.dtype))
             return self._batch_transform(covariance, torch.tensor(0.0))[0]
 
-    def _update_running(self, mean: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
-        tracked = self._buffer("num_batches_tracked")
-        tracked.add_(1)
-        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
-        updates = {"mean": mean, **values}
-        for name, value in updates.items():
-            buffer = self._buffer("running_" + name)
-            buffer.lerp_(value.detach().to(buffer.dtype), factor)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        name = type(self).__name__
-        if x.dim() not in self._input_dims:
-            raise ShapeError(
-                f"{name}: expected {self._input_description} input (got shape {tuple(x.shape)})"
-            )
-        if x.dtype not in checks.FLOATING_DTYPES:
-            raise DTypeError(
-                f"{name}: expected a real floating input (float16, bfloat16, float32, float64) "
-                f"(got {x.dtype})"
-            )
-        if x.shape[1] != self.num_features:
-            raise ShapeError(
-                f"{name}: expected {self.num_features} channels in dimension 1 "
-                f"(got input of shape {tuple(x.shape)})"
-            )
-
     def _check_samples(self, x: torch.Tensor, samples: int, sync: bool) -> None:
         """BatchNorm's error for one value per channel; a warning for rank-deficient groups."""
-        if self.training and samples == 1 and not sync:
+        if self.training and samples == 1 and not sync:  # BatchNorm's error, word for word
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
@@ -243,60 +201,47 @@ class _GroupTransform(nn.Module):
                 stacklevel=3,
             )
 
-    def _batch_moments(
-        self, x3: torch.Tensor, dtype: torch.dtype, sync: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean, covariance and count in ``dtype``; retried in float64 if float32 overflows
-        (finite activations beyond ~1e19, which BatchNorm accepts). One host sync."""
-        mean, covariance, count = group_moments(
-            x3.to(dtype).contiguous(), self.group_size, sync, self.process_group
-        )
-        if dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
-            mean, covariance, count = group_moments(
-                x3.to(torch.float64).contiguous(), self.group_size, sync, self.process_group
-            )
-        checks.check_finite(f"{type(self).__name__}: activations' covariance", covariance)
-        return mean, covariance, count
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        name = type(self).__name__
+        check_input(name, x, self.num_features, self._input_dims, self._input_description)
         use_batch = self.training or not self.track_running_stats
         sync = use_batch and sync_enabled(self.sync_statistics, self.process_group, self.training)
-        if x.numel() == 0 and not sync:  # a synchronized empty batch still joins the collectives
-            return x.clone()
-        N, length = x.shape[0], math.prod(x.shape[2:])
-        x3 = x.reshape(N, self.num_features, length)
-        self._check_samples(x, N * length, sync)
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        with torch.autocast(x.device.type, enabled=False):
-            if use_batch:
-                mean, covariance, count = self._batch_moments(x3, dtype, sync)
-                dtype = covariance.dtype
-                covariance = covariance.to(self._decomposition_dtype(dtype))
-                transform, values = self._batch_transform((covariance + covariance.mT) / 2, count)
-                if self.training and self.track_running_stats:
-                    if self.running == "covariance":
-                        values = {"covariance": unbiased(covariance, count)}
-                    with torch.no_grad():
-                        self._update_running(mean, values)
-            else:
-                transform, mean = self._running_transform(), self._buffer("running_mean")
-            y = self._transform_output(
-                x3.to(dtype).contiguous(), transform.to(dtype), mean.to(dtype)
-            )
-        y = y.view(x.shape).to(x.dtype)
-        if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            y = y.contiguous(memory_format=torch.channels_last)
-        return y
+        self._check_samples(x, x.shape[0] * math.prod(x.shape[2:]), sync)
+        update = self.training and self.track_running_stats and (x.numel() > 0 or sync)
 
-    def _transform_output(
-        self, x3: torch.Tensor, transform: torch.Tensor, mean: torch.Tensor
-    ) -> torch.Tensor:
-        """``γ ∘ (T (x - μ)) + β`` as one pass ``T' x + shift`` over (N, C, L) activations."""
-        G, d = self.num_groups, self.group_size
-        if self.affine:
-            transform = transform * self.weight.to(transform.dtype).view(G, d, 1)
-        shift = -(transform @ mean.view(G, d, 1))  # (G, d, 1)
-        if self.affine:
-            shift = shift + self.bias.to(transform.dtype).view(G, d, 1)
-        return group_affine(x3, transform, shift)
+        def momentum() -> float:  # called once the batch passed its checks
+            tracked = self._buffer("num_batches_tracked")
+            tracked.add_(1)
+            return 1.0 / float(tracked) if self.momentum is None else self.momentum
+
+        batch_transform = self._batch_transform
+        if self.running == "covariance":
+
+            def batch_transform(
+                covariance: torch.Tensor, count: torch.Tensor
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                return self._batch_transform(covariance, count)[0], {
+                    "covariance": unbiased(covariance, count)
+                }
+
+        running = (
+            {key[len("running_") :]: self._buffer(key) for key in self._running_buffers()}
+            if update
+            else None
+        )
+        return group_forward(
+            x,
+            self.group_size,
+            name=name,
+            use_batch=use_batch,
+            batch_transform=batch_transform,
+            eval_transform=self._running_transform if self.track_running_stats else None,
+            running_mean=self._buffer("running_mean") if self.track_running_stats else None,
+            running=running,
+            momentum=momentum,
+            weight=self.weight,
+            bias=self.bias,
+            compute_dtype=self.compute_dtype,
+            sync=sync,
+            process_group=self.process_group,
+        )

@@ -19,10 +19,48 @@ from .._docs import fill_args
 from ..exceptions import ArgumentError
 from ..power_iteration import power_iteration_unchecked
 from ..rules import PowerIteration, Rule
-from ..spectral import energy_projector_function, top_k_function
-from ._base import _GroupTransform, unbiased
+from ..spectral import energy_projector_function, spectral_unchecked, top_k_function
+from ._base import _GroupTransform
+from ._engine import unbiased
 
-__all__ = ["PCADenoising1d", "PCADenoising2d"]
+__all__ = ["PCADenoising1d", "PCADenoising2d", "pca_transform", "projector_function"]
+
+
+def projector_function(n_components: Optional[int], energy: float) -> SpectralFunction:
+    """The top ``n_components`` projector, or (``None``) the ``energy`` projector."""
+    if n_components is not None:
+        return top_k_function(n_components)
+    return energy_projector_function(energy)
+
+
+def pca_transform(
+    covariance: torch.Tensor,
+    count: torch.Tensor,
+    eps: float,
+    rule: Rule,
+    function: SpectralFunction,
+    convention: str = "stableeig",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Standardize, then project: ``T = P D^{-1/2}`` (G, d, d) from (G, d, d) covariances.
+
+    Returns ``T`` and the values the running statistics average: ``"var"`` (C,), the
+    unbiased variance, and ``"projector"`` (G, d, d).
+    """
+    variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d), biased
+    standardizing = unbiased(variance, count) if convention == "reference" else variance
+    scale = (standardizing + eps).rsqrt()
+    correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
+    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    matrix = correlation + eps * eye
+    if isinstance(rule, PowerIteration):
+        w, V = power_iteration_unchecked(
+            matrix, matrix.shape[-1], rule.num_iters, backward=rule.backward
+        )
+        projector = compose(V, function.values(w))
+    else:
+        projector = spectral_unchecked(matrix, function, rule)[0]
+    values = {"var": unbiased(variance, count).reshape(-1), "projector": projector}
+    return projector * scale.unsqueeze(-2), values
 
 
 class _PCADenoising(_GroupTransform):
@@ -56,19 +94,7 @@ class _PCADenoising(_GroupTransform):
         return {"running_covariance": "matrix"}
 
     def _projector_function(self) -> SpectralFunction:
-        if self.n_components is not None:
-            return top_k_function(self.n_components)
-        return energy_projector_function(self.energy)
-
-    def _projector(self, matrix: torch.Tensor) -> torch.Tensor:
-        """The projector (G, d, d) onto the kept eigenvectors of ``matrix``."""
-        function = self._projector_function()
-        if isinstance(self.rule, PowerIteration):
-            w, V = power_iteration_unchecked(
-                matrix, self.group_size, self.rule.num_iters, backward=self.rule.backward
-            )
-            return compose(V, function.values(w))
-        return self._spectral(matrix, function)
+        return projector_function(self.n_components, self.energy)
 
     def _initial_matrix(self) -> torch.Tensor:
         """The running projector starts at the identity (``"reference"``: at 0, as the
@@ -80,13 +106,9 @@ class _PCADenoising(_GroupTransform):
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d), biased
-        standardizing = unbiased(variance, count) if self.convention == "reference" else variance
-        scale = (standardizing + self.eps).rsqrt()
-        correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
-        projector = self._projector(self._ridge(correlation))
-        values = {"var": unbiased(variance, count).reshape(-1), "projector": projector}
-        return projector * scale.unsqueeze(-2), values
+        return pca_transform(
+            covariance, count, self.eps, self.rule, self._projector_function(), self.convention
+        )
 
     def _running_transform(self) -> torch.Tensor:
         if self.running == "projector":

@@ -15,8 +15,8 @@ from .. import _validation as checks
 from .._autograd import EighFunction
 from .._docs import fill_args
 from ..power_iteration import power_iteration_unchecked
-from ..rules import EigenvectorRule, Power, PowerIteration
-from ..spectral import INV_SQRT
+from ..rules import EigenvectorRule, Power, PowerIteration, Rule
+from ..spectral import INV_SQRT, spectral_unchecked
 from ._base import _GroupTransform
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ZCAWhitening2d",
     "paper_truncation_mask",
     "pi_truncation_mask",
+    "zca_transform",
 ]
 
 TRUNCATIONS = ("none", "paper", "pi")
@@ -130,6 +131,48 @@ def _masked_inverse_sqrt(w: torch.Tensor, V: torch.Tensor, keep: torch.Tensor) -
     return (V * (keep * safe.rsqrt()).unsqueeze(-2)) @ V.mT
 
 
+def default_truncation(rule: Rule) -> str:
+    """``"paper"`` for ``power``, ``"pi"`` for ``pi``, ``"none"`` for the other rules."""
+    return {"power": "paper", "pi": "pi"}.get(rule.name, "none")
+
+
+def zca_transform(
+    covariance: torch.Tensor,
+    eps: float,
+    rule: Rule,
+    truncation: str = "none",
+    convention: str = "stableeig",
+) -> torch.Tensor:
+    """The whitening ``(Σ + εI)^{-1/2}`` (or its truncated version) of (G, d, d) covariances.
+
+    Args:
+        covariance: biased batch covariances, (G, d, d), symmetric, working precision.
+        eps: the ridge.
+        rule: the gradient rule (:mod:`stableeig.rules`); ``PowerIteration`` also decomposes.
+        truncation: ``"none"``, ``"paper"`` or ``"pi"`` (see :class:`ZCAWhitening2d`).
+        convention: ``"stableeig"`` or ``"reference"``.
+    """
+    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    matrix = covariance + eps * eye
+    if isinstance(rule, PowerIteration):
+        w, V = power_iteration_unchecked(
+            matrix, matrix.shape[-1], rule.num_iters, backward=rule.backward
+        )
+    elif truncation == "none":
+        return spectral_unchecked(matrix, INV_SQRT, rule)[0]
+    else:
+        w, V = EighFunction.apply(matrix, rule if isinstance(rule, EigenvectorRule) else Power())
+    if truncation == "pi":
+        keep = pi_truncation_mask(w, eps)
+    elif truncation == "paper":
+        keep, rayleigh = paper_truncation_mask(w, V, matrix, eps, convention)
+        if convention == "reference":  # its value, with the eigenvalue's gradient
+            w = w + (rayleigh - w).detach()
+    else:
+        keep = torch.ones_like(w)
+    return _masked_inverse_sqrt(w, V, keep)
+
+
 class _ZCAWhitening(_GroupTransform):
     _running_choices = ("whitening", "covariance")
 
@@ -137,8 +180,7 @@ class _ZCAWhitening(_GroupTransform):
         self, num_features: int, *args: Any, truncation: Optional[str] = None, **kwargs: Any
     ) -> None:
         super().__init__(num_features, *args, **kwargs)
-        default = {"power": "paper", "pi": "pi"}.get(self.rule.name, "none")
-        truncation = default if truncation is None else truncation
+        truncation = default_truncation(self.rule) if truncation is None else truncation
         name = type(self).__name__
         self.truncation = checks.check_choice(f"{name}: truncation", truncation, TRUNCATIONS)
 
@@ -148,32 +190,10 @@ class _ZCAWhitening(_GroupTransform):
     def _running_buffers(self) -> dict[str, str]:
         return {f"running_{self.running}": "matrix"}
 
-    def _whitening(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``M^{-1/2}`` (or the truncated version) of ``M`` (G, d, d)."""
-        rule = self.rule
-        if isinstance(rule, PowerIteration):
-            w, V = power_iteration_unchecked(
-                matrix, self.group_size, rule.num_iters, backward=rule.backward
-            )
-        elif self.truncation == "none":
-            return self._spectral(matrix, INV_SQRT)
-        else:
-            eigenvector_rule = rule if isinstance(rule, EigenvectorRule) else Power()
-            w, V = EighFunction.apply(matrix, eigenvector_rule)
-        if self.truncation == "pi":
-            keep = pi_truncation_mask(w, self.eps)
-        elif self.truncation == "paper":
-            keep, rayleigh = paper_truncation_mask(w, V, matrix, self.eps, self.convention)
-            if self.convention == "reference":  # its value, with the eigenvalue's gradient
-                w = w + (rayleigh - w).detach()
-        else:
-            keep = torch.ones_like(w)
-        return _masked_inverse_sqrt(w, V, keep)
-
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        whitening = self._whitening(self._ridge(covariance))
+        whitening = zca_transform(covariance, self.eps, self.rule, self.truncation, self.convention)
         return whitening, {"whitening": whitening}
 
     def _running_transform(self) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""The one forward pass of the group layers, shared by the modules and ``nn.functional``.
+
+``y = γ ∘ (T (x - μ)) + β`` per group of ``d`` channels, with ``T`` (G, d, d) made from the
+batch covariance by ``batch_transform`` in training (or without running statistics) and by
+``eval_transform`` otherwise; running statistics are averaged in place when given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from .. import _validation as checks
+from .._precision import working_dtype
+from ..exceptions import DTypeError, ShapeError
+from ._statistics import group_affine, group_moments
+
+__all__ = ["BatchTransform", "check_input", "group_forward", "unbiased"]
+
+BatchTransform = Callable[
+    [torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
+
+
+def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Bessel's correction ``count / (count - 1)``, as BatchNorm's running variance."""
+    count = count.to(biased.dtype)
+    return biased * (count / (count - 1).clamp_min(1))
+
+
+def check_input(name: str, x: object, num_features: int, dims: tuple[int, ...], what: str) -> None:
+    """Tensor, dimensions, real floating dtype and channel count of a layer's input."""
+    if not isinstance(x, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor (got {type(x).__name__})")
+    if x.dim() not in dims:
+        raise ShapeError(f"{name}: expected {what} input (got shape {tuple(x.shape)})")
+    if x.dtype not in checks.FLOATING_DTYPES:
+        raise DTypeError(
+            f"{name}: expected a real floating input (float16, bfloat16, float32, float64) "
+            f"(got {x.dtype})"
+        )
+    if x.shape[1] != num_features:
+        raise ShapeError(
+            f"{name}: expected {num_features} channels in dimension 1 "
+            f"(got input of shape {tuple(x.shape)})"
+        )
+
+
+def _moments(
+    name: str, x3: torch.Tensor, group_size: int, dtype: torch.dtype, sync: bool, group: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, covariance and count in ``dtype``; retried in float64 if float32 overflows
+    (finite activations beyond ~1e19, which BatchNorm accepts). One host sync."""
+    mean, covariance, count = group_moments(x3.to(dtype).contiguous(), group_size, sync, group)
+    if dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
+        mean, covariance, count = group_moments(
+            x3.to(torch.float64).contiguous(), group_size, sync, group
+        )
+    checks.check_finite(f"{name}: activations' covariance", covariance)
+    return mean, covariance, count
+
+
+def group_forward(
+    x: torch.Tensor,
+    group_size: int,
+    *,
+    name: str,
+    use_batch: bool,
+    batch_transform: BatchTransform,
+    eval_transform: Optional[Callable[[], torch.Tensor]] = None,
+    running_mean: Optional[torch.Tensor] = None,
+    running: Optional[dict[str, torch.Tensor]] = None,
+    momentum: Union[float, Callable[[], float]] = 0.1,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    compute_dtype: Optional[torch.dtype] = None,
+    sync: bool = False,
+    process_group: Optional[Any] = None,
+) -> torch.Tensor:
+    """The layers' forward on a checked input ``x`` (N, C, ...).
+
+    ``running``: buffers updated in place from the values ``batch_transform`` returns (key
+    ``k`` -> ``running[k]``, with ``running_mean`` for the mean), by ``lerp(momentum)``;
+    a callable ``momentum`` is called once, only when a batch is accepted (after the checks).
+    """
+    if x.numel() == 0 and not sync:  # a synchronized empty batch still joins the collectives
+        return x.clone()
+    C = x.shape[1]
+    G = C // group_size
+    x3 = x.reshape(x.shape[0], C, math.prod(x.shape[2:]))
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(x.device.type, enabled=False):
+        if use_batch:
+            mean, covariance, count = _moments(name, x3, group_size, dtype, sync, process_group)
+            dtype = covariance.dtype
+            covariance = covariance.to(working_dtype(dtype, compute_dtype))
+            transform, values = batch_transform((covariance + covariance.mT) / 2, count)
+            if running_mean is not None and running is not None:
+                factor = momentum() if callable(momentum) else momentum
+                with torch.no_grad():
+                    running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+                    for key, buffer in running.items():
+                        buffer.lerp_(values[key].detach().to(buffer.dtype), factor)
+        else:
+            assert eval_transform is not None and running_mean is not None
+            transform, mean = eval_transform(), running_mean
+        transform, mean = transform.to(dtype), mean.to(dtype)
+        if weight is not None:
+            transform = transform * weight.to(dtype).view(G, group_size, 1)
+        shift = -(transform @ mean.view(G, group_size, 1))  # (G, d, 1)
+        if bias is not None:
+            shift = shift + bias.to(dtype).view(G, group_size, 1)
+        y = group_affine(x3.to(dtype).contiguous(), transform, shift)
+    y = y.view(x.shape).to(x.dtype)
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
