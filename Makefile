@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stableeig-installed
 
-.PHONY: install data demo test lint check bench clean
+.PHONY: install data demo test lint docs check bench clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-check: test lint
+# API reference from the docstrings; any warning fails the build.
+docs: $(STAMP)
+	$(PY) -W error -m pdoc --docformat google -o docs/api stableeig
+
+check: test lint docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/precision.py
@@ -43,4 +47,4 @@ bench: $(STAMP)
 	$(VENV)/bin/stableeig bench speed
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build docs/api src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
