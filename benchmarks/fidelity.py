@@ -8,6 +8,7 @@ transcriptions in ``tests/reference.py`` (the arbiter the test suite uses). Writ
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -58,12 +59,17 @@ def series_length() -> dict[str, float]:
 
 def kept_counts() -> list[dict[str, Any]]:
     """Eigenvectors SVD-PI keeps on stem covariances: reference code vs the two conventions."""
+    sources = {
+        f"synthetic {c}-channel (rank {9 * c})": functools.partial(_synthetic_stem, c)
+        for c in (1, 3)
+    }
+    sources["Fashion-MNIST batch, stem conv at init (rank <= 9)"] = fashion_stem_covariance
     rows = []
-    for in_channels in (1, 3):
+    for label, source in sources.items():
         for dtype in (torch.float32, torch.float64):
             counts: dict[str, list[int]] = {"reference code": [], "reference": [], "stableeig": []}
             for seed in SEEDS:
-                M = stem_covariance(64, in_channels, seed=seed).to(dtype)
+                M = source(seed).to(dtype)
                 counts["reference code"].append(_reference_count(M))
                 w, V = torch.linalg.eigh(M)
                 for convention in ("reference", "stableeig"):
@@ -71,46 +77,25 @@ def kept_counts() -> list[dict[str, Any]]:
                     counts[convention].append(int(keep.sum()))
             rows.append(
                 {
-                    "stem": f"synthetic {in_channels}-channel (rank {9 * in_channels})",
+                    "stem": label,
                     "dtype": str(dtype).replace("torch.", ""),
                     **{k: sum(v) / len(v) for k, v in counts.items()},
                 }
             )
-    for dtype in (torch.float32, torch.float64):
-        counts = {"reference code": [], "reference": [], "stableeig": []}
-        for seed in SEEDS:
-            M = fashion_stem_covariance(seed).to(dtype)
-            counts["reference code"].append(_reference_count(M))
-            w, V = torch.linalg.eigh(M)
-            for convention in ("reference", "stableeig"):
-                keep, _ = paper_truncation_mask(w, V, M, 1e-4, convention)
-                counts[convention].append(int(keep.sum()))
-        rows.append(
-            {
-                "stem": "Fashion-MNIST batch, stem conv at init (rank <= 9)",
-                "dtype": str(dtype).replace("torch.", ""),
-                **{k: sum(v) / len(v) for k, v in counts.items()},
-            }
-        )
     return rows
+
+
+def _synthetic_stem(in_channels: int, seed: int) -> torch.Tensor:
+    return stem_covariance(64, in_channels, seed=seed)
 
 
 def fashion_stem_covariance(seed: int) -> torch.Tensor:
     """The float32 covariance (+ 1e-4·I) a ZCA layer sees after the stem convolution of the
     quick-preset ResNet-18 at initialisation, on one batch of 128 real Fashion-MNIST images."""
     from stableeig.bench.data import load_dataset
-    from stableeig.bench.training import _normalizer
+    from stableeig.bench.demo import stem_covariance_of_batch
 
-    data = load_dataset("fashion-mnist")
-    g = torch.Generator().manual_seed(seed)
-    batch = data.train_images[torch.randperm(len(data.train_images), generator=g)[:128]]
-    torch.manual_seed(seed)
-    conv = torch.nn.Conv2d(1, 64, 3, padding=1, bias=False)
-    with torch.no_grad():
-        y = conv(_normalizer(data.train_images)(batch))
-    flat = y.transpose(0, 1).reshape(64, -1)
-    centered = flat - flat.mean(1, keepdim=True)
-    return centered @ centered.T / flat.shape[1] + 1e-4 * torch.eye(64)
+    return stem_covariance_of_batch(load_dataset("fashion-mnist"), seed)
 
 
 def _reference_count(M: torch.Tensor, eps: float = 1e-4) -> int:

@@ -14,19 +14,7 @@ import time
 import torch
 
 import stableeig as se
-
-
-def stem_covariance(
-    seed: int, channels: int = 64, rank: int = 9, eps: float = 1e-4
-) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    weights = torch.randn(channels, rank, generator=g, dtype=torch.float64) / rank**0.5
-    patches = torch.randn(rank, 4096, generator=g, dtype=torch.float64)
-    features = weights @ patches
-    features = features - features.mean(dim=1, keepdim=True)
-    return features @ features.T / features.shape[1] + eps * torch.eye(
-        channels, dtype=torch.float64
-    )
+from stableeig.bench.matrices import stem_covariance
 
 
 def gradient(A: torch.Tensor, upstream: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
@@ -39,7 +27,7 @@ def gradient(A: torch.Tensor, upstream: torch.Tensor, compute_dtype: torch.dtype
 def relative_errors(seeds: int = 5) -> dict[str, float]:
     worst = {"float32": 0.0, "float64": 0.0}
     for seed in range(seeds):
-        A64 = stem_covariance(seed)
+        A64 = stem_covariance(seed=seed)
         A32 = A64.float()
         upstream = torch.randn(64, 64, generator=torch.Generator().manual_seed(100 + seed))
         truth = gradient(A32.double(), upstream.double(), torch.float64)  # same input, float64
@@ -50,7 +38,7 @@ def relative_errors(seeds: int = 5) -> dict[str, float]:
 
 
 def eigh_seconds(dtype: torch.dtype, repeats: int = 30) -> float:
-    A = torch.stack([stem_covariance(s) for s in range(16)]).to(dtype)
+    A = torch.stack([stem_covariance(seed=s) for s in range(16)]).to(dtype)
     torch.linalg.eigh(A)
     times = []
     for _ in range(repeats):

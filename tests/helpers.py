@@ -6,18 +6,12 @@ from typing import Callable
 
 import torch
 
-
-def random_orthogonal(n: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    Q, R = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    return (Q * torch.sign(torch.diagonal(R))).to(dtype)
+from stableeig.bench import matrices
 
 
 def with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """A float64 symmetric matrix with the given eigenvalues and random eigenvectors."""
-    Q = random_orthogonal(eigenvalues.shape[-1], seed)
-    A = (Q * eigenvalues.double()) @ Q.T
-    return (A + A.T) / 2
+    return matrices.with_spectrum(eigenvalues, seed)
 
 
 def _rank_deficient(n: int, rank: int, eps: float = 1e-4, seed: int = 0) -> torch.Tensor:

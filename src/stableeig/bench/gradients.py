@@ -18,7 +18,7 @@ import torch
 
 from ..rules import Analytic, Clip, Loewner, Power, Taylor
 from ..spectral import inv_sqrtm, top_k_projector
-from .matrices import stem_covariance
+from .matrices import stem_covariance, with_spectrum
 from .plotting import new_figure, save_figure
 
 __all__ = ["METHODS", "gradient_sweep", "plot_gradients", "spectrum_families", "summary_markdown"]
@@ -38,14 +38,6 @@ METHODS: dict[str, dict[str, Any]] = {
 GAPS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 
 
-def _with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    n = eigenvalues.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    A = (Q * eigenvalues) @ Q.T
-    return (A + A.T) / 2
-
-
 def spectrum_families(n: int) -> dict[str, tuple[torch.Tensor, float]]:
     """Named float64 SPD matrices of size n, each with its smallest relative eigenvalue gap."""
     arange = torch.arange(n, dtype=torch.float64)
@@ -53,11 +45,11 @@ def spectrum_families(n: int) -> dict[str, tuple[torch.Tensor, float]]:
         "identity": (torch.eye(n, dtype=torch.float64), 0.0),
     }
     for gap in GAPS:  # eigenvalues 1 + k·gap: every neighbouring gap equals `gap`
-        families[f"clustered gap {gap:.0e}"] = (_with_spectrum(1 + gap * arange), gap)
+        families[f"clustered gap {gap:.0e}"] = (with_spectrum(1 + gap * arange), gap)
     for condition in (1e2, 1e4, 1e8):
         spectrum = torch.logspace(0, -math.log10(condition), n, dtype=torch.float64)
         ratio = float(spectrum[1] / spectrum[0]) if n > 1 else 1.0
-        families[f"geometric cond {condition:.0e}"] = (_with_spectrum(spectrum), 1 - ratio)
+        families[f"geometric cond {condition:.0e}"] = (with_spectrum(spectrum), 1 - ratio)
     if n >= 16:
         families["stem conv 1 channel (rank 9) + 1e-4 I"] = (
             stem_covariance(n, in_channels=1, samples=2048),

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["clustered", "stem_covariance"]
+__all__ = ["clustered", "random_orthogonal", "stem_covariance", "with_spectrum"]
+
+
+def random_orthogonal(n: int, seed: int = 0) -> torch.Tensor:
+    """A random orthogonal float64 (n, n) matrix (QR of a Gaussian one)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return Q
+
+
+def with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A float64 symmetric matrix with the given eigenvalues and random eigenvectors."""
+    Q = random_orthogonal(eigenvalues.shape[-1], seed)
+    A = (Q * eigenvalues.double()) @ Q.T
+    return (A + A.T) / 2
 
 
 def stem_covariance(
@@ -29,8 +43,4 @@ def stem_covariance(
 
 def clustered(n: int = 64, spacing: float = 1e-7, seed: int = 0) -> torch.Tensor:
     """Eigenvalues ``1 + k · spacing`` with random eigenvectors, float64 (n, n)."""
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    eigenvalues = 1.0 + spacing * torch.arange(n, dtype=torch.float64)
-    A = (Q * eigenvalues) @ Q.T
-    return (A + A.T) / 2
+    return with_spectrum(1.0 + spacing * torch.arange(n, dtype=torch.float64), seed)
