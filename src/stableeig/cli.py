@@ -266,6 +266,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .rules import RULES
 
     parser = argparse.ArgumentParser(prog="stableeig", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stableeig {__version__}")
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "--methods",
-        type=_comma_list(choices=("analytic", "pi", "power", "taylor", "clip", "loewner")),
+        type=_comma_list(choices=tuple(RULES)),
         default=None,
         help="comma list of gradient rules (default: the table's)",
     )

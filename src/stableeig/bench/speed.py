@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from ..nn import ZCAWhitening2d
+from ..rules import RULES
+from ..rules import names as rule_names
 from ..spectral import inv_sqrtm
 from .models import resnet
 from .plotting import new_figure, save_figure
@@ -120,7 +122,7 @@ def decomposition_speed(
         X = torch.randn(batch, n, 2 * n, generator=g)
         A = (X @ X.mT / (2 * n) + 1e-3 * torch.eye(n)).to(device)
         G = torch.randn(A.shape, generator=g).to(device)
-        for method in ("loewner", "power", "taylor", "clip", "analytic"):
+        for method in rule_names(("spectral", "eigenvector")):
             for baseline_dtype in (torch.float32, torch.float64):
                 ours_s, base_s, ratio = paired(
                     _forward_backward(functools.partial(inv_sqrtm, backward=method), A, G),
@@ -187,7 +189,7 @@ def eigh_backward_speed(
 def layer_speed(
     shape: tuple[int, ...] = (128, 64, 32, 32),
     group_sizes: tuple[int, ...] = (4, 16, 64),
-    methods: tuple[str, ...] = ("loewner", "power", "taylor", "clip", "analytic", "pi"),
+    methods: tuple[str, ...] = tuple(RULES),
     repeats: int = 10,
     device: str = "cpu",
 ) -> list[dict[str, Any]]:
