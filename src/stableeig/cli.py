@@ -115,15 +115,18 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"dataset": dataset.name}
     if args.steps is not None:
         overrides["steps"] = args.steps
-    rows = rp.run_cells(
-        cells,
-        dataset,
-        args.preset,
-        results,
-        device=args.device,
-        progress=not args.quiet,
-        overrides=overrides,
-    )
+    if args.render_only:
+        rows = rp.unique_rows(rp.read_results(results))
+    else:
+        rows = rp.run_cells(
+            cells,
+            dataset,
+            args.preset,
+            results,
+            device=args.device,
+            progress=not args.quiet,
+            overrides=overrides,
+        )
     wanted = {c.key() for c in cells}
     rows = [r for r in rows if rp.row_key(r) in wanted]
     if args.table == "ablations":
@@ -341,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of gradient rules (default: the table's)",
     )
     reproduce.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    reproduce.add_argument(
+        "--render-only",
+        action="store_true",
+        help="write the table and plot from the rows already in the results file; run nothing",
+    )
     reproduce.add_argument(
         "--results", default="results", help="folder of the JSONL/MD/PNG outputs (default: results)"
     )
