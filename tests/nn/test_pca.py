@@ -117,6 +117,6 @@ def test_repr_and_state_dict() -> None:
         "bias",
         "running_mean",
         "running_var",
-        "running_projector",
+        "running_matrix",
         "num_batches_tracked",
     }

@@ -273,7 +273,7 @@ def test_state_dict_round_trip_deepcopy_pickle_and_to() -> None:
     fresh = ZCAWhitening2d(8, group_size=4, method="power").eval()
     fresh.load_state_dict(layer.state_dict())
     torch.testing.assert_close(fresh(x), expected)
-    assert layer.state_dict()._metadata[""]["version"] == 1  # type: ignore[attr-defined]
+    assert layer.state_dict()._metadata[""]["version"] == 2  # type: ignore[attr-defined]
     torch.testing.assert_close(copy.deepcopy(layer)(x), expected)
     torch.testing.assert_close(pickle.loads(pickle.dumps(layer))(x), expected)
     buffer = io.BytesIO()
@@ -282,7 +282,7 @@ def test_state_dict_round_trip_deepcopy_pickle_and_to() -> None:
     fresh.load_state_dict(torch.load(buffer))
     torch.testing.assert_close(layer.double()(x.double()), expected.double(), rtol=1e-5, atol=1e-5)
     state = layer.state_dict()
-    del state["running_whitening"]
+    del state["running_matrix"]
     with pytest.raises(RuntimeError, match="Missing key"):
         fresh.load_state_dict(state)
 
@@ -348,3 +348,25 @@ def test_double_backward_gradient_penalty() -> None:
     )
     grad.square().sum().backward()  # a gradient penalty
     assert x32.grad is not None and torch.isfinite(x32.grad).all()
+
+
+def test_state_dict_keys_do_not_depend_on_running_and_version_1_checkpoints_load() -> None:
+    from pathlib import Path
+
+    keys = {
+        running: list(ZCAWhitening2d(8, group_size=4, running=running).state_dict())
+        for running in ("whitening", "covariance")
+    }
+    assert keys["whitening"] == keys["covariance"]
+    assert ZCAWhitening2d(8).state_dict()._metadata[""]["version"] == 2  # type: ignore[attr-defined]
+    saved = torch.load(Path(__file__).parents[1] / "data" / "state_dicts_v1.pt")
+    for name, entry in saved.items():  # saved by release 0.1 (buffer names per `running`)
+        kind, running = name.split("_")
+        cls = ZCAWhitening2d if kind == "zca" else se.nn.PCADenoising2d
+        kwargs = {} if kind == "zca" else {"n_components": 2}
+        layer = cls(8, group_size=4, running=running, **kwargs)
+        layer.load_state_dict(entry["state_dict"])
+        layer.eval()
+        torch.testing.assert_close(layer(entry["input"]), entry["eval_output"])
+    with pytest.raises(AttributeError, match="running_whitening"):
+        _ = ZCAWhitening2d(8, running="covariance").running_whitening

@@ -35,7 +35,7 @@ class RankDeficientWarning(UserWarning):
 class _GroupTransform(nn.Module):
     """Base of the group-decorrelation layers. Subclasses define the transform ``T``."""
 
-    _version = 1
+    _version = 2  # 2: fixed buffer names (running_matrix), whatever ``running`` is
     _running_choices: tuple[str, ...] = ("covariance",)
 
     def __init__(
@@ -107,15 +107,18 @@ class _GroupTransform(nn.Module):
 
     def _running_buffers(self) -> dict[str, str]:
         """Running buffers besides ``running_mean``: name -> ``"vector"`` (C,) or
-        ``"matrix"`` (G, d, d). Vectors start at 1, matrices at the identity."""
-        raise NotImplementedError
+        ``"matrix"`` (G, d, d). Vectors start at 1, matrices at :meth:`_initial_matrix`.
+        The names are fixed; ``running_matrix`` holds what ``running`` says."""
+        return {"running_matrix": "matrix"}
+
+    _legacy_names: tuple[str, ...] = ()  # version-1 names of running_matrix
 
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``T`` (G, d, d) from a biased covariance (G, d, d) in working precision over
         ``count`` samples, and the per-batch values that the running buffers average
-        (key ``"x"`` updates ``running_x``)."""
+        (key ``"x"`` updates ``running_x``; ``"matrix"`` is what ``running`` names)."""
         raise NotImplementedError
 
     def _running_transform(self) -> torch.Tensor:
@@ -125,6 +128,20 @@ class _GroupTransform(nn.Module):
     def _initial_matrix(self) -> torch.Tensor:
         """Initial value of the running matrices: the identity (d, d)."""
         return torch.eye(self.group_size)
+
+    def _matrix_named(self, meaning: str) -> torch.Tensor:
+        """``running_matrix`` when it holds ``meaning`` (the version-1 buffer names)."""
+        if self.running != meaning or not self.track_running_stats:
+            raise AttributeError(
+                f"{type(self).__name__} keeps no running {meaning} (running={self.running!r}, "
+                f"track_running_stats={self.track_running_stats})"
+            )
+        return self._buffer("running_matrix")
+
+    @property
+    def running_covariance(self) -> torch.Tensor:
+        """The running covariance (G, d, d), with ``running="covariance"``."""
+        return self._matrix_named("covariance")
 
     _input_dims: tuple[int, ...] = ()
     _input_description = ""
@@ -164,6 +181,13 @@ class _GroupTransform(nn.Module):
         key = prefix + "num_batches_tracked"
         if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
+        if (version is None or version < 2) and self.track_running_stats:
+            for old in (*self._legacy_names, "running_covariance"):  # version 1 -> 2
+                if prefix + old in state_dict:
+                    state_dict[prefix + "running_matrix"] = state_dict.pop(prefix + old)
+            for name, kind in self._running_buffers().items():
+                if kind == "vector" and prefix + name not in state_dict:  # not kept in v1
+                    state_dict[prefix + name] = torch.ones(self.num_features)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -181,7 +205,7 @@ class _GroupTransform(nn.Module):
     def _transform_from_running_covariance(self) -> torch.Tensor:
         """Eval ``T`` for ``running="covariance"``: the batch transform of the running one."""
         with torch.no_grad():
-            covariance = self._buffer("running_covariance")
+            covariance = self._buffer("running_matrix")
             covariance = covariance.to(self._decomposition_dtype(covariance.dtype))
             return self._batch_transform(covariance, torch.tensor(0.0))[0]
 
@@ -220,9 +244,8 @@ class _GroupTransform(nn.Module):
             def batch_transform(
                 covariance: torch.Tensor, count: torch.Tensor
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-                return self._batch_transform(covariance, count)[0], {
-                    "covariance": unbiased(covariance, count)
-                }
+                transform, values = self._batch_transform(covariance, count)
+                return transform, {**values, "matrix": unbiased(covariance, count)}
 
         running = (
             {key[len("running_") :]: self._buffer(key) for key in self._running_buffers()}

@@ -88,10 +88,15 @@ class _PCADenoising(_GroupTransform):
         kept = f"n_components={self.n_components}" if self.n_components else f"energy={self.energy}"
         return f"{super().extra_repr()}, {kept}"
 
+    _legacy_names = ("running_projector",)
+
     def _running_buffers(self) -> dict[str, str]:
-        if self.running == "projector":
-            return {"running_var": "vector", "running_projector": "matrix"}
-        return {"running_covariance": "matrix"}
+        return {"running_var": "vector", "running_matrix": "matrix"}
+
+    @property
+    def running_projector(self) -> torch.Tensor:
+        """The running projector (G, d, d), with ``running="projector"``."""
+        return self._matrix_named("projector")
 
     def _projector_function(self) -> SpectralFunction:
         return projector_function(self.n_components, self.energy)
@@ -106,16 +111,15 @@ class _PCADenoising(_GroupTransform):
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return pca_transform(
+        transform, values = pca_transform(
             covariance, count, self.eps, self.rule, self._projector_function(), self.convention
         )
+        return transform, {"var": values["var"], "matrix": values["projector"]}
 
     def _running_transform(self) -> torch.Tensor:
         if self.running == "projector":
             scale = (self._buffer("running_var") + self.eps).rsqrt()
-            return self._buffer("running_projector") * scale.view(
-                self.num_groups, 1, self.group_size
-            )
+            return self._buffer("running_matrix") * scale.view(self.num_groups, 1, self.group_size)
         return self._transform_from_running_covariance()
 
 

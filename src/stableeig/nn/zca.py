@@ -187,18 +187,22 @@ class _ZCAWhitening(_GroupTransform):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, truncation={self.truncation!r}"
 
-    def _running_buffers(self) -> dict[str, str]:
-        return {f"running_{self.running}": "matrix"}
+    _legacy_names = ("running_whitening",)
+
+    @property
+    def running_whitening(self) -> torch.Tensor:
+        """The running whitening matrix (G, d, d), with ``running="whitening"``."""
+        return self._matrix_named("whitening")
 
     def _batch_transform(
         self, covariance: torch.Tensor, count: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         whitening = zca_transform(covariance, self.eps, self.rule, self.truncation, self.convention)
-        return whitening, {"whitening": whitening}
+        return whitening, {"matrix": whitening}
 
     def _running_transform(self) -> torch.Tensor:
         if self.running == "whitening":
-            return self._buffer("running_whitening")
+            return self._buffer("running_matrix")
         return self._transform_from_running_covariance()
 
 
