@@ -65,3 +65,25 @@ def test_argument_errors(k: object, num_iters: int) -> None:
 def test_empty_matrix_raises_a_shape_error() -> None:
     with pytest.raises(se.ShapeError, match=r"n >= 1 for power iteration \(got shape \(0, 0\)\)"):
         se.power_iteration_eigh(torch.zeros(0, 0))
+
+
+def test_early_stop_returns_the_same_kept_pairs_and_gradients() -> None:
+    """``stop_below`` only skips eigenpairs that the PI stop rule would drop anyway."""
+    from stableeig.nn.zca import _masked_inverse_sqrt, pi_truncation_mask
+    from stableeig.power_iteration import power_iteration_unchecked
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 8, 3, generator=g, dtype=torch.float64)  # rank 3 of 8, + ridge
+    M = X @ X.mT + 1e-4 * torch.eye(8, dtype=torch.float64)
+    starts = torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    results = []
+    for stop in (None, 1e-4):
+        A = M.clone().requires_grad_(True)
+        w, V = power_iteration_unchecked(A, 8, 19, starts=starts, stop_below=stop)
+        W = _masked_inverse_sqrt(w, V, pi_truncation_mask(w, 1e-4))
+        W.sum().backward()
+        results.append((W.detach(), A.grad, w.shape[-1]))
+    (full, full_grad, n_full), (early, early_grad, n_early) = results
+    assert n_early < n_full == 8
+    torch.testing.assert_close(early, full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(early_grad, full_grad, rtol=1e-10, atol=1e-10)

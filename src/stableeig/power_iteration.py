@@ -79,6 +79,7 @@ def power_iteration_unchecked(
     generator: Optional[torch.Generator] = None,
     backward: str = "reference",
     starts: Optional[torch.Tensor] = None,
+    stop_below: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The iterations of :func:`power_iteration_eigh` on a validated symmetric batch.
 
@@ -89,10 +90,15 @@ def power_iteration_unchecked(
         generator: for the random starts. Default: the global generator.
         backward: ``"reference"`` or ``"exact"`` (see the module docstring).
         starts: (..., n, count) starting vectors (normalized here) instead of random ones.
+        stop_below: the PI layer's stop rule (``ZCANormPIunstable``) with this ``eps``: once
+            every matrix of the batch has met a Rayleigh quotient that rises or falls below
+            ``eps`` (so that no later eigenpair is used), stop extracting. One host sync per
+            eigenpair; the pairs returned, and their gradients, are those without it.
 
     Returns:
-        ``(w, V)`` (..., count) Rayleigh quotients and (..., n, count) vectors, in reverse
-        order of extraction (ascending when power iteration converged).
+        ``(w, V)`` (..., k) Rayleigh quotients and (..., n, k) vectors, in reverse order of
+        extraction (ascending when power iteration converged); ``k = count`` unless
+        ``stop_below`` ended the extraction early.
     """
     deflated = symmetric
     if starts is None:
@@ -106,6 +112,7 @@ def power_iteration_unchecked(
     starts = starts.to(symmetric.dtype)
     starts = starts / (torch.linalg.vector_norm(starts, dim=-2, keepdim=True) + 1e-12)
     values, vectors = [], []
+    alive: Optional[torch.Tensor] = None
     with torch.autocast(symmetric.device.type, enabled=False):
         for j in range(count):
             v = starts[..., j : j + 1]
@@ -117,6 +124,15 @@ def power_iteration_unchecked(
             quotient = (deflated @ v).mT @ v / (v.mT @ v)  # the reference's Rayleigh quotient
             values.append(quotient[..., 0, 0])
             vectors.append(v[..., 0])
+            if stop_below is not None:
+                with torch.no_grad():
+                    current = values[-1]
+                    if alive is None:
+                        alive = torch.ones_like(current, dtype=torch.bool)
+                    else:
+                        alive = alive & (current <= values[-2]) & (current >= stop_below)
+                    if not bool(alive.any()):
+                        break
             deflated = deflated - deflated @ v @ v.mT
     return torch.stack(values[::-1], dim=-1), torch.stack(vectors[::-1], dim=-1)
 

@@ -156,7 +156,11 @@ def zca_transform(
     matrix = covariance + eps * eye
     if isinstance(rule, PowerIteration):
         w, V = power_iteration_unchecked(
-            matrix, matrix.shape[-1], rule.num_iters, backward=rule.backward
+            matrix,
+            matrix.shape[-1],
+            rule.num_iters,
+            backward=rule.backward,
+            stop_below=eps if truncation == "pi" else None,  # later pairs are never used
         )
     elif truncation == "none":
         return spectral_unchecked(matrix, INV_SQRT, rule)[0]
