@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from .data import Dataset
 from .plotting import new_figure, save_figure
 from .training import RunConfig, config_dict, train_run
@@ -286,6 +288,7 @@ def _claim(results: Path, cell: Cell) -> Iterator[bool]:
 
 
 def _holder_alive(path: Path) -> bool:
+    """Whether the process that wrote the claim still runs (a zombie does not)."""
     try:
         pid = int(path.read_text() or "0")
         os.kill(pid, 0)
@@ -293,7 +296,11 @@ def _holder_alive(path: Path) -> bool:
         return False
     except PermissionError:
         return True
-    return pid != 0
+    try:  # a killed process nobody reaped is still signalable: read its state
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return pid != 0
+    return pid != 0 and state not in ("Z", "X")
 
 
 def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -336,6 +343,9 @@ def run_cells(
                 "group_size": cell.group_size,
                 "seed": cell.seed,
                 "variant": dict(cell.variant),
+                # chaotic runs (the baselines) depend on the summation order, i.e. on these
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
                 **dataclasses.asdict(result),
                 "config": config_dict(config),
             }
