@@ -4,6 +4,7 @@ authors' reference arithmetic (transcribed in ``tests/reference.py``) on full-ra
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import pytest
 import torch
@@ -75,6 +76,20 @@ def _batches(steps: int, seed: int, C: int = 16) -> list[torch.Tensor]:
     ]
 
 
+def _assert_same_training_step(
+    reference_step: Callable[[torch.Tensor], torch.Tensor], layer: torch.nn.Module, x: torch.Tensor
+) -> None:
+    """One training forward + ``backward(G)`` of both: outputs and input gradients agree."""
+    G = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = reference_step(x1), layer(x2)
+    y1.backward(G)
+    y2.backward(G)
+    assert relative_error(y2, y1) <= 1e-7
+    assert x1.grad is not None and x2.grad is not None
+    assert relative_error(x2.grad, x1.grad) <= 1e-7
+
+
 @pytest.mark.parametrize("d", [4, 16])
 @pytest.mark.parametrize("convention", ["stableeig", "reference"])
 def test_zca_power_layer_equals_reference_layer(d: int, convention: str) -> None:
@@ -108,19 +123,17 @@ def test_zca_pi_layer_equals_reference_pi_layer(d: int, monkeypatch: pytest.Monk
     monkeypatch.setattr(
         zca_module, "power_iteration_unchecked", functools.partial(original, starts=starts)
     )
+    weight, bias = layer.weight.detach(), layer.bias.detach()
     for x in _batches(2, seed=d + 1):
-        G = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=x.dtype)
-        x1 = x.clone().requires_grad_(True)
-        y1 = reference.zca_pi_train(
-            x1, 16 // d, layer.weight.detach(), layer.bias.detach(), running, starts
+        step = functools.partial(
+            reference.zca_pi_train,
+            groups=16 // d,
+            weight=weight,
+            bias=bias,
+            running=running,
+            starts=starts,
         )
-        y1.backward(G)
-        x2 = x.clone().requires_grad_(True)
-        y2 = layer(x2)
-        y2.backward(G)
-        assert relative_error(y2, y1) <= 1e-7
-        assert x1.grad is not None and x2.grad is not None
-        assert relative_error(x2.grad, x1.grad) <= 1e-7
+        _assert_same_training_step(step, layer, x)
     assert relative_error(layer.running_whitening, torch.stack(running["subspace"])) <= 1e-7
 
 
@@ -152,17 +165,12 @@ def test_pca_power_reference_convention_equals_reference_layer(k: int) -> None:
         "var": torch.ones(C, 1, dtype=torch.float64),
         "subspace": torch.zeros(C, C, dtype=torch.float64),
     }
+    weight, bias = layer.weight.detach(), layer.bias.detach()
     for x in _batches(3, seed=k):
-        G = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=x.dtype)
-        x1 = x.clone().requires_grad_(True)
-        y1 = reference.pca_svdpi_train(x1, k, layer.weight.detach(), layer.bias.detach(), running)
-        y1.backward(G)
-        x2 = x.clone().requires_grad_(True)
-        y2 = layer(x2)
-        y2.backward(G)
-        assert relative_error(y2, y1) <= 1e-7
-        assert x1.grad is not None and x2.grad is not None
-        assert relative_error(x2.grad, x1.grad) <= 1e-7
+        step = functools.partial(
+            reference.pca_svdpi_train, n_eigens=k, weight=weight, bias=bias, running=running
+        )
+        _assert_same_training_step(step, layer, x)
     assert relative_error(layer.running_var, running["var"].view(-1)) <= 1e-7
     assert relative_error(layer.running_projector[0], running["subspace"]) <= 1e-7
     layer.eval()
