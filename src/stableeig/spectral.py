@@ -50,6 +50,7 @@ __all__ = [
     "SpectralFunction",
     "energy_projector_function",
     "inv_sqrtm",
+    "ridged_inv_sqrt",
     "spectral_unchecked",
     "sqrtm",
     "top_k_function",
@@ -80,6 +81,25 @@ def _inv_sqrt_undefined(w: torch.Tensor) -> str:
 
 
 INV_SQRT = SpectralFunction("inv_sqrtm", torch.rsqrt, _inv_sqrt_loewner, _inv_sqrt_undefined)
+
+
+def ridged_inv_sqrt(eps: float) -> SpectralFunction:
+    """``(A)^{-1/2}`` for ``A = Σ + eps·I`` with ``Σ`` positive semidefinite: every true
+    eigenvalue is ``>= eps``, so computed ones below it (float32 round-off, ~``n·ulp·λ_max``)
+    are read as ``eps`` — in the values and in the Loewner matrix alike. Without this a
+    float32 decomposition with a small ``eps`` returns eigenvalues ``<= 0`` and NaN."""
+
+    def floored(w: torch.Tensor) -> torch.Tensor:
+        return w.clamp_min(eps)
+
+    return SpectralFunction(
+        "inverse square root of a ridged covariance",
+        lambda w: floored(w).rsqrt(),
+        lambda w: _inv_sqrt_loewner(floored(w)),
+        _inv_sqrt_undefined,
+    )
+
+
 SQRT = SpectralFunction(  # round-off negative eigenvalues count as 0
     "sqrtm",
     lambda w: w.clamp_min(0).sqrt(),

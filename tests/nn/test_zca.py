@@ -370,3 +370,17 @@ def test_state_dict_keys_do_not_depend_on_running_and_version_1_checkpoints_load
         torch.testing.assert_close(layer(entry["input"]), entry["eval_output"])
     with pytest.raises(AttributeError, match="running_whitening"):
         _ = ZCAWhitening2d(8, running="covariance").running_whitening
+
+
+@pytest.mark.parametrize("method", ["loewner", "taylor", "clip"])
+def test_tiny_eps_with_a_float32_decomposition_stays_finite(method: str) -> None:
+    """Rank-deficient stem activations, eps = 1e-8, float32 eigh: round-off puts eigenvalues
+    below 0; they are read as eps (the true floor) instead of giving NaN (0.1 did)."""
+    x = stem_activations(1, 64, batch=16, size=8, seed=2) * 10  # λ_max ~ 1e2, rank 9
+    layer = ZCAWhitening2d(64, eps=1e-8, method=method, compute_dtype=torch.float32)
+    xs = x.clone().requires_grad_(True)
+    y = layer(xs)
+    y.square().mean().backward()
+    assert torch.isfinite(y).all() and xs.grad is not None and torch.isfinite(xs.grad).all()
+    w = torch.linalg.eigvalsh(channel_covariance(x).float() + 1e-8 * torch.eye(64))
+    assert float(w.min()) <= 0  # the situation the floor exists for

@@ -16,7 +16,7 @@ from .._autograd import EighFunction
 from .._docs import fill_args
 from ..power_iteration import power_iteration_unchecked
 from ..rules import EigenvectorRule, Power, PowerIteration, Rule
-from ..spectral import INV_SQRT, spectral_unchecked
+from ..spectral import ridged_inv_sqrt, spectral_unchecked
 from ._base import _GroupTransform
 
 __all__ = [
@@ -163,7 +163,7 @@ def zca_transform(
             stop_below=eps if truncation == "pi" else None,  # later pairs are never used
         )
     elif truncation == "none":
-        return spectral_unchecked(matrix, INV_SQRT, rule)[0]
+        return spectral_unchecked(matrix, ridged_inv_sqrt(eps), rule)[0]
     else:
         w, V = EighFunction.apply(matrix, rule if isinstance(rule, EigenvectorRule) else Power())
     if truncation == "pi":
