@@ -126,3 +126,20 @@ def test_readme_rule_table_is_the_registry() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme.split("<!-- rule table -->\n")[1].split("\n<!-- end rule table -->")[0]
     assert table == se.rules.rule_table()
+
+
+@pytest.mark.parametrize(
+    ("marker", "path"),
+    [
+        ("table1 long", "results/table1_long_fashion-mnist.md"),
+        ("survival", "results/table1_survival.md"),
+        ("ablations", "results/ablations_quick_fashion-mnist.md"),
+    ],
+)
+def test_readme_result_tables_are_the_committed_outputs(marker: str, path: str) -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    shown = readme.split(f"<!-- {marker} -->\n")[1].split(f"\n<!-- end {marker} -->")[0]
+    assert shown == (root / path).read_text().strip()
