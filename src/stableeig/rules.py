@@ -89,8 +89,14 @@ def geometric_sum(q: torch.Tensor, terms: int) -> torch.Tensor:
     """
     if terms == 0:
         return torch.zeros_like(q)
+    below_one, log_q = _below_one_and_log(q)
+    return torch.expm1(terms * log_q) / (below_one - 1)
+
+
+def _below_one_and_log(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` clamped to the largest float below 1, and its logarithm (shared by the series)."""
     below_one = q.clamp(max=1 - torch.finfo(q.dtype).eps / 2)
-    return torch.expm1(terms * torch.log(below_one)) / (below_one - 1)
+    return below_one, torch.log(below_one)
 
 
 def _pairwise_gaps(w: torch.Tensor) -> torch.Tensor:
@@ -98,8 +104,11 @@ def _pairwise_gaps(w: torch.Tensor) -> torch.Tensor:
     return w.unsqueeze(-2) - w.unsqueeze(-1)
 
 
-def _series_ratio(w: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, denominator)`` (..., n, n) of the series rules, for a positive semidefinite ``w``.
+def _series_ratio(
+    w: torch.Tensor, floor: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q, denominator, later_is_m)`` (..., n, n) of the series rules, for a positive
+    semidefinite ``w``; ``later_is_m`` (n, n) marks ``m > j``.
 
     ``denominator = max(w_larger, floor)`` (the reference's ``clamp(min=1e-5)`` of ``‖M v‖``)
     and ``q = max(w_smaller, 0) / denominator`` in ``[0, 1]``, where larger/smaller go by
@@ -110,7 +119,7 @@ def _series_ratio(w: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Te
     larger = torch.where(later_is_m, w_m, w_j)
     smaller = torch.where(later_is_m, w_j, w_m)
     denominator = larger.clamp_min(floor)
-    return (smaller.clamp_min(0) / denominator).clamp(max=1), denominator
+    return (smaller.clamp_min(0) / denominator).clamp(max=1), denominator, later_is_m
 
 
 @dataclass(frozen=True)
@@ -164,12 +173,14 @@ class Power(EigenvectorRule):
         check_positive("Power: floor", self.floor)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        q, denominator = _series_ratio(w, self.floor)
-        n = w.shape[-1]
-        deflated_before_j = torch.ones(n, n, dtype=w.dtype, device=w.device).tril(-1)
-        # S_K(q) = S_{K+1}(q) - q^K: one series, negated and shortened below the diagonal
-        series = geometric_sum(q, self.num_iters + 1)
-        last_term = q.pow(self.num_iters) * deflated_before_j
+        q, denominator, later_is_m = _series_ratio(w, self.floor)
+        deflated_before_j = later_is_m.to(w.dtype)  # w[m] deflated before w[j]
+        # S_K(q) = S_{K+1}(q) - q^K: one series, negated and shortened below the diagonal;
+        # both from one logarithm (q^0 = 1 also at q = 0, where log q = -inf)
+        below_one, log_q = _below_one_and_log(q)
+        series = torch.expm1((self.num_iters + 1) * log_q) / (below_one - 1)
+        last_power = torch.exp(self.num_iters * log_q) if self.num_iters else torch.ones_like(q)
+        last_term = last_power * deflated_before_j
         coefficients = (series * (1 - 2 * deflated_before_j) + last_term) / denominator
         coefficients.diagonal(dim1=-2, dim2=-1).zero_()
         return coefficients
@@ -203,7 +214,7 @@ class Taylor(EigenvectorRule):
         check_positive("Taylor: floor", self.floor)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        q, denominator = _series_ratio(w, self.floor)
+        q, denominator, _ = _series_ratio(w, self.floor)
         return torch.sign(_pairwise_gaps(w)) * geometric_sum(q, self.order + 1) / denominator
 
 
