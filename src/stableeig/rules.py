@@ -104,9 +104,7 @@ def _pairwise_gaps(w: torch.Tensor) -> torch.Tensor:
     return w.unsqueeze(-2) - w.unsqueeze(-1)
 
 
-def _series_ratio(
-    w: torch.Tensor, floor: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _series_ratio(w: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(q, denominator, later_is_m)`` (..., n, n) of the series rules, for a positive
     semidefinite ``w``; ``later_is_m`` (n, n) marks ``m > j``.
 

@@ -49,17 +49,17 @@ def check_input(name: str, x: object, num_features: int, dims: tuple[int, ...], 
 
 
 def _moments(
-    name: str, x3: torch.Tensor, group_size: int, dtype: torch.dtype, sync: bool, group: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, covariance and count in ``dtype``; retried in float64 if float32 overflows
-    (finite activations beyond ~1e19, which BatchNorm accepts). One host sync."""
-    mean, covariance, count = group_moments(x3.to(dtype).contiguous(), group_size, sync, group)
-    if dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
-        mean, covariance, count = group_moments(
-            x3.to(torch.float64).contiguous(), group_size, sync, group
-        )
+    name: str, work: torch.Tensor, group_size: int, sync: bool, group: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, covariance and count of contiguous ``work`` (N, C, L), and the activations they
+    were computed from: ``work`` itself, or its float64 copy when float32 statistics
+    overflow (finite activations beyond ~1e19, which BatchNorm accepts). One host sync."""
+    mean, covariance, count = group_moments(work, group_size, sync, group)
+    if work.dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
+        work = work.to(torch.float64)
+        mean, covariance, count = group_moments(work, group_size, sync, group)
     checks.check_finite(f"{name}: activations' covariance", covariance)
-    return mean, covariance, count
+    return mean, covariance, count, work
 
 
 def group_forward(
@@ -92,9 +92,10 @@ def group_forward(
     x3 = x.reshape(x.shape[0], C, math.prod(x.shape[2:]))
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
+        work = x3.to(dtype).contiguous()  # one copy at most, shared by statistics and output
         if use_batch:
-            mean, covariance, count = _moments(name, x3, group_size, dtype, sync, process_group)
-            dtype = covariance.dtype
+            mean, covariance, count, work = _moments(name, work, group_size, sync, process_group)
+            dtype = work.dtype
             covariance = covariance.to(working_dtype(dtype, compute_dtype))
             transform, values = batch_transform((covariance + covariance.mT) / 2, count)
             if running_mean is not None and running is not None:
@@ -112,7 +113,7 @@ def group_forward(
         shift = -(transform @ mean.view(G, group_size, 1))  # (G, d, 1)
         if bias is not None:
             shift = shift + bias.to(dtype).view(G, group_size, 1)
-        y = group_affine(x3.to(dtype).contiguous(), transform, shift)
+        y = group_affine(work, transform, shift)
     y = y.view(x.shape).to(x.dtype)
     if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)
