@@ -19,6 +19,7 @@ import torch
 from ..rules import RULES
 from ..spectral import inv_sqrtm
 from .data import Dataset
+from .gradients import spectral_gradient
 from .training import _normalizer
 
 __all__ = ["mechanism", "stem_covariance_of_batch"]
@@ -87,10 +88,8 @@ def mechanism(dataset: Dataset, seed: int = 0) -> list[str]:
 
 
 def _gradient(M: torch.Tensor, upstream: torch.Tensor, rule: str, dtype: Any) -> torch.Tensor:
-    A = M.detach().clone().requires_grad_(True)
-    (inv_sqrtm(A, backward=rule, compute_dtype=dtype) * upstream).sum().backward()
-    assert A.grad is not None
-    return A.grad
+    """Gradient of ``<upstream, M^{-1/2}>`` with ``rule`` and a ``dtype`` decomposition."""
+    return spectral_gradient(inv_sqrtm, M, upstream, {"backward": rule, "compute_dtype": dtype})
 
 
 def evidence(results: Path) -> list[str]:

@@ -21,7 +21,14 @@ from ..spectral import inv_sqrtm, top_k_projector
 from .matrices import stem_covariance, with_spectrum
 from .plotting import new_figure, save_figure
 
-__all__ = ["METHODS", "gradient_sweep", "plot_gradients", "spectrum_families", "summary_markdown"]
+__all__ = [
+    "METHODS",
+    "gradient_sweep",
+    "plot_gradients",
+    "spectral_gradient",
+    "spectrum_families",
+    "summary_markdown",
+]
 
 METHODS: dict[str, dict[str, Any]] = {
     "analytic": {"backward": Analytic()},
@@ -58,9 +65,10 @@ def spectrum_families(n: int) -> dict[str, tuple[torch.Tensor, float]]:
     return families
 
 
-def _gradient(
+def spectral_gradient(
     function: Callable[..., torch.Tensor], A: torch.Tensor, G: torch.Tensor, knobs: dict[str, Any]
 ) -> torch.Tensor:
+    """float64 gradient of ``<G, function(A, **knobs)>`` with respect to ``A``."""
     A = A.detach().clone().requires_grad_(True)
     (function(A, **knobs) * G.to(A.dtype)).sum().backward()
     assert A.grad is not None
@@ -92,7 +100,7 @@ def gradient_sweep(
                     ]
                     try:
                         truths = [
-                            _gradient(function, A.double(), G, {"backward": "loewner"})
+                            spectral_gradient(function, A.double(), G, {"backward": "loewner"})
                             for G in upstreams
                         ]
                     except ValueError:  # e.g. a projector cut inside a tie: no derivative
@@ -101,7 +109,7 @@ def gradient_sweep(
                         errors, non_finite = [], 0
                         for G, truth in zip(upstreams, truths):
                             try:
-                                grad = _gradient(function, A, G, knobs)
+                                grad = spectral_gradient(function, A, G, knobs)
                             except ValueError:
                                 non_finite += 1
                                 continue
