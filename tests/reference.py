@@ -10,7 +10,7 @@ share no code and no structure with the library they check.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -109,6 +109,32 @@ def _covariance_blocks(x: torch.Tensor, groups: int, eps: float) -> tuple:  # ty
     return mu, blocks, list(centered.split(d, dim=0))
 
 
+def _zca_train(
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running: dict,  # type: ignore[type-arg]
+    subspace_of: Callable[[int, torch.Tensor], torch.Tensor],
+    eps: float,
+    momentum: float,
+) -> torch.Tensor:
+    """The ZCA layers' shared skeleton: per group ``i`` of the ridged covariance ``M``, the
+    whitening ``subspace_of(i, M)`` applied to the centered group; running averages; affine."""
+    N, C, H, W = x.shape
+    mu, blocks, parts = _covariance_blocks(x, groups, eps)
+    outputs = []
+    for i, M in enumerate(blocks):
+        subspace = subspace_of(i, M)
+        outputs.append(subspace @ parts[i])
+        with torch.no_grad():
+            running["subspace"][i] = (1 - momentum) * running["subspace"][i] + momentum * subspace
+    with torch.no_grad():
+        running["mean"] = (1 - momentum) * running["mean"] + momentum * mu
+    y = torch.cat(outputs, 0) * weight.view(C, 1) + bias.view(C, 1)
+    return y.view(C, N, H, W).transpose(0, 1)
+
+
 def zca_svdpi_train(
     x: torch.Tensor,
     groups: int,
@@ -120,10 +146,8 @@ def zca_svdpi_train(
     K: int = 19,
 ) -> torch.Tensor:
     """One training forward of ``ZCANormSVDPI``; updates ``running`` (mean, subspaces)."""
-    N, C, H, W = x.shape
-    mu, blocks, parts = _covariance_blocks(x, groups, eps)
-    outputs = []
-    for i, M in enumerate(blocks):
+
+    def subspace_of(i: int, M: torch.Tensor) -> torch.Tensor:
         d = M.shape[0]
         with torch.no_grad():
             _, e, Vh = torch.linalg.svd(M)
@@ -142,22 +166,9 @@ def zca_svdpi_train(
                 break
             subspace = subspace + v @ (lam.rsqrt() * v.T)
             deflated = deflated - deflated @ v @ v.T
-        outputs.append(subspace @ parts[i])
-        with torch.no_grad():
-            running["subspace"][i] = (1 - momentum) * running["subspace"][i] + momentum * subspace
-    with torch.no_grad():
-        running["mean"] = (1 - momentum) * running["mean"] + momentum * mu
-    y = torch.cat(outputs, 0) * weight.view(C, 1) + bias.view(C, 1)
-    return y.view(C, N, H, W).transpose(0, 1)
+        return subspace
 
-
-def zca_eval(x: torch.Tensor, groups: int, weight, bias, running: dict) -> torch.Tensor:  # type: ignore[no-untyped-def, type-arg]
-    N, C, H, W = x.shape
-    flat = x.transpose(0, 1).reshape(C, -1) - running["mean"]
-    parts = flat.split(C // groups, dim=0)
-    y = torch.cat([S @ part for S, part in zip(running["subspace"], parts)], 0)
-    y = y * weight.view(C, 1) + bias.view(C, 1)
-    return y.view(C, N, H, W).transpose(0, 1)
+    return _zca_train(x, groups, weight, bias, running, subspace_of, eps, momentum)
 
 
 def zca_pi_train(
@@ -172,14 +183,11 @@ def zca_pi_train(
     K: int = 19,
 ) -> torch.Tensor:
     """One training forward of ``ZCANormPIunstable`` with starting vectors ``starts[i, :, j]``."""
-    N, C, H, W = x.shape
-    mu, blocks, parts = _covariance_blocks(x, groups, eps)
-    outputs = []
-    for i, M in enumerate(blocks):
-        d = M.shape[0]
+
+    def subspace_of(i: int, M: torch.Tensor) -> torch.Tensor:
         subspace, deflated = torch.zeros_like(M), M
         previous: Optional[torch.Tensor] = None
-        for j in range(d):
+        for j in range(M.shape[0]):
             start = starts[i, :, j : j + 1]
             start = start / (torch.linalg.vector_norm(start) + 1e-12)
             v = UnstablePowerIteration.apply(deflated, start, K)
@@ -189,12 +197,17 @@ def zca_pi_train(
             previous = current
             subspace = subspace + v @ (current.rsqrt() * v.T)
             deflated = deflated - deflated @ v @ v.T
-        outputs.append(subspace @ parts[i])
-        with torch.no_grad():
-            running["subspace"][i] = (1 - momentum) * running["subspace"][i] + momentum * subspace
-    with torch.no_grad():
-        running["mean"] = (1 - momentum) * running["mean"] + momentum * mu
-    y = torch.cat(outputs, 0) * weight.view(C, 1) + bias.view(C, 1)
+        return subspace
+
+    return _zca_train(x, groups, weight, bias, running, subspace_of, eps, momentum)
+
+
+def zca_eval(x: torch.Tensor, groups: int, weight, bias, running: dict) -> torch.Tensor:  # type: ignore[no-untyped-def, type-arg]
+    N, C, H, W = x.shape
+    flat = x.transpose(0, 1).reshape(C, -1) - running["mean"]
+    parts = flat.split(C // groups, dim=0)
+    y = torch.cat([S @ part for S, part in zip(running["subspace"], parts)], 0)
+    y = y * weight.view(C, 1) + bias.view(C, 1)
     return y.view(C, N, H, W).transpose(0, 1)
 
 
