@@ -15,7 +15,7 @@ import torch
 from .. import _validation as checks
 from .._precision import working_dtype
 from ..exceptions import DTypeError, ShapeError
-from ._statistics import group_affine, group_moments
+from ._statistics import GradientLink, group_affine, group_moments
 
 __all__ = ["BatchTransform", "check_input", "group_forward", "unbiased"]
 
@@ -49,17 +49,24 @@ def check_input(name: str, x: object, num_features: int, dims: tuple[int, ...], 
 
 
 def _moments(
-    name: str, work: torch.Tensor, group_size: int, sync: bool, group: Any
+    name: str,
+    work: torch.Tensor,
+    group_size: int,
+    sync: bool,
+    group: Any,
+    link: Optional[GradientLink],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, covariance and count of contiguous ``work`` (N, C, L), and the activations they
-    were computed from: ``work`` itself, or its float64 copy when float32 statistics
-    overflow (finite activations beyond ~1e19, which BatchNorm accepts). One host sync."""
-    mean, covariance, count = group_moments(work, group_size, sync, group)
+    were computed from (the alias :func:`group_moments` returns): ``work`` itself, or its
+    float64 copy when float32 statistics overflow (finite activations beyond ~1e19, which
+    BatchNorm accepts). One host sync."""
+    mean, covariance, count, used = group_moments(work, group_size, sync, group, link=link)
     if work.dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
-        work = work.to(torch.float64)
-        mean, covariance, count = group_moments(work, group_size, sync, group)
+        mean, covariance, count, used = group_moments(
+            work.to(torch.float64), group_size, sync, group, link=link
+        )
     checks.check_finite(f"{name}: activations' covariance", covariance)
-    return mean, covariance, count, work
+    return mean, covariance, count, used
 
 
 def group_forward(
@@ -93,8 +100,11 @@ def group_forward(
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
         work = x3.to(dtype).contiguous()  # one copy at most, shared by statistics and output
+        link = GradientLink() if use_batch else None  # input gradient written once, by moments
         if use_batch:
-            mean, covariance, count, work = _moments(name, work, group_size, sync, process_group)
+            mean, covariance, count, work = _moments(
+                name, work, group_size, sync, process_group, link
+            )
             dtype = work.dtype
             covariance = covariance.to(working_dtype(dtype, compute_dtype))
             transform, values = batch_transform((covariance + covariance.mT) / 2, count)
@@ -113,7 +123,7 @@ def group_forward(
         shift = -(transform @ mean.view(G, group_size, 1))  # (G, d, 1)
         if bias is not None:
             shift = shift + bias.to(dtype).view(G, group_size, 1)
-        y = group_affine(work, transform, shift)
+        y = group_affine(work, transform, shift, link=link)
     y = y.view(x.shape).to(x.dtype)
     if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)

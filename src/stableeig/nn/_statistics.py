@@ -1,21 +1,32 @@
 """Per-group batch moments and the per-group affine map, with hand-written backwards.
 
 Activations are viewed as ``(N, C, L)``; channels form ``G = C / d`` consecutive groups of
-``d``. Both operations stream over the activations with batched matrix products and write
-at most one activation-sized tensor per pass, forward or backward: at these sizes the cost
-is memory traffic, not arithmetic (``stableeig bench speed``).
+``d``. Every pass streams over the samples in blocks (:func:`samples_per_block`) with
+batched matrix products, so that each activation-sized tensor is read once per pass and
+the per-block work (centering, bias, accumulation) stays in cache.
+
+The layers feed the moments' own activations to the affine map and pass both one
+:class:`GradientLink`: the affine backward then leaves ``(grad_y, T)`` in the link instead
+of writing ``Tᵀ grad_y``, and the moments backward writes the whole input gradient
+``Tᵀ grad_y + A x + c`` in one pass (one activation-sized buffer, written once).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["group_affine", "group_moments", "sync_enabled"]
+__all__ = [
+    "GradientLink",
+    "group_affine",
+    "group_moments",
+    "samples_per_block",
+    "sync_enabled",
+]
 
-CHUNK_ELEMENTS = 1 << 18  # centered chunks of ~1 MiB (float32) stay in cache
+CPU_BLOCK_ELEMENTS = 1 << 18  # ~1 MiB (float32) per operand: stays in cache on a CPU
 
 
 def sync_enabled(sync: bool, process_group: Optional[Any], training: bool) -> bool:
@@ -23,6 +34,25 @@ def sync_enabled(sync: bool, process_group: Optional[Any], training: bool) -> bo
     if not (sync and training and dist.is_available() and dist.is_initialized()):
         return False
     return dist.get_world_size(process_group) > 1
+
+
+def samples_per_block(x3: torch.Tensor, block: Optional[int] = None) -> int:
+    """Samples per streamed block of (N, C, L) activations.
+
+    ``block`` when given (clamped to [1, N]); otherwise about a MiB of activations on a CPU
+    (cache-sized blocks) and the whole batch elsewhere (one kernel launch per operation).
+    """
+    N, C, L = x3.shape
+    if block is None:
+        block = CPU_BLOCK_ELEMENTS // max(C * L, 1) if x3.device.type == "cpu" else N
+    return max(1, min(block, N))
+
+
+def _blocks(x3: torch.Tensor, block: int) -> Iterator[tuple[slice, int]]:
+    """(sample slice, number of samples) of each block."""
+    N = x3.shape[0]
+    for start in range(0, N, block):
+        yield slice(start, min(start + block, N)), min(block, N - start)
 
 
 def _per_group(x3: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -36,31 +66,56 @@ def _repeat(per_group: torch.Tensor, batch: int) -> torch.Tensor:
     return per_group.repeat(batch, 1, 1)
 
 
-def _centered_outer_sum(x3: torch.Tensor, mean: torch.Tensor, group_size: int) -> torch.Tensor:
+class GradientLink:
+    """The affine backward's input gradient, left for the moments backward to finish.
+
+    Holds ``grad_y`` (N, C, L) and ``transform`` (G, d, d) from the affine backward until
+    the moments backward (which autograd runs after it) takes them.
+    """
+
+    def __init__(self) -> None:
+        self.pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def take(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        pending, self.pending = self.pending, None
+        return pending
+
+
+def _centered_outer_sum(
+    x3: torch.Tensor, mean: torch.Tensor, group_size: int, block: int
+) -> torch.Tensor:
     """``Σ (x - μ)(x - μ)ᵀ`` per group: (G, d, d).
 
-    Centered (exact also when the mean is large next to the spread), a few samples at a
-    time, so that the centered copy never exists at full size.
+    Centered (exact also when the mean is large next to the spread), one block at a time,
+    so that the centered copy never exists at full size on a CPU.
     """
-    N, C, L = x3.shape
-    G = C // group_size
-    chunk = max(1, CHUNK_ELEMENTS // max(C * L, 1))
-    outer = x3.new_zeros(G, group_size, group_size)
-    buffer = x3.new_empty(min(chunk, N), C, L)  # reused: no allocation per chunk
-    for part in x3.split(chunk, dim=0):
-        centered = torch.sub(part, mean.unsqueeze(-1), out=buffer[: part.shape[0]])
-        grouped = centered.view(-1, group_size, L)
-        outer += torch.bmm(grouped, grouped.mT).view(-1, G, group_size, group_size).sum(dim=0)
-    return outer
+    _, C, L = x3.shape
+    G, d = C // group_size, group_size
+    total = x3.new_zeros(block * G, d, d)
+    centered = x3.new_empty(block, C, L)  # reused by every block
+    for rows, count in _blocks(x3, block):
+        part = torch.sub(x3[rows], mean.unsqueeze(-1), out=centered[:count])
+        grouped = _per_group(part, d)
+        total[: count * G].baddbmm_(grouped, grouped.mT)
+    return total.view(block, G, d, d).sum(dim=0)
 
 
 class _GroupMoments(torch.autograd.Function):
-    """``(mean (C,), covariance (G, d, d), count)`` of (N, C, L) activations."""
+    """``(mean (C,), covariance (G, d, d), count, x3)`` of (N, C, L) activations ``x3``.
+
+    ``x3`` comes back as an alias for the affine map, so that with a :class:`GradientLink`
+    the whole input gradient is written here.
+    """
 
     @staticmethod
     def forward(
-        x3: torch.Tensor, group_size: int, sync: bool, process_group: Optional[Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x3: torch.Tensor,
+        group_size: int,
+        sync: bool,
+        process_group: Optional[Any],
+        block: int,
+        link: Optional[GradientLink],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         N, _, L = x3.shape
         count = torch.tensor(float(N * L), dtype=x3.dtype, device=x3.device)
         total = x3.sum(dim=(0, 2))
@@ -68,27 +123,29 @@ class _GroupMoments(torch.autograd.Function):
             dist.all_reduce(count, group=process_group)
             dist.all_reduce(total, group=process_group)
         mean = total / count
-        outer = _centered_outer_sum(x3, mean, group_size)
+        outer = _centered_outer_sum(x3, mean, group_size, block)
         if sync:
             dist.all_reduce(outer, group=process_group)
-        return mean, outer / count, count
+        return mean, outer / count, count, x3.view_as(x3)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        x3, ctx.group_size, ctx.sync, ctx.process_group = inputs
-        mean, _, count = output
+        x3, ctx.group_size, ctx.sync, ctx.process_group, ctx.block, ctx.link = inputs
+        mean, _, count, _ = output
         ctx.mark_non_differentiable(count)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x3, mean, count)
 
     @staticmethod
-    def backward(ctx, grad_mean, grad_covariance, _grad_count):  # type: ignore[no-untyped-def]
+    def backward(ctx, grad_mean, grad_covariance, _grad_count, grad_x3):  # type: ignore[no-untyped-def]
         # d cov = (δ x̃ᵀ + x̃ δᵀ) / M (the mean's own variation cancels), d mean = Σ δ / M:
-        # ∂L/∂x = A (x - μ) + ∂L/∂μ / M with A = (G + Gᵀ) / M, written as one A x + c.
+        # ∂L/∂x = A (x - μ) + ∂L/∂μ / M with A = (G + Gᵀ) / M, written as one A x + c;
+        # plus Tᵀ grad_y when the affine backward left it in the link.
         x3, mean, count = ctx.saved_tensors
-        if grad_mean is None and grad_covariance is None:
-            return None, None, None, None
         G, d = x3.shape[1] // ctx.group_size, ctx.group_size
+        affine = ctx.link.take() if ctx.link is not None else None
+        if grad_mean is None and grad_covariance is None and affine is None:
+            return grad_x3, None, None, None, None, None
         if grad_mean is None:
             grad_mean = torch.zeros_like(mean)
         if grad_covariance is None:
@@ -99,53 +156,104 @@ class _GroupMoments(torch.autograd.Function):
             dist.all_reduce(grad_covariance, group=ctx.process_group)
         A = (grad_covariance + grad_covariance.mT) / count
         c = (grad_mean / count).view(G, d, 1) - A @ mean.view(G, d, 1)
-        N = x3.shape[0]
         if torch.is_grad_enabled():  # double backward: differentiable ops, no out=
+            N = x3.shape[0]
             grad_x = torch.baddbmm(_repeat(c, N), _repeat(A, N), _per_group(x3, d))
-            return grad_x.view(x3.shape), None, None, None
-        grad_x = torch.empty_like(x3)  # not a view, so autograd can accumulate into it
-        torch.baddbmm(_repeat(c, N), _repeat(A, N), _per_group(x3, d), out=_per_group(grad_x, d))
-        return grad_x, None, None, None
+            grad_x = grad_x.view(x3.shape)
+            return (grad_x if grad_x3 is None else grad_x3 + grad_x), None, None, None, None, None
+        grad_x = torch.empty_like(x3)
+        A_blocks, c_blocks = _repeat(A, ctx.block), _repeat(c, ctx.block)
+        if affine is not None:
+            grad_y, transform = affine
+            transposed = _repeat(transform.mT, ctx.block)
+        for rows, n in _blocks(x3, ctx.block):  # each block of grad_x written once, in cache
+            out, x = _per_group(grad_x[rows], d), _per_group(x3[rows], d)
+            if affine is None:
+                torch.baddbmm(c_blocks[: n * G], A_blocks[: n * G], x, out=out)
+            else:
+                torch.bmm(transposed[: n * G], _per_group(grad_y[rows], d), out=out)
+                out.add_(c_blocks[: n * G]).baddbmm_(A_blocks[: n * G], x)
+        if grad_x3 is not None:
+            grad_x += grad_x3
+        return grad_x, None, None, None, None, None
 
 
 class _GroupAffine(torch.autograd.Function):
     """``y = T x + shift`` per group: x (N, C, L), T (G, d, d), shift (G, d, 1)."""
 
     @staticmethod
-    def forward(x3: torch.Tensor, transform: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        N = x3.shape[0]
-        d = transform.shape[-1]
-        y = torch.baddbmm(_repeat(shift, N), _repeat(transform, N), _per_group(x3, d))
-        return y.view(x3.shape)
+    def forward(
+        x3: torch.Tensor,
+        transform: torch.Tensor,
+        shift: torch.Tensor,
+        block: int,
+        link: Optional[GradientLink],
+    ) -> torch.Tensor:
+        G, d, _ = transform.shape
+        y = torch.empty_like(x3)
+        T, b = _repeat(transform, block), _repeat(shift, block)
+        for rows, n in _blocks(x3, block):
+            out, x = _per_group(y[rows], d), _per_group(x3[rows], d)
+            torch.baddbmm(b[: n * G], T[: n * G], x, out=out)
+        return y
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        ctx.block, ctx.link = inputs[3], inputs[4]
         ctx.save_for_backward(inputs[0], inputs[1])
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[no-untyped-def]
         x3, transform = ctx.saved_tensors
-        N = x3.shape[0]
         G, d, _ = transform.shape
-        grad_groups = _per_group(grad_y.contiguous(), d)
-        grad_x = grad_transform = grad_shift = None
-        if ctx.needs_input_grad[0] and torch.is_grad_enabled():  # double backward: no out=
-            grad_x = torch.bmm(_repeat(transform.mT, N), grad_groups).view(x3.shape)
-        elif ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x3)  # not a view, so autograd can accumulate into it
-            torch.bmm(_repeat(transform.mT, N), grad_groups, out=_per_group(grad_x, d))
-        if ctx.needs_input_grad[1]:
-            products = grad_groups @ _per_group(x3, d).mT  # (N·G, d, d)
-            grad_transform = products.view(N, G, d, d).sum(dim=0)
-        if ctx.needs_input_grad[2]:
-            grad_shift = grad_groups.sum(dim=-1).view(N, G, d).sum(dim=0).unsqueeze(-1)
-        return grad_x, grad_transform, grad_shift
+        grad_y = grad_y.contiguous()
+        if torch.is_grad_enabled():  # double backward: differentiable ops, no out=
+            return _affine_backward_differentiable(grad_y, x3, transform, ctx.needs_input_grad)
+        need_x, need_transform, need_shift = ctx.needs_input_grad[:3]
+        grad_x = None
+        if need_x and ctx.link is not None:
+            ctx.link.pending = (grad_y, transform)  # the moments backward writes Tᵀ grad_y
+        elif need_x:
+            grad_x = torch.empty_like(x3)
+        block = ctx.block
+        transposed = _repeat(transform.mT, block)
+        products = x3.new_zeros(block * G, d, d)
+        sums = x3.new_zeros(block * G, d)
+        for rows, n in _blocks(x3, block):  # one read of each block of grad_y for all three
+            g, x = _per_group(grad_y[rows], d), _per_group(x3[rows], d)
+            if need_transform:
+                products[: n * G].baddbmm_(g, x.mT)
+            if need_shift:
+                sums[: n * G] += g.sum(dim=-1)
+            if grad_x is not None:
+                torch.bmm(transposed[: n * G], g, out=_per_group(grad_x[rows], d))
+        grad_transform = products.view(block, G, d, d).sum(dim=0) if need_transform else None
+        grad_shift = sums.view(block, G, d, 1).sum(dim=0) if need_shift else None
+        return grad_x, grad_transform, grad_shift, None, None
+
+
+def _affine_backward_differentiable(
+    grad_y: torch.Tensor, x3: torch.Tensor, transform: torch.Tensor, needs: tuple[bool, ...]
+) -> tuple[Optional[torch.Tensor], ...]:
+    """The affine backward as whole-tensor autograd operations (for double backward)."""
+    N = x3.shape[0]
+    G, d, _ = transform.shape
+    g = _per_group(grad_y, d)
+    grad_x = torch.bmm(_repeat(transform.mT, N), g).view(x3.shape) if needs[0] else None
+    products = (g @ _per_group(x3, d).mT).view(N, G, d, d).sum(dim=0) if needs[1] else None
+    sums = g.sum(dim=-1).view(N, G, d).sum(dim=0).unsqueeze(-1) if needs[2] else None
+    return grad_x, products, sums, None, None
 
 
 def group_moments(
-    x3: torch.Tensor, group_size: int, sync: bool = False, process_group: Optional[Any] = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean (C,), biased per-group covariance (G, d, d) and sample count of ``x3``.
+    x3: torch.Tensor,
+    group_size: int,
+    sync: bool = False,
+    process_group: Optional[Any] = None,
+    block: Optional[int] = None,
+    link: Optional[GradientLink] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean (C,), biased per-group covariance (G, d, d), sample count and ``x3`` itself.
 
     Args:
         x3: contiguous activations, shape (N, C, L), float32 or float64.
@@ -153,10 +261,24 @@ def group_moments(
         sync: all-reduce the sum, the count and the centered sum of outer products over
             ``process_group``; the backward all-reduces the incoming gradients. Default: False.
         process_group: the group to reduce over. Default: None (the world).
+        block: samples per streamed block. Default: :func:`samples_per_block`'s choice.
+        link: shared with the :func:`group_affine` that consumes the returned ``x3`` (an
+            alias), so that the whole input gradient is written once. Default: None.
     """
-    return _GroupMoments.apply(x3, group_size, sync, process_group)
+    block = samples_per_block(x3, block)
+    return _GroupMoments.apply(x3, group_size, sync, process_group, block, link)
 
 
-def group_affine(x3: torch.Tensor, transform: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``T x + shift`` per group of contiguous (N, C, L) activations: (N, C, L)."""
-    return _GroupAffine.apply(x3, transform, shift)
+def group_affine(
+    x3: torch.Tensor,
+    transform: torch.Tensor,
+    shift: torch.Tensor,
+    block: Optional[int] = None,
+    link: Optional[GradientLink] = None,
+) -> torch.Tensor:
+    """``T x + shift`` per group of contiguous (N, C, L) activations: (N, C, L).
+
+    ``transform`` (G, d, d), ``shift`` (G, d, 1); ``block`` and ``link`` as in
+    :func:`group_moments` (with a link, ``x3`` must be the alias it returned).
+    """
+    return _GroupAffine.apply(x3, transform, shift, samples_per_block(x3, block), link)
