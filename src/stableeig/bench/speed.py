@@ -27,7 +27,15 @@ from ..spectral import inv_sqrtm
 from .models import resnet
 from .plotting import new_figure, save_figure
 
-__all__ = ["decomposition_speed", "environment", "layer_speed", "speed_markdown", "training_speed"]
+__all__ = [
+    "decomposition_speed",
+    "environment",
+    "forward_backward",
+    "layer_speed",
+    "paired",
+    "speed_markdown",
+    "training_speed",
+]
 
 LAYER_TARGETS = {
     ("loewner", 16, "train"): 1.5,
@@ -98,7 +106,7 @@ def _torch_inv_sqrtm(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tenso
     return function
 
 
-def _forward_backward(
+def forward_backward(
     function: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor, G: torch.Tensor
 ) -> Callable[[], None]:
     def run() -> None:  # exactly what training runs: forward, then backward(G)
@@ -125,8 +133,8 @@ def decomposition_speed(
         for method in rule_names(("spectral", "eigenvector")):
             for baseline_dtype in (torch.float32, torch.float64):
                 ours_s, base_s, ratio = paired(
-                    _forward_backward(functools.partial(inv_sqrtm, backward=method), A, G),
-                    _forward_backward(_torch_inv_sqrtm(baseline_dtype), A, G),
+                    forward_backward(functools.partial(inv_sqrtm, backward=method), A, G),
+                    forward_backward(_torch_inv_sqrtm(baseline_dtype), A, G),
                     repeats,
                     device,
                 )
@@ -212,8 +220,8 @@ def layer_speed(
                 layer.train(mode == "train"), bn.train(mode == "train")
                 if mode == "train":
                     ours, base = (
-                        _forward_backward(layer, x, upstream),
-                        _forward_backward(bn, x, upstream),
+                        forward_backward(layer, x, upstream),
+                        forward_backward(bn, x, upstream),
                     )
                 else:
                     ours, base = _no_grad(layer, x), _no_grad(bn, x)

@@ -26,7 +26,8 @@ __all__ = [
     "sync_enabled",
 ]
 
-CPU_BLOCK_ELEMENTS = 1 << 18  # ~1 MiB (float32) per operand: stays in cache on a CPU
+CPU_BLOCK_ELEMENTS = 1 << 20  # ~4 MiB (float32) per operand: fits the last-level cache; best of
+# 2^17…2^23 for training at d = 16 and 64 (`python benchmarks/block_size.py`)
 
 
 def sync_enabled(sync: bool, process_group: Optional[Any], training: bool) -> bool:
@@ -39,7 +40,7 @@ def sync_enabled(sync: bool, process_group: Optional[Any], training: bool) -> bo
 def samples_per_block(x3: torch.Tensor, block: Optional[int] = None) -> int:
     """Samples per streamed block of (N, C, L) activations.
 
-    ``block`` when given (clamped to [1, N]); otherwise about a MiB of activations on a CPU
+    ``block`` when given (clamped to [1, N]); otherwise about 4 MiB of activations on a CPU
     (cache-sized blocks) and the whole batch elsewhere (one kernel launch per operation).
     """
     N, C, L = x3.shape
