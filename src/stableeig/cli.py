@@ -156,6 +156,9 @@ def _bench_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training")
+
+
 def _bench_speed(args: argparse.Namespace) -> int:
     import torch
 
@@ -163,7 +166,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
-    parts = set(args.only or ("decomposition", "eigh", "layers", "training"))
+    parts = set(args.only or SPEED_PARTS)
     result: dict[str, Any] = {
         "environment": speed.environment(),
         "device": args.device,
@@ -185,6 +188,9 @@ def _bench_speed(args: argparse.Namespace) -> int:
         result["layers"] = speed.layer_speed(
             shape, group_sizes, repeats=repeats, device=args.device
         )
+        result["pi_over_power"] = speed.pi_over_power(shape, repeats, args.device)
+    if "placement" in parts:
+        result["placement"] = speed.placement_speed(args.device, repeats=repeats)
     if "training" in parts:
         result["training"] = speed.training_speed(
             batch=16 if args.quick else 128, repeats=repeats, device=args.device
@@ -373,9 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed_parser.add_argument(
         "--only",
-        type=_comma_list(choices=("decomposition", "eigh", "layers", "training")),
+        type=_comma_list(choices=SPEED_PARTS),
         default=None,
-        help="comma list of decomposition,eigh,layers,training (default: all)",
+        help=f"comma list of {','.join(SPEED_PARTS)} (default: all; placement needs a GPU)",
     )
     speed_parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     speed_parser.add_argument(

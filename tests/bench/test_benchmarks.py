@@ -35,16 +35,40 @@ def test_speed_parts_smallest_sizes(tmp_path: Path) -> None:
         "decomposition": speed.decomposition_speed((4,), elements=64, repeats=1),
         "eigh_backward": speed.eigh_backward_speed(n=4, batch=2, repeats=1),
         "layers": speed.layer_speed((4, 8, 3, 3), (4,), ("loewner",), repeats=1),
+        "pi_over_power": speed.pi_over_power((4, 8, 3, 3), repeats=1),
+        "placement": speed.placement_speed("cpu"),
         "training": speed.training_speed(
             ("loewner",), group_size=16, batch=4, repeats=1, width=0.0625
         ),
     }
-    assert all(
-        row["ratio"] > 0 for row in result["decomposition"] + result["layers"] + result["training"]
-    )
+    rows = result["decomposition"] + result["layers"] + result["training"]
+    assert all(row["ratio"] > 0 for row in [*rows, result["pi_over_power"]])
+    assert result["placement"] == []  # no host round trip to compare on a CPU
     speed.write(result, tmp_path, "speed")
     text = (tmp_path / "speed.md").read_text()
     assert "(a) inv_sqrtm" in text and "(b) ZCAWhitening2d" in text and "(c) one SGD step" in text
+    assert "PI layer vs the `power` layer" in text
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("group_size", [8, 80])  # host eigh (<= 64) and device eigh
+def test_cuda_layer_equals_cpu(group_size: int) -> None:
+    """The GPU path (whole-batch passes, eigh placement) against the CPU's, float64."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 80, 5, 5, generator=g, dtype=torch.float64)
+    upstream = torch.randn(16, 80, 5, 5, generator=g, dtype=torch.float64)
+    results = []
+    for device in ("cpu", "cuda"):
+        layer = se.nn.ZCAWhitening2d(80, group_size=group_size, method="power")
+        layer = layer.double().to(device)
+        xi = x.to(device).requires_grad_(True)
+        y = layer(xi)
+        y.backward(upstream.to(device))
+        layer.eval()
+        results.append([t.cpu() for t in (y, xi.grad, layer.weight.grad, layer(xi.detach()))])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.cuda

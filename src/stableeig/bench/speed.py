@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .._autograd import HOST_EIGH_MAX_SIZE
 from ..nn import ZCAWhitening2d
 from ..rules import RULES
 from ..rules import names as rule_names
@@ -33,15 +34,19 @@ __all__ = [
     "forward_backward",
     "layer_speed",
     "paired",
+    "pi_over_power",
+    "placement_speed",
     "speed_markdown",
     "training_speed",
 ]
 
-LAYER_TARGETS = {
+LAYER_TARGETS = {  # issue 9's CPU targets, ratios to nn.BatchNorm2d
     ("loewner", 16, "train"): 1.5,
     ("loewner", 64, "train"): 2.0,
     ("power", 64, "train"): 2.5,
 }
+EVAL_TARGETS = {16: 1.2, 64: 1.35}  # every method
+PI_OVER_POWER_TARGET = 2.0
 
 
 def environment() -> dict[str, Any]:
@@ -226,8 +231,10 @@ def layer_speed(
                 else:
                     ours, base = _no_grad(layer, x), _no_grad(bn, x)
                 ours_s, base_s, ratio = paired(ours, base, repeats, device)
-                target = LAYER_TARGETS.get(
-                    (method, group_size, mode), 1.2 if mode == "eval" else None
+                target = (
+                    EVAL_TARGETS.get(group_size)
+                    if mode == "eval"
+                    else LAYER_TARGETS.get((method, group_size, mode))
                 )
                 rows.append(
                     {
@@ -251,6 +258,68 @@ def _no_grad(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
             module(x)
 
     return run
+
+
+def pi_over_power(
+    shape: tuple[int, ...] = (128, 64, 32, 32), repeats: int = 10, device: str = "cpu"
+) -> dict[str, Any]:
+    """The paper's PI baseline layer vs the ``power`` layer, train fwd+bwd, d = C."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(device)
+    upstream = torch.randn(shape, generator=g).to(device)
+    pi, power = (
+        ZCAWhitening2d(shape[1], group_size=shape[1], method=m).to(device) for m in ("pi", "power")
+    )
+    pi_s, power_s, ratio = paired(
+        forward_backward(pi, x, upstream), forward_backward(power, x, upstream), repeats, device
+    )
+    return {
+        "group_size": shape[1],
+        "pi_ms": round(pi_s * 1e3, 2),
+        "power_ms": round(power_s * 1e3, 2),
+        "ratio": round(ratio, 3),
+        "ratio_quartiles": list(LAST_SPREAD),
+        "target": PI_OVER_POWER_TARGET,
+    }
+
+
+def placement_speed(
+    device: str,
+    sizes: tuple[int, ...] = (4, 16, 32, 64, 128, 256),
+    batches: tuple[int, ...] = (1, 16),
+    repeats: int = 10,
+) -> list[dict[str, Any]]:
+    """``torch.linalg.eigh`` (float64, as the layers decompose) on the device vs a host
+    round trip (copy, LAPACK, copy back): the data behind ``HOST_EIGH_MAX_SIZE``. Empty on
+    a CPU, where there is no round trip."""
+    if not device.startswith("cuda"):
+        return []
+    rows = []
+    for n in sizes:
+        for batch in batches:
+            g = torch.Generator().manual_seed(n)
+            X = torch.randn(batch, n, 2 * n, generator=g, dtype=torch.float64)
+            A = (X @ X.mT / (2 * n) + 1e-4 * torch.eye(n, dtype=torch.float64)).to(device)
+
+            def on_device(A: torch.Tensor = A) -> None:
+                torch.linalg.eigh(A)
+
+            def round_trip(A: torch.Tensor = A) -> None:
+                w, V = torch.linalg.eigh(A.cpu())
+                w.to(device), V.to(device)
+
+            device_s, host_s, ratio = paired(on_device, round_trip, repeats, device)
+            rows.append(
+                {
+                    "n": n,
+                    "batch": batch,
+                    "device_ms": round(device_s * 1e3, 3),
+                    "round_trip_ms": round(host_s * 1e3, 3),
+                    "device_over_round_trip": round(ratio, 3),
+                    "layers_use": "host" if n <= HOST_EIGH_MAX_SIZE else "device",
+                }
+            )
+    return rows
 
 
 def training_speed(
@@ -363,6 +432,26 @@ def speed_markdown(result: dict[str, Any]) -> str:
                     f"| {row['method']} | {row['group_size']} | {_with_target(row)} | "
                     f"{_with_target(other)} |"
                 )
+        lines.append("")
+    if result.get("pi_over_power"):
+        row = result["pi_over_power"]
+        lines += [
+            f"The paper's PI layer vs the `power` layer (train fwd+bwd, d={row['group_size']}): "
+            f"{row['pi_ms']} ms vs {row['power_ms']} ms, {_with_target(row)}",
+            "",
+        ]
+    if result.get("placement"):
+        lines += [
+            "**eigh on the device vs a host round trip** (float64)",
+            "",
+            "| n | batch | device ms | round trip ms | device / round trip | layers use |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['n']} | {r['batch']} | {r['device_ms']} | {r['round_trip_ms']} | "
+            f"{r['device_over_round_trip']:.2f}× | {r['layers_use']} |"
+            for r in result["placement"]
+        ]
         lines.append("")
     if result.get("training"):
         batch = result["training"][0]["batch"]
