@@ -22,6 +22,7 @@ from torch import nn
 
 from .._autograd import HOST_EIGH_MAX_SIZE
 from ..nn import ZCAWhitening2d
+from ..nn._statistics import GradientLink, group_affine, group_moments
 from ..rules import RULES
 from ..rules import names as rule_names
 from ..spectral import inv_sqrtm
@@ -29,6 +30,8 @@ from .models import resnet
 from .plotting import new_figure, save_figure
 
 __all__ = [
+    "FLOOR",
+    "StreamedPasses",
     "decomposition_speed",
     "environment",
     "forward_backward",
@@ -199,6 +202,35 @@ def eigh_backward_speed(
     return rows
 
 
+FLOOR = "passes alone"  # the layer's activation passes with a fixed transform
+
+
+class StreamedPasses(nn.Module):
+    """The layers' activation passes without the decomposition: the floor of their cost.
+
+    Training: batch moments and the affine map with a fixed transform that still depends
+    on the covariance (so the backward makes the same passes); eval: the affine map.
+    """
+
+    def __init__(self, num_features: int, group_size: int) -> None:
+        super().__init__()
+        groups = num_features // group_size
+        self.group_size = group_size
+        self.transform: torch.Tensor
+        self.shift: torch.Tensor
+        self.register_buffer("transform", torch.eye(group_size).repeat(groups, 1, 1))
+        self.register_buffer("shift", torch.zeros(groups, group_size, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x3 = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+        if not self.training:
+            return group_affine(x3, self.transform, self.shift).view(x.shape)
+        link = GradientLink()
+        _, covariance, _, alias = group_moments(x3, self.group_size, link=link)
+        transform = self.transform + 0 * covariance
+        return group_affine(alias, transform, self.shift, link=link).view(x.shape)
+
+
 def layer_speed(
     shape: tuple[int, ...] = (128, 64, 32, 32),
     group_sizes: tuple[int, ...] = (4, 16, 64),
@@ -210,17 +242,23 @@ def layer_speed(
 
     Training is timed as a training step sees the layer: forward, then ``y.backward(G)``
     with a fixed random ``G``, nothing added on either side. ``pi`` runs at the largest
-    group size only (its 64 sequential deflations make it the slow baseline)."""
+    group size only (its 64 sequential deflations make it the slow baseline). A last row
+    per group size, :data:`FLOOR`, times :class:`StreamedPasses`: what is left of the
+    layer without its decomposition and d×d work."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device)
     upstream = torch.randn(shape, generator=g).to(device)
     bn = nn.BatchNorm2d(shape[1]).to(device)
     rows = []
     for group_size in group_sizes:
-        for method in methods:
+        for method in (*methods, FLOOR):
             if method == "pi" and group_size != max(group_sizes):
                 continue
-            layer = ZCAWhitening2d(shape[1], group_size=group_size, method=method).to(device)
+            layer = (
+                StreamedPasses(shape[1], group_size)
+                if method == FLOOR
+                else ZCAWhitening2d(shape[1], group_size=group_size, method=method)
+            ).to(device)
             for mode in ("train", "eval"):
                 layer.train(mode == "train"), bn.train(mode == "train")
                 if mode == "train":
@@ -232,7 +270,9 @@ def layer_speed(
                     ours, base = _no_grad(layer, x), _no_grad(bn, x)
                 ours_s, base_s, ratio = paired(ours, base, repeats, device)
                 target = (
-                    EVAL_TARGETS.get(group_size)
+                    None
+                    if method == FLOOR
+                    else EVAL_TARGETS.get(group_size)
                     if mode == "eval"
                     else LAYER_TARGETS.get((method, group_size, mode))
                 )
