@@ -40,6 +40,7 @@ __all__ = [
     "pi_over_power",
     "placement_speed",
     "speed_markdown",
+    "summary_markdown",
     "training_speed",
 ]
 
@@ -554,8 +555,81 @@ def plot_speed(result: dict[str, Any], path: Path) -> None:
     save_figure(figure, path)
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    if not row.get("ratio_quartiles"):
+        return f"{row['ratio']:.2f}×"
+    low, high = row["ratio_quartiles"]
+    return f"{row['ratio']:.2f}× [{low:.2f}–{high:.2f}]"
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The README's speed table: each of issue 9's CPU targets, its measurement and, for the
+    layer, the floor (:data:`FLOOR`, the same passes without the decomposition)."""
+    lines = [
+        "| measurement | ratio [quartiles] | passes alone (floor) | target |",
+        "|---|---|---|---|",
+    ]
+
+    def add(label: str, row: Optional[dict[str, Any]], floor: str = "") -> None:
+        if row is None:
+            return
+        target = row.get("target")
+        verdict = (
+            ""
+            if target is None
+            else f"≤ {target}×" + ("" if row["ratio"] <= target else " (not met)")
+        )
+        lines.append(f"| {label} | {_ratio(row)} | {floor} | {verdict} |")
+
+    decomposition = {
+        (r["n"], r["method"]): r
+        for r in result.get("decomposition", [])
+        if r["baseline"].endswith("float64")
+    }
+    if (64, "loewner") in decomposition:
+        row = dict(decomposition[64, "loewner"], target=1.2)
+        add(
+            '`inv_sqrtm(backward="loewner")` fwd+bwd, 16 × 64×64, vs `torch.linalg.eigh` '
+            "autograd in float64",
+            row,
+        )
+    for row in result.get("eigh_backward", []):
+        if row["rule"] == "power":
+            add(
+                '`eigh(backward="power")` backward vs `analytic`, 16 × 64×64',
+                {"ratio": row["ratio_to_analytic"], "target": 3.0},
+            )
+    layers = {(r["method"], r["group_size"], r["mode"]): r for r in result.get("layers", [])}
+    shape = tuple(result["layers"][0]["shape"]) if result.get("layers") else ()
+    for method, group_size, mode in (
+        ("loewner", 16, "train"),
+        ("loewner", 64, "train"),
+        ("power", 64, "train"),
+        ("loewner", 16, "eval"),
+        ("loewner", 64, "eval"),
+    ):
+        floor = layers.get((FLOOR, group_size, mode))
+        what = "train fwd+bwd" if mode == "train" else "eval forward"
+        add(
+            f"`ZCAWhitening2d` {what} vs `nn.BatchNorm2d`, {shape}, `{method}`, d = {group_size}",
+            layers.get((method, group_size, mode)),
+            _ratio(floor) if floor else "",
+        )
+    if result.get("pi_over_power"):
+        row = result["pi_over_power"]
+        add(f"the paper's PI layer vs the `power` layer, train, d = {row['group_size']}", row)
+    for row in result.get("training", []):
+        add(
+            f"one SGD step, quick-preset ResNet-18, ZCA (`{row['method']}`, d = "
+            f"{row['group_size']}) vs BatchNorm at the stem",
+            row,
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write(result: dict[str, Any], folder: Path, stem: str = "bench_speed") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (folder / f"{stem}.md").write_text(speed_markdown(result))
+    (folder / f"{stem}_summary.md").write_text(summary_markdown(result))
     plot_speed(result, folder / f"{stem}.png")
