@@ -135,3 +135,18 @@ def test_covariance_exact_when_the_mean_dwarfs_the_spread(block: int) -> None:
     centered = (x64 - x64.mean(dim=(0, 2), keepdim=True)).transpose(0, 1).reshape(2, 2, -1)
     truth = centered @ centered.mT / (12 * 50)
     torch.testing.assert_close(covariance.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max())
+
+
+def test_affine_streams_only_when_a_backward_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eval (no graph): one whole-batch call; training: cache-sized blocks."""
+    seen: list[int] = []
+    apply = statistics._GroupAffine.apply
+    monkeypatch.setattr(statistics, "CPU_BLOCK_ELEMENTS", 2 * 6 * 5)
+    monkeypatch.setattr(
+        statistics._GroupAffine, "apply", lambda *args: seen.append(args[3]) or apply(*args)
+    )
+    x3, transform, shift = _leaves(5, (7, 6, 5), 3)
+    with torch.no_grad():
+        group_affine(x3, transform, shift)
+    group_affine(x3, transform, shift)
+    assert seen == [7, 2]
