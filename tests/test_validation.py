@@ -134,6 +134,7 @@ def test_readme_rule_table_is_the_registry() -> None:
         ("table1 long", "results/table1_long_fashion-mnist.md"),
         ("survival", "results/table1_survival.md"),
         ("ablations", "results/ablations_quick_fashion-mnist.md"),
+        ("speed summary", "results/bench_speed_summary.md"),
     ],
 )
 def test_readme_result_tables_are_the_committed_outputs(marker: str, path: str) -> None:
