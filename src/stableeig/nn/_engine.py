@@ -61,7 +61,9 @@ def _moments(
     float64 copy when float32 statistics overflow (finite activations beyond ~1e19, which
     BatchNorm accepts). One host sync."""
     mean, covariance, count, used = group_moments(work, group_size, sync, group, link=link)
-    if work.dtype == torch.float32 and not bool(torch.isfinite(covariance).all()):
+    if bool(torch.isfinite(covariance).all()):  # the forward's one host synchronization
+        return mean, covariance, count, used
+    if work.dtype == torch.float32:
         mean, covariance, count, used = group_moments(
             work.to(torch.float64), group_size, sync, group, link=link
         )
