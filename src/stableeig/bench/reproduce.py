@@ -207,6 +207,13 @@ def table_cells(
     return cells
 
 
+def device_name(device: str) -> str:
+    """The accelerator's model for a CUDA device, else ``"cpu"`` (recorded in every row)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
 def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) -> RunConfig:
     settings = {k: v for k, v in PRESETS[preset].items() if k != "seeds"}
     settings.update(overrides)
@@ -346,6 +353,7 @@ def run_cells(
                 # chaotic runs (the baselines) depend on the summation order, i.e. on these
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
+                "device_name": device_name(device),
                 **dataclasses.asdict(result),
                 "config": config_dict(config),
             }
