@@ -5,8 +5,9 @@ Trains one ``long``-preset Table 1 run of the ``pi`` layer at d = 8 (kept in
 model three ways: as the harness does (eval mode, the stem layer's running statistics), with
 the stem layer whitening each test batch by its own statistics, and after re-estimating the
 stem's running statistics as a cumulative average over 50 training batches. It also prints
-the largest gain (spectral norm) of the running whitening matrices next to that of a batch
-whitening matrix. Appends its report to ``results/diagnose_pi_d8.txt``.
+the largest gain (spectral norm) of the running whitening matrices, and how much the stem's
+output on one training batch changes between two calls (new random starts) and between
+batch and running statistics. Appends its report to ``results/diagnose_pi_d8.txt``.
 Run: ``python benchmarks/diagnose_pi.py [seed]`` (~10 min on 2 cores).
 """
 
@@ -78,10 +79,36 @@ def main(seed: int) -> None:
             f"largest gain of the running whitening: {gain(stem_layer(model).running_matrix):.3g}; "
             f"re-estimated: {gain(stem.running_matrix):.3g}"
         )
+        index = torch.randint(0, len(train), (config.batch_size,), generator=generator)
+        lines.append(stem_variation(model, normalize(augment(train[index], generator))))
     text = "\n".join(lines) + "\n"
     print(text, end="")
     with open("results/diagnose_pi_d8.txt", "a") as out:
         out.write(text + "\n")
+
+
+def stem_variation(model: nn.Module, batch: torch.Tensor) -> str:
+    """Relative change of the stem layer's output on one batch: two training-mode calls
+    (fresh random starts), and training mode (batch statistics) vs eval (running)."""
+    captured: list[torch.Tensor] = []
+    stem = copy.deepcopy(stem_layer(model))
+    handle = stem_layer(model).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+        handle.remove()
+        stem.train()
+        first, second = stem(captured[0]), stem(captured[0])
+        stem.eval()
+        running = stem(captured[0])
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / a.norm())
+
+    return (
+        f"stem output on one training batch: two calls differ by {relative(first, second):.3g} "
+        f"(relative); batch vs running statistics by {relative(first, running):.3g}"
+    )
 
 
 def evaluate_as_is(
