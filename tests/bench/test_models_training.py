@@ -247,3 +247,26 @@ def test_ablation_cells_vary_one_recorded_field() -> None:
         dataclasses.replace(tiny_config(norm="pca", method="power"), num_iters=4), tiny_dataset()
     ).bn1
     assert stem.rule == se.Power(num_iters=4)
+
+
+def test_reproduce_renders_the_whole_results_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A call for one group size must not drop the other sizes' rows from the table."""
+    from stableeig.cli import main
+
+    def fake_run(config: training.RunConfig, dataset: Dataset, **_: object) -> training.RunResult:
+        return training.RunResult(True, 10.0, None, None, 1.0, [2.0, 1.0])
+
+    monkeypatch.setattr(reproduce, "train_run", fake_run)
+    stem = tmp_path / "table1_quick_fashion-mnist-subset.jsonl"
+    cells = reproduce.table_cells("table1", seeds=1, group_sizes=(4,), methods=("power",))
+    reproduce.run_cells(cells, tiny_dataset(), "quick", stem, progress=False)
+    args = ["reproduce", "table1", "--dataset", "fashion-mnist-subset", "--seeds", "1"]
+    args += ["--methods", "power", "--group-sizes", "8", "--results", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    table = stem.with_suffix(".md").read_text()
+    assert "d=4" in table and "d=8" in table
+    assert main([*args, "--render-only"]) == 0
+    assert stem.with_suffix(".md").read_text() == table
+    capsys.readouterr()
