@@ -511,12 +511,17 @@ def speed_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    """``1.23× [1.10–1.40]``: the median ratio and, when measured, its quartiles."""
+    if not row.get("ratio_quartiles"):
+        return f"{row['ratio']:.2f}×"
+    low, high = row["ratio_quartiles"]
+    return f"{row['ratio']:.2f}× [{low:.2f}–{high:.2f}]"
+
+
 def _with_target(row: dict[str, Any]) -> str:
     target: Optional[float] = row.get("target")
-    text = f"{row['ratio']:.2f}×"
-    if row.get("ratio_quartiles"):
-        low, high = row["ratio_quartiles"]
-        text += f" [{low:.2f}–{high:.2f}]"
+    text = _ratio(row)
     if target is not None:
         text += f" ({'≤' if row['ratio'] <= target else 'above'} {target}×)"
     return text
@@ -553,13 +558,6 @@ def plot_speed(result: dict[str, Any], path: Path) -> None:
     right.set_title(f"(b) ZCAWhitening2d, {tuple(layers[0]['shape']) if layers else ''}")
     right.legend()
     save_figure(figure, path)
-
-
-def _ratio(row: dict[str, Any]) -> str:
-    if not row.get("ratio_quartiles"):
-        return f"{row['ratio']:.2f}×"
-    low, high = row["ratio_quartiles"]
-    return f"{row['ratio']:.2f}× [{low:.2f}–{high:.2f}]"
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
