@@ -47,15 +47,18 @@ def test_train_options_come_from_the_run_configuration() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--run-dir", "r", "--steps", "0"], "steps: expected an integer >= 1 (got 0)"),
+        (["train", "--run-dir", "r", "--steps", "0"], "steps: expected an integer in [1, 1e+07]"),
         (["train", "--run-dir", "r", "--steps-per-epoch", "0"], "steps_per_epoch: expected"),
-        (["train", "--run-dir", "r", "--batch-size", "0"], "batch_size: expected an integer >= 2"),
+        (
+            ["train", "--run-dir", "r", "--batch-size", "0"],
+            "batch_size: expected an integer in [2, 65536]",
+        ),
         (["train", "--run-dir", "r", "--train-subset", "0"], "train_subset: expected"),
         (["train", "--run-dir", "r", "--compute-dtype", "banana"], "invalid choice: 'banana'"),
         (["train", "--run-dir", "r", "--group-size", "12"], "divisor of the stem's 64"),
         (["train", "--run-dir", "r", "--data-dir", "/nonexistent"], "expected an existing"),
-        (["reproduce", "table1", "--seeds", "0"], "expected an integer >= 1 (got 0)"),
-        (["reproduce", "table1", "--steps", "0"], "expected an integer >= 1 (got 0)"),
+        (["reproduce", "table1", "--seeds", "0"], "expected an integer in [1, 10000000] (got 0)"),
+        (["reproduce", "table1", "--steps", "0"], "expected an integer in [1, 10000000] (got 0)"),
         (["reproduce", "table1", "--group-sizes", "4,12"], "expected a divisor of 64 (got 12)"),
         (["reproduce", "table1", "--methods", "power,svd"], "(got svd)"),
     ],

@@ -22,6 +22,7 @@ from .exceptions import (
 __all__ = [
     "check_choice",
     "check_finite",
+    "check_in_range",
     "check_int_at_least",
     "check_k",
     "check_positive",
@@ -118,6 +119,29 @@ def check_positive(name: str, value: object) -> float:
     if not (value > 0 and value != float("inf")):
         raise ArgumentError(f"{name}: expected a finite number > 0 (got {value})")
     return float(value)
+
+
+def check_in_range(
+    name: str,
+    value: object,
+    low: float,
+    high: float,
+    open_low: bool = False,
+    open_high: bool = False,
+    integer: bool = False,
+) -> float:
+    """Check that ``value`` is a real number (an integer if ``integer``) in the interval
+    from ``low`` to ``high`` (ends excluded where ``open_*``); NaN is never in it."""
+    interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    kind = "an integer" if integer else "a number"
+    number = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, number):
+        raise ArgumentError(f"{name}: expected {kind} in {interval} (got {value!r})")
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    if not (above and below):  # False for NaN
+        raise ArgumentError(f"{name}: expected {kind} in {interval} (got {value!r})")
+    return value
 
 
 def check_k(name: str, k: object, n: int, allow_none: bool = False) -> Optional[int]:

@@ -43,7 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("code's truncation. Failure = NaN/Inf or loss > 10x its first value. 90 steps are too")
     print("few for the baselines to fail reliably; section 3 has the long runs.\n")
     rows = run_cells(
-        table_cells("demo", seeds=1), dataset, "demo", results, progress=not args.quiet
+        table_cells("demo", seeds=1), dataset, "demo", results, progress=_progress(args)
     )
     print()
     for row in rows:
@@ -63,29 +63,33 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
-    import shutil
 
     import torch
 
-    from .bench.training import CheckpointError, RunConfig, atomic_write, config_dict, train_run
+    from .bench.files import atomic_write, run_directory
+    from .bench.training import CheckpointError, RunConfig, config_dict, train_run
 
     torch.set_num_threads(args.threads)
     config: RunConfig = args.config
     dataset = _dataset(config.dataset, args.data_dir)
     run_dir = Path(args.run_dir)
-    if args.restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    try:
-        result = train_run(config, dataset, run_dir=run_dir, progress=not args.quiet)
-    except CheckpointError as error:
-        raise SystemExit(f"stableeig train: error: {error}") from None
-    summary = dataclasses.asdict(result)
-    text = json.dumps(config_dict(config), indent=1) + "\n"
-    atomic_write(run_dir / "config.json", lambda out: out.write(text))
-    text = json.dumps(summary, indent=1) + "\n"
-    atomic_write(run_dir / "result.json", lambda out: out.write(text))
+    with run_directory(run_dir, config_dict(config), restart=args.restart):
+        try:
+            result = train_run(config, dataset, run_dir=run_dir, progress=_progress(args))
+        except CheckpointError as error:
+            raise SystemExit(f"stableeig train: error: {error}") from None
+        summary = dataclasses.asdict(result)
+        text = json.dumps(config_dict(config), indent=1) + "\n"
+        atomic_write(run_dir / "config.json", lambda out: out.write(text))
+        text = json.dumps(summary, indent=1) + "\n"
+        atomic_write(run_dir / "result.json", lambda out: out.write(text))
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     return 0 if result.success else 1
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: a log file gets one line per finished run."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -116,6 +120,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.render_only:
+        if not results.is_file():
+            raise SystemExit(f"stableeig reproduce: error: {results}: no results file to render")
         rows = rp.unique_rows(rp.read_results(results))
     else:
         rows = rp.run_cells(
@@ -124,7 +130,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             args.preset,
             results,
             device=args.device,
-            progress=not args.quiet,
+            progress=_progress(args),
             overrides=overrides,
         )
     # the table and plot present the whole results file, whichever cells this call ran
@@ -204,14 +210,16 @@ def _bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(least: int) -> Any:
+def _at_least(least: int, most: int = 10**7) -> Any:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {least} (got {value})")
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in [{least}, {most}] (got {value})"
+            )
         return value
 
     return parse
@@ -241,6 +249,16 @@ def _group_size(text: str) -> int:
     if 64 % value:
         raise argparse.ArgumentTypeError(f"expected a divisor of 64 (got {value})")
     return value
+
+
+def _device(text: str) -> str:
+    from .bench.training import check_device
+    from .exceptions import ArgumentError
+
+    try:
+        return check_device("device", text)
+    except ArgumentError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _existing_dir(text: str) -> str:
@@ -274,6 +292,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .bench.training import DATASETS
     from .rules import RULES
 
     parser = argparse.ArgumentParser(prog="stableeig", description=__doc__)
@@ -282,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
-            "--threads", type=_at_least(1), default=2, help="torch CPU threads (default: 2)"
+            "--threads", type=_at_least(1, 1024), default=2, help="torch CPU threads (default: 2)"
         )
         sub.add_argument(
             "--data-dir", type=_existing_dir, default=None, help="searched first for data sets"
@@ -329,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="quick",
         help="run length and model (see the README; default: quick)",
     )
-    reproduce.add_argument("--dataset", default=None, help="override the preset's data set")
+    reproduce.add_argument(
+        "--dataset", default=None, choices=DATASETS, help="override the preset's data set"
+    )
     reproduce.add_argument(
         "--seeds", type=_at_least(1), default=None, help="seeds per cell (default: the preset's)"
     )
@@ -348,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma list of gradient rules (default: the table's)",
     )
-    reproduce.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    reproduce.add_argument(
+        "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"
+    )
     reproduce.add_argument(
         "--render-only",
         action="store_true",
@@ -382,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma list of {','.join(SPEED_PARTS)} (default: all; placement needs a GPU)",
     )
-    speed_parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    speed_parser.add_argument(
+        "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"
+    )
     speed_parser.add_argument(
         "--results", default="results", help="output folder (default: results)"
     )
@@ -407,7 +432,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.config = RunConfig(**{name: getattr(args, name) for name in names})
         except StableEigError as error:
             parser.error(f"train: {error}")
-    return int(args.run(args))
+    from .bench.files import FileFault
+    from .exceptions import StableEigError
+
+    try:
+        return int(args.run(args))
+    except (OSError, StableEigError) as error:  # a file fault or a late argument check
+        if isinstance(error, FileFault) or not isinstance(error, OSError):
+            message = error.strerror if isinstance(error, FileFault) else str(error)
+        else:
+            message = f"{error.filename or 'a file'}: {error.strerror or type(error).__name__}"
+        print(f"stableeig {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

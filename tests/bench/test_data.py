@@ -93,14 +93,16 @@ def test_real_fashion_mnist_from_debian_package() -> None:
 
 
 def write_cifar(root: Path, n_per_batch: int = 4) -> Path:
-    """A tiny archive in the CIFAR-10 python format: 5 train batches and a test batch."""
+    """A tiny archive in the CIFAR-10 python format (a numpy ``uint8`` array under
+    ``b"data"``, as the published files): 5 train batches and a test batch."""
+    numpy = pytest.importorskip("numpy")
     folder = root / "build" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         images = torch.randint(0, 256, (n_per_batch, 3072), generator=g, dtype=torch.uint8)
         batch = {
-            b"data": bytes(images.flatten().tolist()),
+            b"data": numpy.array(images.tolist(), dtype=numpy.uint8),
             b"labels": [i % 10 for i in range(n_per_batch)],
         }
         with (folder / name).open("wb") as handle:
@@ -111,15 +113,22 @@ def write_cifar(root: Path, n_per_batch: int = 4) -> Path:
     return archive
 
 
+def batch_checksums(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
 def test_cifar_archive_checksum_extract_and_shapes(isolated: Path) -> None:
     archive = write_cifar(isolated)
     digest = hashlib.md5(archive.read_bytes()).hexdigest()
+    batches = batch_checksums(isolated / "build" / "cifar-10-batches-py")
     source = isolated / "source"
     source.mkdir()
     archive.rename(source / archive.name)
     with pytest.raises(data.ChecksumError, match="expected MD5 c58f30108f718f92721af3b95e74349a"):
         data.load_cifar("cifar10", source, download=False)
-    dataset = data.load_cifar("cifar10", source, download=False, expected_md5=digest)
+    dataset = data.load_cifar(
+        "cifar10", source, download=False, expected_md5=digest, batch_md5=batches
+    )
     assert dataset.train_images.shape == (20, 3, 32, 32) and dataset.test_images.shape == (
         4,
         3,
@@ -127,7 +136,9 @@ def test_cifar_archive_checksum_extract_and_shapes(isolated: Path) -> None:
         32,
     )
     assert dataset.train_labels.tolist() == [0, 1, 2, 3] * 5 and dataset.num_classes == 10
-    again = data.load_cifar("cifar10", source, download=False)  # the extracted folder is used now
+    with pytest.raises(data.ChecksumError, match="data_batch_1: expected MD5 c99cafc1"):
+        data.load_cifar("cifar10", source, download=False)  # extracted, not the published files
+    again = data.load_cifar("cifar10", source, download=False, batch_md5=batches)
     assert torch.equal(again.train_images, dataset.train_images)
     with pytest.raises(data.MissingDataError, match=r"cifar-10-python.tar.gz \(MD5 c58f3"):
         data.load_cifar("cifar10", isolated / "empty", download=False)
@@ -141,3 +152,34 @@ def test_augment_crops_and_flips() -> None:
     for n in range(2):
         windows = [padded[n, :, r : r + 6, c : c + 6] for r in range(5) for c in range(5)]
         assert any(torch.equal(out[n], w) or torch.equal(out[n], w.flip(-1)) for w in windows)
+
+
+class _Payload:
+    """Unpickling this runs ``Path.touch`` on the marker: what an attacker's file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path(self.marker).touch.__func__, (str(self.marker),))  # type: ignore[attr-defined]
+
+
+def test_a_malicious_cifar_batch_runs_no_code(isolated: Path) -> None:
+    folder = isolated / "evil" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    marker = isolated / "owned"
+    for name in data.CIFAR_BATCH_MD5["cifar10"]:
+        with (folder / name).open("wb") as handle:
+            pickle.dump({b"data": _Payload(marker), b"labels": [0]}, handle)
+    with pytest.raises(data.ChecksumError):  # the published checksums: refused unread
+        data.load_cifar("cifar10", isolated / "evil", download=False)
+    assert not marker.exists()
+    # even a file whose checksum the caller vouches for is unpickled with numpy arrays only
+    with pytest.raises(pickle.UnpicklingError, match="got a reference to"):
+        data.load_cifar(
+            "cifar10", isolated / "evil", download=False, batch_md5=batch_checksums(folder)
+        )
+    assert not marker.exists()
+    # the payload is real: plain pickle runs it
+    pickle.loads((folder / "test_batch").read_bytes())
+    assert marker.exists()

@@ -18,7 +18,7 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -76,6 +76,41 @@ CIFAR = {
     ),
 }
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+# Published MD5s of the extracted batch files (as torchvision lists them): checked before
+# any batch is unpickled.
+CIFAR_BATCH_MD5 = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "cifar100": {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    },
+}
+# What the CIFAR pickles may construct: numpy arrays and nothing else.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch: dicts, lists, bytes, numbers and numpy arrays only."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"expected a CIFAR batch (numpy arrays, lists, bytes) (got a reference to "
+                f"{module}.{name})"
+            )
+        return super().find_class(module, name)
 
 
 class MissingDataError(FileNotFoundError):
@@ -208,6 +243,7 @@ def load_cifar(
     data_dir: Optional[PathLike] = None,
     download: bool = True,
     expected_md5: Optional[str] = None,
+    batch_md5: Optional[dict[str, str]] = None,
 ) -> Dataset:
     """CIFAR-10 or CIFAR-100 from the standard python pickle archive (or its extraction).
 
@@ -216,20 +252,24 @@ def load_cifar(
         data_dir: searched first. Default: None.
         download: fetch the archive into the user cache when it is nowhere on disk.
         expected_md5: checksum of the archive. Default: None (the official one).
+        batch_md5: checksum of each extracted batch file, checked before it is unpickled
+            (also when the archive was checked). Default: None (the published ones).
     """
-    archive, folder, official_md5, train_files, test_files, label_key = CIFAR[name]
+    archive, folder, official_md5 = CIFAR[name][:3]
     looked = search_path(data_dir)
     for directory in looked:
         if (directory / folder).is_dir():
-            return _cifar_from(directory / folder, name, train_files, test_files, label_key)
+            return _cifar_from(directory / folder, name, batch_md5)
         if (directory / archive).exists():
-            return _extract_cifar(directory / archive, name, expected_md5 or official_md5)
+            return _extract_cifar(
+                directory / archive, name, expected_md5 or official_md5, batch_md5
+            )
     error: Optional[Exception] = None
     if download:
         target = cache_dir() / archive
         try:
             _download(CIFAR_URL + archive, target)
-            return _extract_cifar(target, name, expected_md5 or official_md5)
+            return _extract_cifar(target, name, expected_md5 or official_md5, batch_md5)
         except OSError as exc:
             error = exc
     raise _missing(
@@ -241,30 +281,45 @@ def load_cifar(
     )
 
 
-def _extract_cifar(archive: Path, name: str, expected_md5: str) -> Dataset:
+def _extract_cifar(
+    archive: Path, name: str, expected_md5: str, batch_md5: Optional[dict[str, str]]
+) -> Dataset:
     digest = md5(archive)
     if digest != expected_md5:
         raise ChecksumError(f"{archive}: expected MD5 {expected_md5} (got {digest})")
-    _, folder, _, train_files, test_files, label_key = CIFAR[name]
+    folder = CIFAR[name][1]
     with tarfile.open(archive, "r:gz") as tar:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse unsafe members
             tar.extractall(archive.parent, filter="data")
         else:  # pragma: no cover
             tar.extractall(archive.parent)
-    return _cifar_from(archive.parent / folder, name, train_files, test_files, label_key)
+    return _cifar_from(archive.parent / folder, name, batch_md5)
 
 
-def _cifar_from(
-    folder: Path, name: str, train: list[str], test: list[str], label_key: bytes
-) -> Dataset:
+def read_cifar_batch(path: Path, expected_md5: str) -> dict[bytes, object]:
+    """One CIFAR batch file, checked against its MD5 and unpickled with an unpickler that
+    admits only numpy arrays (:class:`ChecksumError`, ``pickle.UnpicklingError``)."""
+    digest = md5(path)
+    if digest != expected_md5:
+        raise ChecksumError(f"{path}: expected MD5 {expected_md5} (got {digest})")
+    with path.open("rb") as handle:
+        batch = _BatchUnpickler(handle, encoding="bytes").load()
+    if not isinstance(batch, dict):
+        raise pickle.UnpicklingError(f"{path}: expected a dict (got {type(batch).__name__})")
+    return batch
+
+
+def _cifar_from(folder: Path, name: str, batch_md5: Optional[dict[str, str]]) -> Dataset:
+    _, _, _, train, test, label_key = CIFAR[name]
+    checksums = batch_md5 or CIFAR_BATCH_MD5[name]
+
     def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for file in files:
-            with (folder / file).open("rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")
-            images.append(
-                torch.tensor(bytearray(batch[b"data"]), dtype=torch.uint8).view(-1, 3, 32, 32)
-            )
+            batch = read_cifar_batch(folder / file, checksums[file])
+            data: Any = batch[b"data"]
+            raw = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
+            images.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, 3, 32, 32))
             labels.append(torch.tensor(batch[label_key], dtype=torch.long))
         return torch.cat(images), torch.cat(labels)
 

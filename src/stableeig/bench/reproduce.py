@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
-import os
 import statistics
 import sys
 from collections.abc import Iterable, Iterator
@@ -21,6 +19,14 @@ from typing import Any, Optional
 import torch
 
 from .data import Dataset
+from .files import (
+    FileFault,
+    LockBusy,
+    acquire_lock,
+    append_line,
+    check_appendable,
+    release_lock,
+)
 from .plotting import new_figure, save_figure
 from .training import RunConfig, config_dict, train_run
 
@@ -254,60 +260,39 @@ def _done(results: Path) -> set[Key]:
 
 
 def _append(results: Path, line: dict[str, Any]) -> None:
-    """Append one JSON line under an exclusive lock, flushed to disk before the lock goes."""
-    with results.open("a") as out:
-        fcntl.flock(out, fcntl.LOCK_EX)
-        try:
-            out.write(json.dumps(line) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        finally:
-            fcntl.flock(out, fcntl.LOCK_UN)
+    """Append one JSON row (after a newline if the file ends in a torn fragment)."""
+    append_line(results, json.dumps(line))
 
 
 @contextlib.contextmanager
 def _claim(results: Path, cell: Cell) -> Iterator[bool]:
     """Claim a cell for this process (``True``), so that concurrent ``reproduce`` processes
-    on one results file run each cell once; ``False`` if a live process holds it. A claim
-    left by a killed process (its pid is gone) is taken over."""
+    on one results file run each cell once; ``False`` if a live process holds it.
+
+    A claim is an ``fcntl`` lock on a file in ``<results>.claims/``: the kernel releases it
+    when its process dies, so a killed holder's claim is free at once and a reused pid or a
+    half-written file can never hold a cell.
+    """
     folder = results.with_name(results.name + ".claims")
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise FileFault(
+            error.errno or 1, f"{folder}: cannot create the claims folder ({error.strerror})"
+        ) from None
     name = "_".join(str(part) for part in cell.key()[:4])
     name += "".join(f"_{k}={v}" for k, v in cell.variant)
     path = folder / (name + ".claim")
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _holder_alive(path):
-                yield False
-                return
-            path.unlink(missing_ok=True)  # stale: its process was killed
-            continue
-        with os.fdopen(descriptor, "w") as out:
-            out.write(str(os.getpid()))
-        try:
-            yield True
-        finally:
-            path.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _holder_alive(path: Path) -> bool:
-    """Whether the process that wrote the claim still runs (a zombie does not)."""
     try:
-        pid = int(path.read_text() or "0")
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError, FileNotFoundError):
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process nobody reaped is still signalable: read its state
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return pid != 0
-    return pid != 0 and state not in ("Z", "X")
+        descriptor = acquire_lock(path, "cell's claim")
+    except LockBusy as busy:
+        print(f"note: skipping {name}: {busy.strerror}", file=sys.stderr)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        release_lock(path, descriptor)
 
 
 def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -334,7 +319,13 @@ def run_cells(
 
     ``overrides`` replace fields of the preset's :class:`RunConfig` (e.g. ``steps``).
     """
-    results.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        results.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FileFault(
+            error.errno or 1, f"{results.parent}: cannot create ({error.strerror})"
+        ) from None
+    check_appendable(results)  # a results path that cannot be appended to fails before work
     todo = [c for c in cells if c.key() not in _done(results)]
     for number, cell in enumerate(todo, 1):
         with _claim(results, cell) as claimed:

@@ -19,14 +19,31 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_int_at_least, check_positive
+from .._validation import check_choice, check_in_range
 from ..exceptions import ArgumentError
 from ..nn._base import CONVENTIONS
 from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
+from .files import atomic_write
 from .models import resnet
 
-__all__ = ["CheckpointError", "RunConfig", "RunResult", "atomic_write", "train_run"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "RunConfig", "RunResult", "train_run"]
+
+# 2: format field, loaded with weights_only=True (format 1, unversioned, loads the same way)
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_KEYS = (
+    "config",
+    "model",
+    "optimizer",
+    "schedule",
+    "generator",
+    "torch_rng",
+    "step",
+    "losses",
+    "metrics",
+    "seconds",
+    "first_loss",
+)
 
 
 def _option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
@@ -82,23 +99,60 @@ class RunConfig:
             ("convention", CONVENTIONS),
         ):
             check_choice(name, getattr(self, name), choices)
-        for name, least in (("steps", 1), ("steps_per_epoch", 1), ("batch_size", 2)):
-            check_int_at_least(name, getattr(self, name), least)
-        for name in ("train_subset", "test_subset", "group_size", "n_components", "num_iters"):
+        if self.group_size is not None:
+            check_in_range("group_size", self.group_size, 1, 64, integer=True)
+            if 64 % self.group_size:
+                raise ArgumentError(
+                    "group_size: expected a divisor of the stem's 64 channels "
+                    f"(got {self.group_size})"
+                )
+        for name, low, high in (  # upper bounds: beyond them a run only exhausts memory/time
+            ("steps", 1, 10**7),
+            ("steps_per_epoch", 1, 10**7),
+            ("batch_size", 2, 65536),
+            ("train_subset", 1, 10**7),
+            ("test_subset", 1, 10**7),
+            ("num_iters", 1, 1000),
+            ("seed", 0, 2**63 - 1),
+            ("n_components", 1, self.group_size or 64),
+        ):
             if getattr(self, name) is not None:
-                check_int_at_least(name, getattr(self, name), 1)
-        if self.group_size is not None and 64 % self.group_size:
+                check_in_range(name, getattr(self, name), low, high, integer=True)
+        intervals: tuple[tuple[str, float, float, bool, bool], ...] = (
+            ("width", 1 / 64, 16, False, False),  # every stage keeps >= 1 channel per 64
+            ("eps", 0, 1, True, False),  # a ridge on unit-variance activations
+            ("lr", 0, 1e4, True, False),
+            ("energy", 0, 1, True, False),
+            ("momentum", 0, 1, False, True),
+            ("weight_decay", 0, 1, False, False),
+            ("divergence_factor", 1, 1e6, True, False),
+        )
+        for name, lower, upper, open_low, open_high in intervals:
+            check_in_range(name, getattr(self, name), lower, upper, open_low, open_high)
+        if self.num_iters is not None and self.method not in ("power", "pi"):
             raise ArgumentError(
-                f"group_size: expected a divisor of the stem's 64 channels (got {self.group_size})"
+                f"num_iters: expected method power or pi (got method {self.method!r})"
             )
-        for name in ("width", "eps", "lr", "divergence_factor"):
-            check_positive(name, getattr(self, name))
-        if not 0 < self.energy <= 1:
-            raise ArgumentError(f"energy: expected a number in (0, 1] (got {self.energy})")
-        if not 0 <= self.momentum < 1:
-            raise ArgumentError(f"momentum: expected a number in [0, 1) (got {self.momentum})")
-        if self.weight_decay < 0:
-            raise ArgumentError(f"weight_decay: expected a number >= 0 (got {self.weight_decay})")
+        if self.n_components is not None and self.norm != "pca":
+            raise ArgumentError(f"n_components: expected norm 'pca' (got norm {self.norm!r})")
+        check_device("device", self.device)
+
+
+def check_device(name: str, device: object) -> str:
+    """A torch device string this machine has: ``cpu``, or ``cuda[:i]`` with CUDA present."""
+    try:
+        parsed = torch.device(device) if isinstance(device, str) and device else None
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ArgumentError(f"{name}: expected cpu, cuda or cuda:<index> (got {device!r})")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ArgumentError(
+                f"{name}: expected a CUDA device this machine has ({count} found) (got {device!r})"
+            )
+    return str(device)
 
 
 @dataclass
@@ -119,7 +173,7 @@ def _rule(config: RunConfig) -> Any:
         return Power(num_iters=config.num_iters)
     if config.method == "pi":
         return PowerIteration(num_iters=config.num_iters)
-    raise ArgumentError(f"num_iters: expected method power or pi (got {config.method!r})")
+    raise AssertionError("unreachable: RunConfig checks num_iters")  # pragma: no cover
 
 
 def build_model(config: RunConfig, dataset: Dataset) -> nn.Module:
@@ -195,6 +249,7 @@ class _State:
 
     def snapshot(self, config: RunConfig, seconds: float) -> dict[str, Any]:
         return {
+            "format": CHECKPOINT_FORMAT,
             "config": config_dict(config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -230,23 +285,37 @@ def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
     ]
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {text[0][:150]}" if text else "")
+
+
 def _load_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The newest readable checkpoint of ``run_dir``, falling back to the previous one."""
+    """The newest readable checkpoint of ``run_dir``, falling back to the previous one.
+
+    Checkpoints hold only tensors, numbers, strings and containers of them and are read with
+    ``torch.load(weights_only=True)``: a crafted file cannot run code, it is just unreadable.
+    """
     candidates = [run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"]
     existing = [path for path in candidates if path.exists()]
     for path in existing:
         try:
-            return dict(torch.load(path, weights_only=False))
-        except Exception as error:  # truncated, empty, garbage: any unpickling failure
-            print(
-                f"warning: cannot read {path} ({type(error).__name__}); trying the previous "
-                "checkpoint",
-                file=sys.stderr,
-            )
+            saved = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as error:  # truncated, empty, garbage, forbidden globals
+            reason = _first_line(error)
+        else:
+            missing = [k for k in CHECKPOINT_KEYS if not isinstance(saved, dict) or k not in saved]
+            if not missing and saved.get("format", 1) <= CHECKPOINT_FORMAT:
+                return dict(saved)
+            reason = f"missing {', '.join(missing)}" if missing else f"format {saved['format']}"
+        print(
+            f"warning: cannot use {path} ({reason}); trying the previous checkpoint",
+            file=sys.stderr,
+        )
     if existing:
         raise CheckpointError(
-            f"{existing[0]}: expected a readable checkpoint (got an unreadable file, and no "
-            "readable previous one); delete the run directory or pass --restart to start over"
+            f"{existing[0]}: expected a readable checkpoint (got an unreadable or incomplete "
+            "file, and no usable previous one); pass --restart to start over"
         )
     return None
 
@@ -259,27 +328,20 @@ def _restore(state: _State, saved: dict[str, Any], config: RunConfig) -> None:
             + "; ".join(differences)
             + "); use another --run-dir or pass --restart to start over"
         )
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.schedule.load_state_dict(saved["schedule"])
-    state.generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.schedule.load_state_dict(saved["schedule"])
+        state.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(
+            f"the checkpoint does not fit this run ({_first_line(error)}); "
+            "pass --restart to start over"
+        ) from None
     state.step, state.seconds = saved["step"], saved["seconds"]
     state.losses, state.metrics = saved["losses"], saved["metrics"]
     state.first_loss = saved["first_loss"]
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through a temporary file in its folder: fsync, then rename over it.
-
-    A kill at any instant leaves either the old file or the new one, never a torn one.
-    """
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb" if binary else "w") as out:
-        write(out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
 
 
 def _save(run_dir: Path, snapshot: dict[str, Any]) -> None:

@@ -1,0 +1,299 @@
+"""Files the harness writes: atomic replacement, torn-line-safe appends, exclusive locks,
+and run directories that are recognisable (and removable) as runs of this tool only.
+
+Guarantees: a temporary file is created exclusively in the target's folder (never through
+a planted symlink) and renamed over the target, so a kill leaves the old or the new file; a
+symlink at a name the tool writes is replaced, never followed; locks are ``fcntl`` locks held
+by the live process, so a killed holder releases them and a reused pid cannot hold one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Callable, Optional
+
+__all__ = [
+    "RUN_FILES",
+    "RUN_MARKER",
+    "FileFault",
+    "LockBusy",
+    "acquire_lock",
+    "append_line",
+    "atomic_write",
+    "check_appendable",
+    "exclusive_lock",
+    "release_lock",
+    "remove_run",
+    "run_directory",
+]
+
+RUN_MARKER = ".stableeig-run"
+RUN_LOCK = ".stableeig-run.lock"
+# Every file a run writes; --restart removes these and nothing else.
+RUN_FILES = (
+    RUN_MARKER,
+    "checkpoint.pt",
+    "checkpoint.prev.pt",
+    "metrics.jsonl",
+    "config.json",
+    "result.json",
+)
+
+
+class FileFault(OSError):
+    """A file the tool must read or write is unusable; the message names path and cause."""
+
+
+class LockBusy(FileFault):
+    """Another live process holds the lock."""
+
+
+def _fault(path: Path, error: OSError, doing: str) -> FileFault:
+    cause = error.strerror or type(error).__name__
+    return FileFault(error.errno or errno.EIO, f"{path}: cannot {doing} ({cause})")
+
+
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
+    """Write ``path`` through an exclusive temporary file in its folder, fsync, rename.
+
+    A kill at any instant leaves either the old file or the new one; a failure (a full disk,
+    a read-only folder) raises :class:`FileFault` and leaves no temporary file behind. A
+    symlink at ``path`` is replaced by the file, not followed.
+    """
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:
+        raise _fault(path, error, "create a file beside") from None
+    try:
+        with os.fdopen(descriptor, "wb" if binary else "w") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        if path.is_dir() and not path.is_symlink():
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise _fault(path, error, "write") from None
+        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):  # torch.save
+            raise FileFault(errno.ENOSPC, f"{path}: cannot write (disk full?)") from None
+        raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` + newline under an exclusive lock, fsynced before the lock goes.
+
+    If the file ends in a torn fragment (a writer killed mid-line), a newline is written
+    first, so the fragment stays one skipped line and the new row stays whole.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        descriptor = os.open(path, flags, 0o644)
+    except OSError as error:
+        raise _fault(path, error, "append to") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        size = os.fstat(descriptor).st_size
+        prefix = b""
+        if size:
+            with open(path, "rb") as reader:
+                reader.seek(size - 1)
+                prefix = b"" if reader.read(1) == b"\n" else b"\n"
+        os.write(descriptor, prefix + line.encode() + b"\n")
+        os.fsync(descriptor)
+    except OSError as error:
+        raise _fault(path, error, "append to") from None
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def acquire_lock(path: Path, what: str = "lock") -> int:
+    """Take an ``fcntl`` lock on ``path`` (created if needed); returns its descriptor.
+
+    Raises :class:`LockBusy` at once if a live process holds it. The holder's pid, host and
+    start time are written into the file for people to read; who holds the lock is decided
+    by the kernel, not by that text, so a killed holder frees it and a reused pid cannot.
+    """
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise _fault(path, error, f"create the {what}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = " (" + path.read_text().strip() + ")"
+            raise LockBusy(
+                errno.EBUSY, f"{path}: the {what} is held by another process{holder}"
+            ) from None
+        try:  # the previous holder may have removed the file between our open and lock
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode())
+    return descriptor
+
+
+def release_lock(path: Path, descriptor: int) -> None:
+    """Remove the lock file, then release the lock (in that order: no one can lock a file
+    that is about to disappear)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(descriptor)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str = "lock") -> Iterator[None]:
+    """Hold :func:`acquire_lock`'s lock on ``path`` for the ``with`` body."""
+    descriptor = acquire_lock(path, what)
+    try:
+        yield
+    finally:
+        release_lock(path, descriptor)
+
+
+def check_appendable(path: Path) -> None:
+    """Fail now (:class:`FileFault`), not after hours of work, if rows cannot be appended
+    to ``path`` (a directory, a read-only folder, a missing parent). Creates it empty."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+    except OSError as error:
+        raise _fault(path, error, "append to") from None
+
+
+def _refuse(path: Path, why: str) -> FileFault:
+    return FileFault(errno.EPERM, f"{path}: {why}")
+
+
+def _protected(path: Path) -> Optional[str]:
+    """Why ``path`` may never be a run directory to delete, or None."""
+    if str(path) in ("", "."):
+        return "refusing the current directory as a run directory"
+    if path.is_symlink():
+        return "refusing a symlink as a run directory"
+    resolved = path.resolve()
+    if resolved == Path(resolved.anchor):
+        return "refusing the filesystem root as a run directory"
+    if resolved == Path.home().resolve():
+        return "refusing the home directory as a run directory"
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        return "refusing the current directory or one of its parents as a run directory"
+    return None
+
+
+@contextlib.contextmanager
+def run_directory(path: Path, config: dict[str, Any], restart: bool = False) -> Iterator[None]:
+    """Hold ``path`` as this process's run directory for the ``with`` body.
+
+    Creates it (or accepts an empty folder or an earlier run of this tool), takes its lock
+    (:class:`LockBusy` if another ``train`` uses it), with ``restart`` deletes the earlier
+    run's files (:func:`remove_run`), and writes the run marker, so a read-only folder fails
+    here, before any training. A folder holding other files and no marker is refused: the
+    tool never writes its files among someone else's.
+    """
+    if str(path) in ("", "."):
+        raise _refuse(path, "expected a run directory name (got the current directory)")
+    if path.is_symlink():
+        raise _refuse(path, "expected a run directory (got a symlink)")
+    if path.exists() and not path.is_dir():
+        raise FileFault(errno.ENOTDIR, f"{path}: expected a run directory (got a file)")
+    if restart:
+        _check_removable(path)  # before anything is written there, even a lock
+    elif path.is_dir():
+        _check_ours(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _fault(path, error, "create the run directory") from None
+    with exclusive_lock(path / RUN_LOCK, "run directory's lock"):
+        if restart:
+            remove_run(path, keep_folder=True)  # checks, under the lock, that it is a run
+        else:
+            _check_ours(path)
+        text = json.dumps({"tool": "stableeig", "config": config}, indent=1) + "\n"
+        atomic_write(path / RUN_MARKER, lambda out: out.write(text))
+        yield
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse a folder that holds other files and is not a run."""
+    if not _is_run(path):
+        raise _refuse(
+            path,
+            "expected a new or empty directory, or a run of stableeig (got a folder with "
+            f"{len(_entries(path))} entries and no {RUN_MARKER} marker)",
+        )
+
+
+def _entries(path: Path) -> list[str]:
+    return [p.name for p in path.iterdir() if p.name != RUN_LOCK]
+
+
+def _is_run(path: Path) -> bool:
+    """Marked, empty, or a run written before the marker existed (0.2: only the tool's own
+    files, a checkpoint or metrics among them)."""
+    if (path / RUN_MARKER).is_file():
+        return True
+    entries = set(_entries(path))
+    legacy = {f"{name}.tmp" for name in RUN_FILES}
+    return not entries or (
+        entries <= set(RUN_FILES) | legacy
+        and bool(entries & {"checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"})
+    )
+
+
+def _check_removable(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    why = _protected(path)
+    if why is None and not path.is_dir():
+        why = "expected a run directory (got a file)"
+    if why is None and not _is_run(path):
+        why = f"not a stableeig run (no {RUN_MARKER} marker); delete it yourself if you mean to"
+    if why is not None:
+        raise _refuse(path, why)
+
+
+def remove_run(path: Path, keep_folder: bool = False) -> None:
+    """Delete the files a run wrote in ``path`` (:data:`RUN_FILES`), then the folder if empty.
+
+    Refuses (:class:`FileFault`) ``''``, ``.``, the root, the home directory, the current
+    directory and its parents, symlinks, files, and non-empty folders without the run
+    marker. A missing ``path`` is nothing to do.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    _check_removable(path)
+    for name in RUN_FILES:
+        target = path / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+    for leftover in [*path.glob(".*.tmp"), *path.glob("*.tmp")]:
+        name = leftover.name.removesuffix(".tmp")
+        if any(name == n or name.startswith(f".{n}.") for n in RUN_FILES):
+            leftover.unlink()
+    if not keep_folder:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only when nothing else is left in it

@@ -1,0 +1,431 @@
+"""The files the harness reads and writes (issue 19): nothing executes from data, deletion
+only of runs, writes that cannot be redirected, exclusive claims and run locks, torn-line-
+safe appends, faults and hostile arguments as one-line errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from test_models_training import tiny_config, tiny_dataset
+
+from stableeig import cli
+from stableeig.bench import files, reproduce, training
+from stableeig.bench.data import Dataset
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what an attacker's checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (os.rename, (self.marker + ".src", self.marker))
+
+
+def test_a_malicious_checkpoint_runs_no_code(tmp_path: Path) -> None:
+    config = tiny_config(steps=2)
+    run = tmp_path / "run"
+    training.train_run(config, tiny_dataset(), run_dir=run)
+    marker = tmp_path / "owned"
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    saved["model"] = _Payload(marker)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # the fallback too
+        torch.save(saved, run / name)
+    Path(str(marker) + ".src").touch()
+    with pytest.raises(training.CheckpointError, match="expected a readable checkpoint"):
+        training.train_run(config, tiny_dataset(), run_dir=run)
+    assert not marker.exists()
+    torch.load(run / "checkpoint.pt", weights_only=False)  # the payload is real
+    assert marker.exists()
+
+
+def test_an_incomplete_checkpoint_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(steps=2)
+    training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    complete = dict(saved)
+    del saved["model"]
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    with pytest.raises(training.CheckpointError, match="expected a readable checkpoint"):
+        training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+    assert "missing model" in capsys.readouterr().err
+    # a checkpoint whose tensors do not fit the model
+    saved = dict(complete, model={"conv1.weight": torch.zeros(1)})
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    with pytest.raises(training.CheckpointError, match="does not fit this run"):
+        training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+
+
+def test_format_1_checkpoints_still_resume(tmp_path: Path) -> None:
+    config = tiny_config(steps=4)
+    whole = training.train_run(config, tiny_dataset(), run_dir=tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        training.train_run(config, tiny_dataset(), run_dir=tmp_path / "old", interrupt_at=2)
+    saved = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True)
+    del saved["format"]  # as 0.2 wrote it
+    torch.save(saved, tmp_path / "old" / "checkpoint.pt")
+    resumed = training.train_run(config, tiny_dataset(), run_dir=tmp_path / "old")
+    assert resumed.losses == whole.losses
+
+
+@pytest.fixture
+def quick_train(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``stableeig train`` arguments for a 2-step run on the tiny data set."""
+    monkeypatch.setattr(cli, "_dataset", lambda *_, **__: tiny_dataset())
+    return [
+        "--dataset=fashion-mnist-subset",
+        "--width=0.0625",
+        "--steps=2",
+        "--steps-per-epoch=1",
+        "--batch-size=16",
+        "--test-subset=16",
+        "--group-size=16",
+        "--quiet",
+    ]
+
+
+def _train(run_dir: str, options: list[str], *extra: str) -> int:
+    return cli.main(["train", "--run-dir", run_dir, *options, *extra])
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_restart_removes_only_a_run_and_only_its_files(
+    tmp_path: Path, quick_train: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert _train(str(run), quick_train) == 0
+    assert (run / files.RUN_MARKER).is_file() and (run / "result.json").is_file()
+    (run / "notes.txt").write_text("mine")  # a user's file inside a run is kept
+    first = json.loads((run / "result.json").read_text())
+    assert _train(str(run), quick_train, "--restart") == 0
+    assert (run / "notes.txt").read_text() == "mine"
+    assert json.loads((run / "result.json").read_text())["losses"] == first["losses"]
+    assert not list(run.glob("*.tmp")) and not (run / ".stableeig-run.lock").exists()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", ["empty", "dot", "cwd-parent", "home", "foreign", "symlink"])
+def test_restart_refuses_what_is_not_a_run(
+    kind: str,
+    tmp_path: Path,
+    quick_train: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    work = tmp_path / "work" / "deeper"
+    work.mkdir(parents=True)
+    (work / "precious.txt").write_text("keep")
+    (work / "checkpoint.pt").write_text("a user's own file of that name")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "precious.txt").write_text("keep")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    real_run = tmp_path / "run"
+    real_run.mkdir()
+    (real_run / files.RUN_MARKER).write_text("{}")
+    (tmp_path / "link").symlink_to(real_run)
+    target = {
+        "empty": "",
+        "dot": ".",
+        "cwd-parent": str(tmp_path / "work"),
+        "home": str(home),
+        "foreign": str(work),
+        "symlink": str(tmp_path / "link"),
+    }[kind]
+    before = _tree(tmp_path)
+    assert _train(target, quick_train, "--restart") == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+def test_protected_paths_are_refused_by_remove_run() -> None:
+    for path in (Path("/"), Path.home(), Path.cwd()):
+        with pytest.raises(files.FileFault, match="refusing"):
+            files.remove_run(path)
+
+
+def test_a_folder_with_other_files_is_never_written_into(
+    tmp_path: Path, quick_train: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.json").write_text("my own config")
+    assert _train(str(tmp_path), quick_train) == 2
+    assert "no .stableeig-run marker" in capsys.readouterr().err
+    assert _tree(tmp_path) == {"config.json": b"my own config"}
+
+
+def test_a_legacy_run_without_marker_resumes(
+    tmp_path: Path, quick_train: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert _train(str(run), quick_train) == 0
+    (run / files.RUN_MARKER).unlink()  # as 0.2 left it
+    assert _train(str(run), quick_train) == 0
+    capsys.readouterr()
+
+
+def test_planted_symlinks_are_replaced_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("metrics.jsonl", "metrics.jsonl.tmp", "checkpoint.pt.tmp", "config.json.tmp"):
+        (run / name).symlink_to(victim)
+    training.train_run(tiny_config(steps=2), tiny_dataset(), run_dir=run)
+    assert victim.read_text() == "untouched"
+    assert not (run / "metrics.jsonl").is_symlink() and (run / "metrics.jsonl").is_file()
+    results = tmp_path / "rows.jsonl"
+    results.symlink_to(victim)
+    with pytest.raises(files.FileFault, match="cannot append"):
+        files.append_line(results, "{}")
+    assert victim.read_text() == "untouched"
+
+
+def test_an_append_after_a_torn_fragment_keeps_every_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "rows.jsonl"
+    files.append_line(results, json.dumps({"row": 1}))
+    with results.open("a") as out:
+        out.write('{"row": 2, "tor')  # a writer killed mid-line
+    files.append_line(results, json.dumps({"row": 3}))
+    assert [r["row"] for r in reproduce.read_results(results)] == [1, 3]
+    assert "torn line" in capsys.readouterr().err
+
+
+def _claim_worker(results: str, cells: int, start: float) -> None:
+    """One process of the stress test: run_cells over every cell with a fake 5 ms run."""
+
+    def fake_run(config: training.RunConfig, dataset: Dataset, **_: object) -> training.RunResult:
+        files.append_line(Path(results + ".log"), f"{config.seed}")
+        time.sleep(0.005)
+        return training.RunResult(True, 1.0, None, None, 0.0, [])
+
+    reproduce.train_run = fake_run  # type: ignore[assignment]  # this child process only
+    chosen = [reproduce.Cell("table1", "power", 4, seed) for seed in range(cells)]
+    time.sleep(max(0.0, start - time.time()))  # all processes start at the same instant
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        reproduce.run_cells(chosen, tiny_dataset(), "quick", Path(results), progress=False)
+
+
+def test_concurrent_claims_run_every_cell_exactly_once(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    processes, cells = 4, 6
+    for trial in range(5):  # bounded: 5 trials x 4 processes x 6 cells
+        results = str(tmp_path / f"trial{trial}.jsonl")
+        start = time.time() + 0.3
+        workers = [
+            context.Process(target=_claim_worker, args=(results, cells, start))
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+            assert worker.exitcode == 0
+        ran = Path(results + ".log").read_text().split()
+        assert sorted(ran) == [str(s) for s in range(cells)], f"trial {trial}: {ran}"
+        rows = reproduce.read_results(Path(results))
+        assert sorted(r["seed"] for r in rows) == list(range(cells))
+
+
+def test_a_claim_is_decided_by_the_lock_not_the_file(tmp_path: Path) -> None:
+    results = tmp_path / "t.jsonl"
+    cell = reproduce.Cell("table1", "power", 4, 0)
+    folder = results.with_name(results.name + ".claims")
+    folder.mkdir()
+    claim = folder / "table1_power_4_0.claim"
+    for text in ("", "0", str(os.getpid()), "pid 1 on elsewhere"):  # half-written, reused pid
+        claim.write_text(text)
+        with reproduce._claim(results, cell) as claimed:
+            assert claimed  # no live process holds the lock
+    held = files.acquire_lock(claim, "claim")  # a live holder (another open file, same rules)
+    try:
+        with reproduce._claim(results, cell) as claimed:
+            assert not claimed
+    finally:
+        files.release_lock(claim, held)
+
+
+def test_a_busy_run_directory_is_refused(
+    tmp_path: Path, quick_train: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    held = files.acquire_lock(run / ".stableeig-run.lock", "lock")
+    try:
+        assert _train(str(run), quick_train) == 2
+    finally:
+        files.release_lock(run / ".stableeig-run.lock", held)
+    err = capsys.readouterr().err
+    assert "held by another process (pid" in err and "Traceback" not in err
+    assert not (run / "checkpoint.pt").exists()
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *expected: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    assert "error:" in err and all(text in err for text in expected), err
+
+
+def test_path_faults_are_one_line_errors(
+    tmp_path: Path,
+    quick_train: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "a_file").write_text("x")
+    assert _train(str(tmp_path / "a_file"), quick_train) == 2
+    _one_line_error(capsys, "a_file", "got a file")
+    assert _train(str(tmp_path / "a_file" / "run"), quick_train) == 2  # parent is a file
+    _one_line_error(capsys, "a_file/run", "cannot create the run directory")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").mkdir()  # a directory where the tool writes a file
+    (run / files.RUN_MARKER).write_text("{}")
+    assert _train(str(run), quick_train) == 2
+    _one_line_error(capsys, "metrics.jsonl", "cannot write")
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    # reproduce: a results path that is a directory fails before any run
+    (tmp_path / "results" / "table1_quick_tiny.jsonl").mkdir(parents=True)
+    monkeypatch.setattr(reproduce, "train_run", lambda *a, **k: pytest.fail("ran a cell"))
+    argv = ["reproduce", "table1", "--seeds=1", "--group-sizes=4", "--methods=power"]
+    assert cli.main([*argv, f"--results={tmp_path / 'results'}", "--quiet"]) == 2
+    _one_line_error(capsys, "table1_quick_tiny.jsonl")
+    (tmp_path / "results2").mkdir()
+    (tmp_path / "results2" / "table1_quick_tiny.jsonl.claims").write_text("a file")
+    assert cli.main([*argv, f"--results={tmp_path / 'results2'}", "--quiet"]) == 2
+    _one_line_error(capsys, "claims")
+    with pytest.raises(SystemExit) as exit_info:  # nothing to render: no folder is created
+        cli.main([*argv, "--render-only", f"--results={tmp_path / 'none' / 'x'}"])
+    assert "no results file" in str(exit_info.value.code) and not (tmp_path / "none").exists()
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_full_disk_and_a_read_only_folder_are_one_line_errors(
+    tmp_path: Path, quick_train: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _tmpfs(tmp_path / "full", "size=16k") as disk:  # the marker fits, a checkpoint not
+        assert _train(str(disk / "run"), quick_train) == 2
+        _one_line_error(capsys, "checkpoint.pt", "cannot write")
+        assert not [p for p in (disk / "run").iterdir() if p.name.endswith(".tmp")]
+    with _tmpfs(tmp_path / "ro", "ro,size=16k") as disk:  # refused before any training
+        started = time.perf_counter()
+        assert _train(str(disk / "run"), quick_train) == 2
+        _one_line_error(capsys, "run", "Read-only file system")
+        assert time.perf_counter() - started < 5
+
+
+HOSTILE = {  # option -> values that must all be refused before any work
+    "--threads": ["0", "-1", "99999999999999999999", "nan", "", "二"],
+    "--seed": ["-1", "99999999999999999999999", "1.5", "nan", ""],
+    "--steps": ["0", "-3", "10000000000", "inf"],
+    "--steps-per-epoch": ["0", "99999999999"],
+    "--batch-size": ["1", "100000000", "x"],
+    "--train-subset": ["0", "-1"],
+    "--test-subset": ["0", "1e9"],
+    "--group-size": ["0", "12", "128", "-64"],
+    "--n-components": ["0", "65"],
+    "--num-iters": ["0", "100000"],
+    "--width": ["0", "1e-9", "-1", "nan", "inf", "1e300"],
+    "--eps": ["0", "-1e-4", "nan", "inf", "1e300"],
+    "--lr": ["0", "-0.1", "nan", "inf", "1e300"],
+    "--momentum": ["-0.1", "1", "nan"],
+    "--weight-decay": ["-1", "nan", "inf"],
+    "--energy": ["0", "1.5", "nan"],
+    "--divergence-factor": ["0", "1", "nan", "inf"],
+    "--device": ["bogus", "", "cuda:99", "gpu", "cpu:x"],
+    "--dataset": ["bogus", "", "fashion_mnist"],
+    "--method": ["svd", ""],
+    "--norm": ["layernorm"],
+    "--compute-dtype": ["float16"],
+    "--convention": [""],
+    "--depth": ["resnet20"],
+}
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [(o, v) for o, values in HOSTILE.items() for v in values]
+)
+def test_hostile_train_arguments_exit_2_before_work(
+    option: str,
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(cli, "_train", lambda args: pytest.fail("started work"))
+    extra = ["--norm=pca"] if option == "--n-components" else []
+    extra += ["--method=power"] if option == "--num-iters" else []
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--run-dir", str(tmp_path / "r"), f"{option}={value}", *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_options_that_need_another_option_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in [
+        (["--num-iters=5", "--method=loewner"], "num_iters: expected method power or pi"),
+        (["--n-components=4"], "n_components: expected norm 'pca'"),
+        (["--norm=pca", "--group-size=16", "--n-components=17"], "n_components: expected"),
+    ]:
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--run-dir", "r", *argv])
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reproduce", "table1", "--dataset", "bogus"],
+        ["reproduce", "table1", "--dataset", ""],
+        ["reproduce", "table1", "--device", "bogus"],
+        ["reproduce", "table1", "--seeds", "99999999999999"],
+        ["bench", "speed", "--device", "cuda:7"],
+        ["demo", "--threads", "99999999999999999999"],
+    ],
+)
+def test_hostile_reproduce_and_bench_arguments(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_progress_bars_only_on_a_terminal() -> None:
+    import argparse
+
+    assert not cli._progress(argparse.Namespace(quiet=False))  # pytest captures stderr
+    assert not cli._progress(argparse.Namespace(quiet=True))
