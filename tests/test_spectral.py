@@ -254,3 +254,40 @@ def test_inv_sqrtm_of_tiny_matrix_says_the_gradient_overflows() -> None:
     A = (1e-300 * torch.eye(3, dtype=torch.float64)).requires_grad_(True)
     with pytest.raises(se.NotDifferentiableError, match=r"overflows torch\.float64"):
         se.inv_sqrtm(A).sum().backward()
+
+
+# ---- issue 19, item 9: overflow is an error, never a silent Inf ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "smallest"), [(torch.float32, 1e-30), (torch.float32, 1e-45), (torch.float16, 1e-4)]
+)
+def test_inv_sqrtm_gradient_overflowing_the_users_dtype_raises(
+    dtype: torch.dtype, smallest: float
+) -> None:
+    A = torch.diag(torch.tensor([smallest, 1.0, 2.0], dtype=torch.float64)).to(dtype)
+    A.requires_grad_(True)
+    with pytest.raises(se.NotDifferentiableError, match=f"beyond the range of {dtype}"):
+        se.inv_sqrtm(A).sum().backward()
+    B = torch.diag(torch.tensor([1e-3, 1.0, 2.0])).requires_grad_(True)  # fits: exact value
+    se.inv_sqrtm(B).sum().backward()
+    assert B.grad is not None
+    torch.testing.assert_close(B.grad.diagonal()[0], torch.tensor(-0.5 * 1e-3**-1.5))
+
+
+def test_top_k_projector_gradient_overflowing_float32_raises() -> None:
+    Q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
+    A = (Q @ torch.diag(torch.tensor([1.0, 2.0, 3.0])) @ Q.T * 1e-40).requires_grad_(True)
+    G = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(se.NotDifferentiableError, match="beyond the range of torch.float32"):
+        (se.top_k_projector(A, 1) * G).sum().backward()
+
+
+def test_near_overflow_float64_input_is_a_clear_error() -> None:
+    B = torch.full((3, 3), 1e308, dtype=torch.float64)
+    B = B + torch.diag(torch.tensor([0.0, 1e307, 2e307], dtype=torch.float64))
+    for function in (se.eigh, se.inv_sqrtm, se.sqrtm):
+        with pytest.raises(se.NonFiniteError, match="expected eigenvalues within the range"):
+            function(B)
+    w, _ = se.eigh(B / 1e10)  # the symmetrization itself no longer overflows
+    assert bool(torch.isfinite(w).all())

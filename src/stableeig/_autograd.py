@@ -49,7 +49,7 @@ def prepare_symmetric(
     work = A.to(working_dtype(A.dtype, compute_dtype))
     if check_symmetric:
         checks.check_symmetric(name, A)  # tolerance of the dtype the user gave
-    return (work + work.mT) / 2
+    return work / 2 + work.mT / 2  # no overflow for entries near the dtype's maximum
 
 
 def decompose(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +121,7 @@ class LoewnerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        A: torch.Tensor, function: SpectralFunction
+        A: torch.Tensor, function: SpectralFunction, grad_dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w, V = decompose(A)
         return compose(V, function.values(w)), w, V
@@ -129,6 +129,7 @@ class LoewnerFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         ctx.function = inputs[1]
+        ctx.grad_dtype = inputs[2]  # the user's dtype: the gradient must fit it
         ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
         ctx.save_for_backward(output[1], output[2])
 
@@ -137,16 +138,30 @@ class LoewnerFunction(torch.autograd.Function):
         w, V = ctx.saved_tensors
         function: SpectralFunction = ctx.function
         inner = torch.zeros_like(V)
+        loewner = None
         if grad_F is not None:
             loewner = function.loewner(w)
-            if not bool(torch.isfinite(loewner).all()):
-                raise NotDifferentiableError(
-                    f"{function.name} backward: expected a differentiable point (got: "
-                    f"{function.undefined_gradient(w)})"
-                )
             inner = loewner * (V.mT @ grad_F @ V)
         if grad_V is not None:  # only in double backward: exact eigenvector rule
             inner = inner + Analytic().coefficients(w) * (V.mT @ grad_V)
         if grad_w is not None:
             inner = inner + torch.diag_embed(grad_w)
-        return V @ inner @ V.mT, None
+        grad_A = V @ inner @ V.mT
+        if loewner is not None:
+            # Infinite derivative, or a finite upstream gradient whose result overflows the
+            # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync.
+            overflow = (
+                torch.isfinite(grad_F).all() & ~torch.isfinite(grad_A.to(ctx.grad_dtype)).all()
+            )
+            infinite = ~torch.isfinite(loewner).all()
+            if bool(infinite | overflow):
+                why = (
+                    function.undefined_gradient(w)
+                    if bool(infinite)
+                    else f"a gradient beyond the range of {ctx.grad_dtype} at eigenvalues "
+                    f"{float(w.amin()):.3g} … {float(w.amax()):.3g}; rescale A or add eps·I"
+                )
+                raise NotDifferentiableError(
+                    f"{function.name} backward: expected a differentiable point (got: {why})"
+                )
+        return grad_A, None, None

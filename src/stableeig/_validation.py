@@ -21,6 +21,7 @@ from .exceptions import (
 
 __all__ = [
     "check_choice",
+    "check_eigenvalues_finite",
     "check_finite",
     "check_in_range",
     "check_int_at_least",
@@ -67,6 +68,16 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         raise NonFiniteError(
             f"{name}: expected finite entries (got {bad} NaN/Inf of {tensor.numel()} "
             f"in a tensor of shape {_shape(tensor)})"
+        )
+
+
+def check_eigenvalues_finite(name: str, w: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` if a decomposition of finite input overflowed (entries
+    near the dtype's maximum): the eigenvalues ``w`` hold Inf/NaN."""
+    if w.numel() and not bool(torch.isfinite(w).all()):
+        raise NonFiniteError(
+            f"{name}: expected eigenvalues within the range of {w.dtype} (got Inf/NaN: the "
+            "decomposition of finite entries this large overflowed); rescale A"
         )
 
 

@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 import torch
 
+from . import _validation as checks
 from ._autograd import EighFunction, prepare_symmetric
 from .rules import EigenvectorRule, Rule, resolve
 
@@ -65,4 +66,5 @@ def eigh(
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
     with torch.autocast(symmetric.device.type, enabled=False):
         w, V = EighFunction.apply(symmetric, rule)
+    checks.check_eigenvalues_finite("A", w)
     return w.to(A.dtype), V.to(A.dtype)

@@ -171,19 +171,23 @@ def energy_projector_function(energy: float) -> SpectralFunction:
 
 
 def spectral_unchecked(
-    symmetric: torch.Tensor, function: SpectralFunction, rule: Rule
+    symmetric: torch.Tensor,
+    function: SpectralFunction,
+    rule: Rule,
+    grad_dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F, w)`` for an already validated symmetric working-precision batch, no host sync.
 
     ``rule`` is :class:`~stableeig.rules.Loewner` (the exact spectral gradient) or an
     eigenvector rule, which differentiates ``V f(Λ) Vᵀ`` through the eigenvectors. For the
-    layers, which validate their own inputs once.
+    layers, which validate their own inputs once. ``grad_dtype``: the dtype the gradient
+    is returned in (a ``loewner`` gradient that overflows it raises); default: the input's.
     """
     with torch.autocast(symmetric.device.type, enabled=False):
         if isinstance(rule, EigenvectorRule):
             w, V = EighFunction.apply(symmetric, rule)
             return compose(V, function.values(w)), w
-        F, w, _ = LoewnerFunction.apply(symmetric, function)
+        F, w, _ = LoewnerFunction.apply(symmetric, function, grad_dtype or symmetric.dtype)
         return F, w
 
 
@@ -197,7 +201,8 @@ def _spectral(
 ) -> torch.Tensor:
     rule = resolve(backward, kinds=SPECTRAL_KINDS)
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    F, w = spectral_unchecked(symmetric, function, rule)
+    F, w = spectral_unchecked(symmetric, function, rule, A.dtype)
+    checks.check_eigenvalues_finite("A", w)
     eigenvalue_check(w)
     return F.to(A.dtype)
 

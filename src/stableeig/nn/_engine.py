@@ -17,7 +17,7 @@ from .._precision import working_dtype
 from ..exceptions import DTypeError, ShapeError
 from ._statistics import GradientLink, group_affine, group_moments
 
-__all__ = ["BatchTransform", "check_input", "group_forward", "unbiased"]
+__all__ = ["BatchTransform", "check_input", "group_forward", "one_pass_gradient", "unbiased"]
 
 BatchTransform = Callable[
     [torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -28,6 +28,20 @@ def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Bessel's correction ``count / (count - 1)``, as BatchNorm's running variance."""
     count = count.to(biased.dtype)
     return biased * (count / (count - 1).clamp_min(1))
+
+
+def one_pass_gradient() -> bool:
+    """Whether the moments backward may write the whole input gradient (:class:`GradientLink`).
+
+    The link is an eager-mode optimization: a side channel between two autograd Functions.
+    Dynamo records the moments backward as a template while the link is still empty, and
+    functorch transforms replay backwards out of order, so under ``torch.compile`` and
+    ``torch.func`` it is off and the affine backward returns ``Tᵀ grad_y`` itself (same
+    values; tested against eager for every layer, rule and backend).
+    """
+    return (
+        not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
+    )
 
 
 def check_input(name: str, x: object, num_features: int, dims: tuple[int, ...], what: str) -> None:
@@ -102,7 +116,8 @@ def group_forward(
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(x.device.type, enabled=False):
         work = x3.to(dtype).contiguous()  # one copy at most, shared by statistics and output
-        link = GradientLink() if use_batch else None  # input gradient written once, by moments
+        # the input gradient written once, by the moments backward (eager only)
+        link = GradientLink() if use_batch and one_pass_gradient() else None
         if use_batch:
             mean, covariance, count, work = _moments(
                 name, work, group_size, sync, process_group, link
