@@ -279,7 +279,7 @@ def test_top_k_projector_gradient_overflowing_float32_raises() -> None:
     Q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
     A = (Q @ torch.diag(torch.tensor([1.0, 2.0, 3.0])) @ Q.T * 1e-40).requires_grad_(True)
     G = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
-    with pytest.raises(se.NotDifferentiableError, match="beyond the range of torch.float32"):
+    with pytest.raises(se.NotDifferentiableError, match=r"beyond the range of torch\.float32"):
         (se.top_k_projector(A, 1) * G).sum().backward()
 
 
