@@ -132,6 +132,7 @@ def test_readme_rule_table_is_the_registry() -> None:
     ("marker", "path"),
     [
         ("table1 long", "results/table1_long_fashion-mnist.md"),
+        ("table2 long", "results/table2_long_fashion-mnist.md"),
         ("survival", "results/table1_survival.md"),
         ("ablations", "results/ablations_quick_fashion-mnist.md"),
         ("speed summary", "results/bench_speed_summary.md"),

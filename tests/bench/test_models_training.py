@@ -271,3 +271,42 @@ def test_reproduce_renders_the_whole_results_file(
     assert main([*args, "--render-only"]) == 0
     assert stem.with_suffix(".md").read_text() == table
     capsys.readouterr()
+
+
+def test_fisher_exact_two_sided_known_values() -> None:
+    assert reproduce.fisher_exact(0, 3, 3, 0) == pytest.approx(0.1)  # 0/3 vs 3/3
+    assert reproduce.fisher_exact(0, 8, 8, 0) == pytest.approx(2 / 12870)  # 0/8 vs 8/8
+    assert reproduce.fisher_exact(1, 2, 3, 0) == pytest.approx(0.4)
+    assert reproduce.fisher_exact(3, 0, 3, 0) == 1.0
+    # R: fisher.test(matrix(c(2, 6, 7, 1), 2))$p.value == 0.04056
+    assert reproduce.fisher_exact(2, 6, 7, 1) == pytest.approx(0.040559, abs=1e-6)
+
+
+def _row(method: str, d: object, seed: int, success: bool, error: object) -> dict[str, object]:
+    return {
+        "table": "table1", "method": method, "group_size": d, "seed": seed, "success": success,
+        "test_error": error, "failure_step": None if success else 5, "losses": [1.0],
+        "config": {"steps": 10, "convention": "reference"},
+    }  # fmt: skip
+
+
+def test_trained_column_and_p_values_in_the_rendered_table(tmp_path: Path) -> None:
+    rows = [_row("batchnorm", None, s, True, 10.0) for s in range(3)]  # threshold 15 %
+    rows += [_row("power", 8, s, True, 11.0) for s in range(4)]
+    rows += [_row("pi", 8, s, True, e) for s, e in enumerate([12.0, 30.0, 80.0, 85.0])]
+    rows += [_row("analytic", 8, s, False, None) for s in range(4)]
+    assert reproduce.trained_threshold(rows) == pytest.approx(15.0)
+    table = reproduce.render_table(rows, "table1")
+    assert "| pi | Suc. Rate | 100% (4/4; CI 51–100%) |" in table
+    assert "| pi | Trained (< 15.0%) | 25% (1/4; CI 5–70%) |" in table
+    assert "| pi | Fisher p vs power (finished; trained) | 1.00; 0.14 |" in table
+    assert "| analytic | Fisher p vs power (finished; trained) | 0.03; 0.03 |" in table
+    assert "| power | Fisher" not in table  # the anchor is not tested against itself
+    folder = tmp_path / "results"
+    folder.mkdir()
+    with (folder / "table1_x.jsonl").open("w") as out:
+        out.write("".join(json.dumps(r) + "\n" for r in rows))
+    survival = reproduce.survival_report(folder)
+    assert "| pi | 8 | 4 | 0 | 10 | 1.00 | 100% (51–100%) | 1/4 |" in survival
+    table2 = reproduce.render_table([dict(r, table="table2") for r in rows], "table2")
+    assert "| pi | 8 | 100% (4/4; CI 51–100%) | 12.00, 51.75±36.32 | 25% (1/4;" in table2

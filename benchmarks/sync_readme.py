@@ -1,0 +1,37 @@
+"""Copy the committed result tables into the README between their markers.
+
+    python benchmarks/sync_readme.py
+
+``tests/test_validation.py`` checks that each marked README section equals its file, so
+after re-rendering results (``stableeig reproduce ... --render-only``) run this once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {  # README marker -> results file
+    "table1 long": "results/table1_long_fashion-mnist.md",
+    "table2 long": "results/table2_long_fashion-mnist.md",
+    "survival": "results/table1_survival.md",
+    "ablations": "results/ablations_quick_fashion-mnist.md",
+    "speed summary": "results/bench_speed_summary.md",
+}
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for marker, path in SECTIONS.items():
+        start, end = f"<!-- {marker} -->\n", f"\n<!-- end {marker} -->"
+        if start not in text:
+            continue
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + start + (ROOT / path).read_text().strip() + end + after
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
