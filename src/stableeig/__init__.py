@@ -4,6 +4,7 @@ Scope: real symmetric and symmetric positive (semi)definite matrices, batched (.
 """
 
 from . import exceptions, nn, rules
+from ._validation import host_checks
 from .eigh import eigh
 from .exceptions import (
     ArgumentError,
@@ -40,6 +41,7 @@ __all__ = [
     "__version__",
     "eigh",
     "exceptions",
+    "host_checks",
     "inv_sqrtm",
     "nn",
     "power_iteration_eigh",

@@ -18,11 +18,11 @@ from .rules import Analytic, EigenvectorRule
 
 __all__ = [
     "HOST_EIGH_MAX_SIZE",
-    "EighFunction",
-    "LoewnerFunction",
     "SpectralFunction",
     "compose",
     "decompose",
+    "eigh_function",
+    "loewner_function",
     "prepare_symmetric",
 ]
 
@@ -86,8 +86,19 @@ def eigenvector_backward(
     return V @ inner @ V.mT
 
 
-class EighFunction(torch.autograd.Function):
-    """Exact ``torch.linalg.eigh`` forward, eigenvector gradient by a rule's coefficients."""
+def eigen_tangents(
+    w: torch.Tensor, V: torch.Tensor, dA: torch.Tensor, coefficients: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward-mode derivative: ``(Vᵀ dA V, dw, dV)`` with ``dw = diag(Vᵀ dA V)`` and
+    ``dV = V (C ∘ Vᵀ dA V)`` — the adjoint of :func:`eigenvector_backward` for the same
+    coefficient matrix ``C``, so forward and reverse mode agree for every rule."""
+    rotated = V.mT @ dA @ V
+    return rotated, rotated.diagonal(dim1=-2, dim2=-1), V @ (coefficients * rotated)
+
+
+class _EighReverse(torch.autograd.Function):
+    """Exact ``torch.linalg.eigh`` forward, eigenvector gradient by a rule's coefficients
+    (reverse mode only: the form Dynamo traces)."""
 
     @staticmethod
     def forward(A: torch.Tensor, rule: EigenvectorRule) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,11 +110,31 @@ class EighFunction(torch.autograd.Function):
         ctx.rule = inputs[1]
         ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
         ctx.save_for_backward(*output)
+        ctx.save_for_forward(*output)
 
     @staticmethod
     def backward(ctx, grad_w, grad_V):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
         return eigenvector_backward(w, V, grad_w, grad_V, ctx.rule), None
+
+
+class _EighForward(_EighReverse):
+    """:class:`_EighReverse` with forward mode (the same coefficients) and generated vmap."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def jvp(ctx, dA, _rule):  # type: ignore[no-untyped-def]
+        w, V = ctx.saved_tensors
+        _, dw, dV = eigen_tangents(w, V, dA, ctx.rule.coefficients(w))
+        return dw, dV
+
+
+def eigh_function(A: torch.Tensor, rule: EigenvectorRule) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w, V)`` with the rule's backward; forward mode and vmap too, except while Dynamo
+    traces (it cannot trace a custom ``jvp``)."""
+    function = _EighReverse if torch.compiler.is_compiling() else _EighForward
+    return function.apply(A, rule)
 
 
 @dataclass(frozen=True)
@@ -116,7 +147,7 @@ class SpectralFunction:
     undefined_gradient: Callable[[torch.Tensor], str]  # why L is infinite at these w
 
 
-class LoewnerFunction(torch.autograd.Function):
+class _LoewnerReverse(torch.autograd.Function):
     """``F = V f(Λ) Vᵀ`` with the Daleckii–Krein backward; also returns ``(w, V)``."""
 
     @staticmethod
@@ -132,6 +163,7 @@ class LoewnerFunction(torch.autograd.Function):
         ctx.grad_dtype = inputs[2]  # the user's dtype: the gradient must fit it
         ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
         ctx.save_for_backward(output[1], output[2])
+        ctx.save_for_forward(output[1], output[2])
 
     @staticmethod
     def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
@@ -147,7 +179,7 @@ class LoewnerFunction(torch.autograd.Function):
         if grad_w is not None:
             inner = inner + torch.diag_embed(grad_w)
         grad_A = V @ inner @ V.mT
-        if loewner is not None:
+        if loewner is not None and checks.host_checks_enabled():
             # Infinite derivative, or a finite upstream gradient whose result overflows the
             # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync.
             overflow = (
@@ -165,3 +197,26 @@ class LoewnerFunction(torch.autograd.Function):
                     f"{function.name} backward: expected a differentiable point (got: {why})"
                 )
         return grad_A, None, None
+
+
+class _LoewnerForward(_LoewnerReverse):
+    """:class:`_LoewnerReverse` with forward mode, ``dF = V (L ∘ (Vᵀ dA V)) Vᵀ`` (and exact
+    eigen-tangents for ``w``, ``V``), and generated vmap (host checks are off under vmap)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def jvp(ctx, dA, _function, _dtype):  # type: ignore[no-untyped-def]
+        w, V = ctx.saved_tensors
+        rotated, dw, dV = eigen_tangents(w, V, dA, Analytic().coefficients(w))
+        dF = V @ (ctx.function.loewner(w) * rotated) @ V.mT
+        return dF, dw, dV
+
+
+def loewner_function(
+    A: torch.Tensor, function: SpectralFunction, grad_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(F, w, V)`` with the Daleckii–Krein backward (a gradient that overflows
+    ``grad_dtype`` raises); forward mode and vmap too, except while Dynamo traces."""
+    cls = _LoewnerReverse if torch.compiler.is_compiling() else _LoewnerForward
+    return cls.apply(A, function, grad_dtype)

@@ -6,7 +6,8 @@ Messages follow the form ``"<name>: expected <what> (got <what was received>)"``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import torch
@@ -29,9 +30,58 @@ __all__ = [
     "check_positive",
     "check_square_matrix",
     "check_symmetric",
+    "host_checks",
+    "host_checks_enabled",
 ]
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+_HOST_CHECKS = [True]
+
+
+def host_checks_enabled() -> bool:
+    """Whether the data-dependent checks run (each is one host synchronization): on unless
+    turned off with :func:`host_checks`, and off under ``torch.func.vmap`` (a batched
+    tensor has no single truth value)."""
+    if torch.compiler.is_compiling():
+        return _HOST_CHECKS[0]
+    return _HOST_CHECKS[0] and not _under_vmap()
+
+
+def _under_vmap() -> bool:
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(i.key() == vmap for i in retrieve_all_functorch_interpreters())
+
+
+@contextlib.contextmanager
+def host_checks(enabled: bool) -> Iterator[None]:
+    """Turn the checks that read tensor values on the host on or off inside a ``with`` block.
+
+    Off, nothing synchronizes with the device and ``torch.compile(fullgraph=True)`` captures
+    a whole training step; what is lost: non-finite input, asymmetry and positivity are not
+    checked (the result is NaN instead of an error), a Loewner gradient at a non-
+    differentiable point is Inf/NaN instead of :class:`NotDifferentiableError`, and a
+    layer's non-finite batch covariance is neither refused nor recomputed in float64 (the
+    running statistics can then become NaN). Shapes, dtypes and arguments are still checked.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> with se.host_checks(False):
+        ...     W = se.inv_sqrtm(torch.eye(3))
+        >>> W.diagonal().tolist()
+        [1.0, 1.0, 1.0]
+    """
+    previous = _HOST_CHECKS[0]
+    _HOST_CHECKS[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _HOST_CHECKS[0] = previous
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -62,6 +112,8 @@ def check_square_matrix(name: str, tensor: object) -> torch.Tensor:
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or Inf (before LAPACK sees it)."""
+    if not host_checks_enabled():
+        return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -74,7 +126,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 def check_eigenvalues_finite(name: str, w: torch.Tensor) -> None:
     """Raise :class:`NonFiniteError` if a decomposition of finite input overflowed (entries
     near the dtype's maximum): the eigenvalues ``w`` hold Inf/NaN."""
-    if w.numel() and not bool(torch.isfinite(w).all()):
+    if w.numel() and host_checks_enabled() and not bool(torch.isfinite(w).all()):
         raise NonFiniteError(
             f"{name}: expected eigenvalues within the range of {w.dtype} (got Inf/NaN: the "
             "decomposition of finite entries this large overflowed); rescale A"
@@ -93,7 +145,7 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
     3.5e-4 for float32, 1.5e-8 for float64): round-off from building a covariance passes,
     a matrix that is not symmetric at all does not.
     """
-    if matrix.numel() == 0:
+    if matrix.numel() == 0 or not host_checks_enabled():
         return
     asym = (matrix - matrix.mT).abs().amax()
     scale = matrix.abs().amax()

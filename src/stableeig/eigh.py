@@ -17,7 +17,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validation as checks
-from ._autograd import EighFunction, prepare_symmetric
+from ._autograd import eigh_function, prepare_symmetric
 from .rules import EigenvectorRule, Rule, resolve
 
 __all__ = ["eigh"]
@@ -65,6 +65,6 @@ def eigh(
     assert isinstance(rule, EigenvectorRule)
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
     with torch.autocast(symmetric.device.type, enabled=False):
-        w, V = EighFunction.apply(symmetric, rule)
+        w, V = eigh_function(symmetric, rule)
     checks.check_eigenvalues_finite("A", w)
     return w.to(A.dtype), V.to(A.dtype)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 
 from .. import _validation as checks
-from .._autograd import EighFunction
+from .._autograd import eigh_function
 from .._docs import fill_args
 from ..power_iteration import power_iteration_unchecked
 from ..rules import EigenvectorRule, Power, PowerIteration, Rule
@@ -165,7 +165,7 @@ def zca_transform(
     elif truncation == "none":
         return spectral_unchecked(matrix, ridged_inv_sqrt(eps), rule)[0]
     else:
-        w, V = EighFunction.apply(matrix, rule if isinstance(rule, EigenvectorRule) else Power())
+        w, V = eigh_function(matrix, rule if isinstance(rule, EigenvectorRule) else Power())
     if truncation == "pi":
         keep = pi_truncation_mask(w, eps)
     elif truncation == "paper":

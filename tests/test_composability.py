@@ -1,0 +1,159 @@
+"""The functions under ``torch.func`` (jvp, jacfwd, hessian, vmap, vmap(grad)), forward-mode
+``gradcheck``, and ``torch.compile(fullgraph=True)`` with ``se.host_checks(False)`` (issue 16).
+
+References are ``torch.linalg.eigh``-based float64 functions on well-separated spectra,
+where eigh's own derivatives are exact; loops stand in for vmap.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+import stableeig as se
+
+Function = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _spd(n: int = 5, seed: int = 0, batch: tuple[int, ...] = ()) -> torch.Tensor:
+    """Symmetric positive definite, eigenvalues spread over [1, 5] (well separated)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(*batch, n, n, generator=g, dtype=torch.float64))
+    w = torch.linspace(1, 5, n, dtype=torch.float64) + 0.1 * torch.rand(n, generator=g)
+    return (Q * w.unsqueeze(-2)) @ Q.mT
+
+
+def _reference(f: Callable[[torch.Tensor], torch.Tensor]) -> Function:
+    def apply(A: torch.Tensor) -> torch.Tensor:
+        w, V = torch.linalg.eigh(A)
+        return (V * f(w).unsqueeze(-2)) @ V.mT
+
+    return apply
+
+
+def _top2(w: torch.Tensor) -> torch.Tensor:
+    return (torch.arange(w.shape[-1]) >= w.shape[-1] - 2).to(w.dtype).expand_as(w)
+
+
+PAIRS: dict[str, tuple[Function, Function]] = {
+    "inv_sqrtm": (se.inv_sqrtm, _reference(torch.rsqrt)),
+    "sqrtm": (se.sqrtm, _reference(torch.sqrt)),
+    "top_k_projector": (lambda A: se.top_k_projector(A, 2), _reference(_top2)),
+    "eigh/analytic w": (
+        lambda A: se.eigh(A, backward="analytic")[0],
+        lambda A: torch.linalg.eigvalsh(A),
+    ),
+    "eigh/analytic V|V|": (  # sign-free function of the eigenvectors
+        lambda A: se.eigh(A, backward="analytic")[1].abs(),
+        lambda A: torch.linalg.eigh(A)[1].abs(),
+    ),
+    "inv_sqrtm/analytic": (lambda A: se.inv_sqrtm(A, "analytic"), _reference(torch.rsqrt)),
+}
+
+
+def _symmetric_tangent(n: int, seed: int) -> torch.Tensor:
+    d = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return d + d.mT
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_jvp_and_jacfwd_equal_eigh_references(name: str) -> None:
+    ours, reference = PAIRS[name]
+    A, dA = _spd(), _symmetric_tangent(5, 1)
+    value, tangent = torch.func.jvp(ours, (A,), (dA,))
+    expected_value, expected = torch.func.jvp(reference, (A,), (dA,))
+    torch.testing.assert_close(value, expected_value)
+    torch.testing.assert_close(tangent, expected)
+    torch.testing.assert_close(torch.func.jacfwd(ours)(A), torch.func.jacrev(ours)(A))
+
+
+@pytest.mark.parametrize("rule", ["power", "taylor", "clip"])
+def test_forward_mode_is_the_adjoint_of_every_rules_backward(rule: str) -> None:
+    def f(A: torch.Tensor) -> torch.Tensor:
+        return se.eigh(A, backward=rule)[1].abs()
+
+    A = _spd(seed=2)
+    torch.testing.assert_close(torch.func.jacfwd(f)(A), torch.func.jacrev(f)(A))
+
+
+def test_hessian_equals_the_eigh_reference() -> None:
+    A = _spd(4, seed=3)
+
+    def ours(A: torch.Tensor) -> torch.Tensor:
+        return (se.inv_sqrtm(A) ** 2).sum()
+
+    def reference(A: torch.Tensor) -> torch.Tensor:  # ours reads sym(A); eigh the lower half
+        return (PAIRS["inv_sqrtm"][1]((A + A.mT) / 2) ** 2).sum()
+
+    torch.testing.assert_close(torch.func.hessian(ours)(A), torch.func.hessian(reference)(A))
+
+
+def test_forward_ad_gradcheck() -> None:
+    A = _spd(4, seed=4).requires_grad_(True)
+    for f in (se.inv_sqrtm, se.sqrtm, lambda A: se.top_k_projector(A, 2)):
+        assert torch.autograd.gradcheck(
+            lambda A, f=f: f((A + A.mT) / 2), (A,), check_forward_ad=True, check_backward_ad=True
+        )
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_vmap_and_per_sample_gradients_equal_loops(name: str) -> None:
+    ours, _ = PAIRS[name]
+    B = _spd(batch=(3,), seed=5)
+    torch.testing.assert_close(torch.func.vmap(ours)(B), torch.stack([ours(A) for A in B]))
+    G = torch.randn(ours(B[0]).shape, generator=torch.Generator().manual_seed(6), dtype=B.dtype)
+
+    def loss(A: torch.Tensor) -> torch.Tensor:
+        return (G * ours(A)).sum()
+
+    looped = torch.stack([torch.func.grad(loss)(A) for A in B])
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(B), looped)
+
+
+def test_vmap_skips_only_the_host_checks() -> None:
+    B = torch.stack([_spd(), -torch.eye(5, dtype=torch.float64)])  # the second is not SPD
+    with pytest.raises(se.NotPositiveDefiniteError):
+        se.inv_sqrtm(B)  # eager: checked
+    out = torch.func.vmap(se.inv_sqrtm)(B)  # vmap: no truth value, no check: NaN stays visible
+    assert bool(torch.isnan(out[1]).all()) and bool(torch.isfinite(out[0]).all())
+    with pytest.raises(se.ShapeError):  # shape checks still run
+        torch.func.vmap(se.inv_sqrtm)(torch.ones(2, 3, 4))
+
+
+def test_host_checks_switch_restores_and_documents_what_is_lost() -> None:
+    with se.host_checks(False):
+        assert bool(torch.isnan(se.inv_sqrtm(torch.tensor([[float("nan")]]))).all())
+        with se.host_checks(True), pytest.raises(se.NonFiniteError):
+            se.inv_sqrtm(torch.tensor([[float("nan")]]))
+    with pytest.raises(se.NonFiniteError):
+        se.inv_sqrtm(torch.tensor([[float("nan")]]))
+
+
+@pytest.mark.slow
+def test_fullgraph_compiles_functions_and_a_training_step_without_graph_breaks() -> None:
+    torch._dynamo.reset()
+    A = _spd(batch=(4,), seed=7).float()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), se.nn.ZCAWhitening2d(16, group_size=8), torch.nn.ReLU()
+    )
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    with se.host_checks(False):
+        for f in (se.inv_sqrtm, lambda A: se.eigh(A)[1].abs(), lambda A: se.sqrtm(A)):
+            assert torch._dynamo.explain(f)(A).graph_break_count == 0
+            torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="eager")(A), f(A))
+        assert torch._dynamo.explain(lambda x: model(x))(x).graph_break_count == 0
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        results = []
+        for net in (model, compiled):
+            leaf = x.clone().requires_grad_(True)
+            y = net(leaf)
+            grads = torch.autograd.grad(y.pow(3).sum(), [leaf, model[0].weight])
+            results.append([y, *grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    errors = (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)
+    with pytest.raises(errors):  # checks on: data-dependent, refused by fullgraph
+        torch._dynamo.reset()
+        torch.compile(se.inv_sqrtm, fullgraph=True, backend="eager")(A)
