@@ -85,6 +85,7 @@ class _GroupTransform(nn.Module):
         self.sync_statistics = sync_statistics
         self.process_group = process_group
         self._warned_rank_deficient = False
+        self._warned_unsynchronized = False
         factory = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))  # type: ignore[arg-type]
@@ -172,6 +173,7 @@ class _GroupTransform(nn.Module):
             f"momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, method={self.rule.describe()}, "
             f"running={self.running!r}, convention={self.convention!r}"
+            + (", sync_statistics=True" if self.sync_statistics else "")
         )
 
     def _load_from_state_dict(  # type: ignore[no-untyped-def]
@@ -230,6 +232,13 @@ class _GroupTransform(nn.Module):
         check_input(name, x, self.num_features, self._input_dims, self._input_description)
         use_batch = self.training or not self.track_running_stats
         sync = use_batch and sync_enabled(self.sync_statistics, self.process_group, self.training)
+        if self.sync_statistics and self.training and not sync and not self._warned_unsynchronized:
+            self._warned_unsynchronized = True
+            warnings.warn(
+                f"{name}: sync_statistics=True but torch.distributed is not initialized (or "
+                "has one process): using this process's batch statistics",
+                stacklevel=2,
+            )
         self._check_samples(x, x.shape[0] * math.prod(x.shape[2:]), sync)
         update = self.training and self.track_running_stats and (x.numel() > 0 or sync)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Union
 
 import torch
@@ -26,7 +27,12 @@ _REPLACEMENTS: dict[str, dict[type, type]] = {
 def _replacement(
     bn: nn.modules.batchnorm._BatchNorm, kind: str, name: str, **kwargs: Any
 ) -> nn.Module:
-    cls = next(new for old, new in _REPLACEMENTS[kind].items() if isinstance(bn, old))
+    if isinstance(bn, nn.SyncBatchNorm):  # DDP models: the 2d layer, synchronized
+        cls = _REPLACEMENTS[kind][nn.BatchNorm2d]
+        kwargs.setdefault("sync_statistics", True)
+        kwargs.setdefault("process_group", bn.process_group)
+    else:
+        cls = next(new for old, new in _REPLACEMENTS[kind].items() if isinstance(bn, old))
     kwargs.setdefault("momentum", bn.momentum)
     try:
         layer: _GroupTransform = cls(
@@ -53,6 +59,10 @@ def convert_batchnorm(
     module: nn.Module, kind: str = "zca", which: Selector = "all", **layer_kwargs: Any
 ) -> nn.Module:
     """Replace BatchNorm1d/2d layers of ``module`` by ZCA whitening or PCA denoising layers.
+
+    ``nn.SyncBatchNorm`` (what ``convert_sync_batchnorm`` leaves) becomes the 2d layer with
+    ``sync_statistics=True`` and the same process group. Other normalizations (BatchNorm3d,
+    LayerNorm, GroupNorm, ...) are left as they are; each is named in a ``UserWarning``.
 
     Affine parameters, the running mean, momentum, device, dtype and the training flag are
     copied; the running whitening/projector starts at the identity (a BatchNorm has no
@@ -82,8 +92,19 @@ def convert_batchnorm(
     batchnorms = [
         (name, m)
         for name, m in module.named_modules(remove_duplicate=False)  # every place it is used
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm))
     ]
+    skipped = [
+        f"{name or '<root>'} ({type(m).__name__})"
+        for name, m in module.named_modules()
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+        and not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm))
+    ]
+    if skipped:
+        warnings.warn(
+            f"convert_batchnorm: left unchanged (no ZCA/PCA counterpart): {', '.join(skipped)}",
+            stacklevel=2,
+        )
     if which == "all":
         chosen = batchnorms
     elif which == "first":

@@ -1,0 +1,78 @@
+"""Folding eval-mode layers into the preceding convolution / linear map (issue 16)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import stableeig as se
+
+
+def _trained(layer: nn.Module, module: nn.Module, shape: tuple[int, ...]) -> None:
+    """A few training batches so that the running statistics are not the identity."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        with torch.no_grad():
+            layer(module(torch.randn(shape, generator=g) * 2 + 1))
+    layer.eval()
+
+
+ZCA2, PCA2, ZCA1, PCA1 = (
+    se.nn.ZCAWhitening2d,
+    se.nn.PCADenoising2d,
+    se.nn.ZCAWhitening1d,
+    se.nn.PCADenoising1d,
+)
+CASES = [
+    (lambda: nn.Conv2d(3, 8, 3, bias=True), lambda **k: ZCA2(8, **k), (16, 3, 6, 6)),
+    (lambda: nn.Conv2d(3, 8, 3, bias=False), lambda **k: PCA2(8, energy=0.8, **k), (16, 3, 6, 6)),
+    (lambda: nn.Conv1d(4, 8, 3), lambda **k: ZCA1(8, **k), (16, 4, 9)),
+    (lambda: nn.Linear(5, 8), lambda **k: PCA1(8, energy=0.8, **k), (64, 5)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("group_size", [1, 4, 8])
+@pytest.mark.parametrize("affine", [True, False])
+def test_folded_module_equals_the_pair(case: int, group_size: int, affine: bool) -> None:
+    make_module, make_layer, shape = CASES[case]
+    torch.manual_seed(case)
+    module = make_module()
+    layer = make_layer(group_size=group_size, affine=affine)
+    if affine:
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-1, 1)
+    _trained(layer, module, shape)
+    before = [p.clone() for p in module.parameters()]
+    fused = se.nn.fold_eval(module, layer)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    expected = layer(module(x))
+    torch.testing.assert_close(
+        fused(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())
+    )
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))  # untouched
+
+
+def test_fold_model_and_refusals() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), se.nn.ZCAWhitening2d(8, group_size=4), nn.ReLU())
+    _trained(model[1], model[0], (16, 3, 6, 6))
+    model.eval()
+    folded = se.nn.fold_eval_model(model)
+    assert isinstance(folded[1], nn.Identity) and isinstance(model[1], se.nn.ZCAWhitening2d)
+    x = torch.randn(4, 3, 6, 6)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(se.ArgumentError, match="eval mode with running statistics"):
+        se.nn.fold_eval(nn.Conv2d(3, 8, 3), se.nn.ZCAWhitening2d(8))  # training mode
+    with pytest.raises(se.ArgumentError, match="over the 4 output channels"):
+        se.nn.fold_eval(nn.Conv2d(3, 4, 3), se.nn.ZCAWhitening2d(8).eval())
+
+
+def test_convert_sync_batchnorm_and_warn_on_the_rest() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.SyncBatchNorm(8), nn.GroupNorm(2, 8))
+    with pytest.warns(UserWarning, match=r"left unchanged .*2 \(GroupNorm\)"):
+        se.nn.convert_batchnorm(model, "zca", group_size=4)
+    assert isinstance(model[1], se.nn.ZCAWhitening2d) and model[1].sync_statistics
+    assert "sync_statistics=True" in repr(model[1])
+    with pytest.warns(UserWarning, match="torch.distributed is not initialized"):
+        model[1](torch.randn(4, 8, 3, 3))
