@@ -105,7 +105,11 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
         torch.load(tmp_path / d / "checkpoint.pt", weights_only=False) for d in ("whole", "cut")
     ]
     for key, value in final[0]["model"].items():
-        assert torch.equal(value, final[1]["model"][key]), key
+        assert (
+            value == final[1]["model"][key]
+            if key.endswith("_extra_state")
+            else torch.equal(value, final[1]["model"][key])
+        ), key
 
 
 def test_restore_brings_back_generator_and_first_loss(tmp_path: Path) -> None:

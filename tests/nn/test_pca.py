@@ -119,4 +119,5 @@ def test_repr_and_state_dict() -> None:
         "running_var",
         "running_matrix",
         "num_batches_tracked",
+        "_extra_state",  # the running mode (version 3)
     }

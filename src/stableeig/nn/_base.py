@@ -35,7 +35,7 @@ class RankDeficientWarning(UserWarning):
 class _GroupTransform(nn.Module):
     """Base of the group-decorrelation layers. Subclasses define the transform ``T``."""
 
-    _version = 2  # 2: fixed buffer names (running_matrix), whatever ``running`` is
+    _version = 3  # 2: fixed buffer names (running_matrix); 3: the running mode is saved
     _running_choices: tuple[str, ...] = ("covariance",)
 
     def __init__(
@@ -176,10 +176,25 @@ class _GroupTransform(nn.Module):
             + (", sync_statistics=True" if self.sync_statistics else "")
         )
 
+    def get_extra_state(self) -> dict[str, str]:
+        """What ``running_matrix`` holds, saved so that it never loads as something else."""
+        return {"running": self.running}
+
+    def set_extra_state(self, state: Any) -> None:
+        saved = state.get("running") if isinstance(state, dict) else None
+        if saved != self.running:
+            raise ArgumentError(
+                f"{type(self).__name__}: expected a state dict saved with running="
+                f"{self.running!r} (got one saved with running={saved!r}: its running_matrix "
+                "means something else); build the layer with the same running= to load it"
+            )
+
     def _load_from_state_dict(  # type: ignore[no-untyped-def]
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
         version = local_metadata.get("version", None)
+        if (version is None or version < 3) and prefix + "_extra_state" not in state_dict:
+            state_dict[prefix + "_extra_state"] = {"running": self.running}  # not recorded
         key = prefix + "num_batches_tracked"
         if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
