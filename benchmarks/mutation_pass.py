@@ -87,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results/mutation_pass.md")
     args = parser.parse_args()
+    for tests in dict.fromkeys(t for *_, t in MUTATIONS):  # a kill must mean the mutation
+        assert not run(tests), f"the unmutated code fails {tests}"
     lines = ["| # | file | mutation | tests | result |", "|---|---|---|---|---|"]
     killed = 0
     for number, (name, original, mutant, tests) in enumerate(MUTATIONS, 1):

@@ -145,3 +145,17 @@ def test_readme_result_tables_are_the_committed_outputs(marker: str, path: str) 
     readme = (root / "README.md").read_text()
     shown = readme.split(f"<!-- {marker} -->\n")[1].split(f"\n<!-- end {marker} -->")[0]
     assert shown == (root / path).read_text().strip()
+
+
+def test_every_test_the_readme_compatibility_matrix_names_exists() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    matrix = readme.split("<!-- compatibility -->\n")[1].split("\n<!-- end compatibility -->")[0]
+    named = set(re.findall(r"`(test_\w+)`", matrix))
+    defined = set()
+    for path in root.joinpath("tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+    assert len(named) >= 8 and named <= defined, named - defined
