@@ -5,6 +5,13 @@ Scope: real symmetric and symmetric positive (semi)definite matrices, batched (.
 
 from . import exceptions, nn, rules
 from ._validation import host_checks
+from .distances import (
+    airm_distance,
+    bures_wasserstein,
+    frechet_distance,
+    log_euclidean_distance,
+    trace_sqrt_product,
+)
 from .eigh import eigh
 from .exceptions import (
     ArgumentError,
@@ -16,6 +23,7 @@ from .exceptions import (
     ShapeError,
     StableEigError,
 )
+from .matrix_functions import clamp_eigenvalues, expm, funm, logm, powm, softplusm
 from .power_iteration import power_iteration_eigh
 from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
 from .spectral import inv_sqrtm, sqrtm, top_k_projector
@@ -39,13 +47,24 @@ __all__ = [
     "StableEigError",
     "Taylor",
     "__version__",
+    "airm_distance",
+    "bures_wasserstein",
+    "clamp_eigenvalues",
     "eigh",
     "exceptions",
+    "expm",
+    "frechet_distance",
+    "funm",
     "host_checks",
     "inv_sqrtm",
+    "log_euclidean_distance",
+    "logm",
     "nn",
     "power_iteration_eigh",
+    "powm",
     "rules",
+    "softplusm",
     "sqrtm",
     "top_k_projector",
+    "trace_sqrt_product",
 ]
