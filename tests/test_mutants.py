@@ -97,3 +97,20 @@ def test_the_float64_symmetrization_is_exact() -> None:
     )
     w, _ = se.eigh(big / 2)  # finite: 1.4e308 at most
     assert bool(torch.isfinite(w).all())
+
+
+def test_energy_projector_keeps_until_the_share_is_reached() -> None:
+    # mutant: before < energy -> <=; exactly 75 % in the largest eigenvalue keeps one
+    from stableeig.spectral import energy_projector_function
+
+    kept = energy_projector_function(0.75).values(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert kept.tolist() == [0.0, 1.0]
+    kept = energy_projector_function(0.76).values(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert kept.tolist() == [1.0, 1.0]
+
+
+def test_clip_clamps_the_gap_at_min_gap() -> None:
+    # mutant: clamp_min(min_gap) -> clamp_min(min_gap / 2)
+    C = se.Clip(min_gap=0.01).coefficients(torch.tensor([0.0, 0.001, 1.0], dtype=torch.float64))
+    assert float(C[0, 1]) == pytest.approx(100.0) and float(C[1, 0]) == pytest.approx(-100.0)
+    assert float(C[0, 2]) == pytest.approx(1.0)
