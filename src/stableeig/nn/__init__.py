@@ -1,16 +1,24 @@
-"""Layers built on stable eigendecomposition: ZCA whitening and PCA denoising."""
+"""Layers built on stable eigendecomposition: ZCA whitening, PCA denoising, covariance
+pooling and SPD-manifold layers."""
 
 from . import functional
 from ._base import RankDeficientWarning
 from .convert import convert_batchnorm
 from .fold import fold_eval, fold_eval_model
 from .pca import PCADenoising1d, PCADenoising2d
+from .spd import BiMap, CovariancePooling2d, ExpEig, LogEig, ReEig, SPDBatchNorm
 from .zca import ZCAWhitening1d, ZCAWhitening2d
 
 __all__ = [
+    "BiMap",
+    "CovariancePooling2d",
+    "ExpEig",
+    "LogEig",
     "PCADenoising1d",
     "PCADenoising2d",
     "RankDeficientWarning",
+    "ReEig",
+    "SPDBatchNorm",
     "ZCAWhitening1d",
     "ZCAWhitening2d",
     "convert_batchnorm",

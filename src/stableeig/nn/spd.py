@@ -1,0 +1,351 @@
+"""Second-order layers: covariance pooling (MPN-COV / iSQRT-COV heads) and SPD-manifold
+layers (SPDNet's BiMap, ReEig, LogEig; ExpEig; a log-Euclidean batch normalization).
+
+Every layer is batched (one decomposition call per batch, through the spectral functions
+of :mod:`stableeig`, so gradients are exact and finite at tied eigenvalues), takes
+``method=`` (a gradient rule: ``loewner`` by default) and ``compute_dtype``, and returns
+its input's dtype. SPD inputs are ``(N, n, n)`` or ``(N, C, n, n)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import orthogonal
+
+from .. import _validation as checks
+from ..exceptions import ArgumentError, ShapeError
+from ..matrix_functions import clamp_eigenvalues, expm, logm, powm
+from ..rules import Rule, resolve
+
+__all__ = [
+    "BiMap",
+    "CovariancePooling2d",
+    "ExpEig",
+    "LogEig",
+    "ReEig",
+    "SPDBatchNorm",
+    "symmetric_to_vector",
+]
+
+Method = Union[str, Rule]
+FUNCTIONS = ("sqrt", "power", "log")
+
+
+def symmetric_to_vector(S: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of symmetric (..., n, n), off-diagonal entries × √2 so that the
+    Euclidean norm equals the Frobenius norm: (..., n (n + 1) / 2)."""
+    n = S.shape[-1]
+    rows, cols = torch.triu_indices(n, n, device=S.device)
+    scale = torch.where(rows == cols, 1.0, math.sqrt(2)).to(S.dtype)
+    return S[..., rows, cols] * scale
+
+
+def _check_spd_input(name: str, X: object, size: Optional[int] = None) -> torch.Tensor:
+    X = checks.check_square_matrix(f"{name}: input", X)
+    if X.dim() not in (3, 4):
+        raise ShapeError(
+            f"{name}: expected (N, n, n) or (N, C, n, n) input (got shape {tuple(X.shape)})"
+        )
+    if size is not None and X.shape[-1] != size:
+        raise ShapeError(f"{name}: expected {size}×{size} matrices (got shape {tuple(X.shape)})")
+    return X
+
+
+class CovariancePooling2d(nn.Module):
+    """Second-order pooling: the channel covariance of each sample's feature map, a matrix
+    function of it, flattened — the MPN-COV / iSQRT-COV head.
+
+    ``(N, C, H, W)`` → optional 1×1 reduction to ``reduced_channels`` (+ BatchNorm + ReLU, as
+    MPN-COV) → per-sample covariance ``Σ = X̄ X̄ᵀ / (H W) + eps·I`` → optional trace
+    normalization ``Σ / tr Σ`` → ``Σ^{1/2}`` (``"sqrt"``), ``Σ^p`` (``"power"``) or
+    ``log Σ`` (``"log"``) → ``"triu"`` (norm-preserving upper triangle) or ``"full"``.
+
+    Args:
+        in_channels: ``C``.
+        reduced_channels: channels after the 1×1 reduction. Default: None (no reduction).
+        function: ``"sqrt"``, ``"power"`` or ``"log"``. Default: ``"sqrt"``.
+        power: the exponent for ``"power"``. Default: 0.5.
+        method: gradient rule. Default: ``"loewner"``.
+        eps: ridge added to each covariance, > 0. Default: 1e-4.
+        trace_norm: divide each covariance by its trace first. Default: True.
+        output: ``"triu"`` or ``"full"``. Default: ``"triu"``.
+        compute_dtype: least working precision of the decomposition. Default: None (float64).
+
+    Shape:
+        Input (N, C, H, W); output (N, d (d + 1) / 2) or (N, d, d), ``d`` the channels.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> pool = se.nn.CovariancePooling2d(16, reduced_channels=8)
+        >>> pool(torch.randn(4, 16, 7, 7)).shape
+        torch.Size([4, 36])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        reduced_channels: Optional[int] = None,
+        function: str = "sqrt",
+        power: float = 0.5,
+        method: Method = "loewner",
+        eps: float = 1e-4,
+        trace_norm: bool = True,
+        output: str = "triu",
+        compute_dtype: Optional[torch.dtype] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.in_channels = checks.check_int_at_least(f"{name}: in_channels", in_channels, 1)
+        self.function = checks.check_choice(f"{name}: function", function, FUNCTIONS)
+        self.power = float(checks.check_in_range(f"{name}: power", power, -1e3, 1e3))
+        self.rule = resolve(method, argument=f"{name}: method")
+        self.eps = checks.check_positive(f"{name}: eps", eps)
+        self.trace_norm = bool(trace_norm)
+        self.output = checks.check_choice(f"{name}: output", output, ("triu", "full"))
+        self.compute_dtype = compute_dtype
+        self.reduction: Optional[nn.Module] = None
+        self.channels = in_channels
+        if reduced_channels is not None:
+            checks.check_int_at_least(f"{name}: reduced_channels", reduced_channels, 1)
+            factory = {"device": device, "dtype": dtype}
+            self.reduction = nn.Sequential(
+                nn.Conv2d(in_channels, reduced_channels, 1, bias=False, **factory),  # type: ignore[arg-type]
+                nn.BatchNorm2d(reduced_channels, **factory),  # type: ignore[arg-type]
+                nn.ReLU(inplace=True),
+            )
+            self.channels = reduced_channels
+
+    @property
+    def output_size(self) -> int:
+        d = self.channels
+        return d * (d + 1) // 2 if self.output == "triu" else d * d
+
+    def covariance(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample channel covariance + ``eps·I`` of (N, d, H, W), in at least float32."""
+        N, d = x.shape[:2]
+        work = x.reshape(N, d, -1).to(torch.promote_types(x.dtype, torch.float32))
+        centered = work - work.mean(-1, keepdim=True)
+        covariance = centered @ centered.mT / max(work.shape[-1], 1)
+        eye = torch.eye(d, dtype=work.dtype, device=work.device)
+        return (covariance + covariance.mT) / 2 + self.eps * eye
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"{name}: expected (N, {self.in_channels}, H, W) input (got {shape})")
+        if self.reduction is not None:
+            x = self.reduction(x)
+        covariance = self.covariance(x)
+        if self.trace_norm:
+            trace = covariance.diagonal(dim1=-2, dim2=-1).sum(-1)
+            covariance = covariance / trace.view(-1, 1, 1)
+        dtype = self.compute_dtype  # the covariance is symmetric by construction
+        if self.function == "log":
+            pooled = logm(covariance, self.rule, compute_dtype=dtype, check_symmetric=False)
+        else:
+            p = 0.5 if self.function == "sqrt" else self.power
+            pooled = powm(covariance, p, self.rule, compute_dtype=dtype, check_symmetric=False)
+        pooled = pooled.to(x.dtype)
+        return symmetric_to_vector(pooled) if self.output == "triu" else pooled
+
+    def extra_repr(self) -> str:
+        function = f"power={self.power:g}" if self.function == "power" else self.function
+        return (
+            f"{self.in_channels}, channels={self.channels}, function={function}, "
+            f"method={self.rule.describe()}, eps={self.eps}, trace_norm={self.trace_norm}, "
+            f"output={self.output!r}"
+        )
+
+
+class BiMap(nn.Module):
+    """SPDNet's bilinear map ``Y = Wᵀ X W`` with ``W`` (in, out) orthonormal columns
+    (``out <= in``), one ``W`` per channel, kept orthonormal by
+    ``torch.nn.utils.parametrizations.orthogonal`` (any torch optimizer works).
+
+    Shape:
+        (N, in, in) or (N, channels, in, in) → (N, out, out) or (N, channels, out, out).
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> X = torch.eye(6).expand(2, 6, 6)
+        >>> se.nn.BiMap(6, 3)(X).shape
+        torch.Size([2, 3, 3])
+    """
+
+    def __init__(
+        self,
+        in_size: int,
+        out_size: int,
+        channels: int = 1,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.in_size = checks.check_int_at_least("BiMap: in_size", in_size, 1)
+        self.out_size = checks.check_int_at_least("BiMap: out_size", out_size, 1)
+        self.channels = checks.check_int_at_least("BiMap: channels", channels, 1)
+        if out_size > in_size:
+            raise ArgumentError(
+                f"BiMap: expected out_size <= in_size = {in_size} (got out_size = {out_size})"
+            )
+        self.weight = nn.Parameter(
+            torch.empty(channels, in_size, out_size, device=device, dtype=dtype)
+        )
+        nn.init.orthogonal_(self.weight)
+        orthogonal(self, "weight")
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = _check_spd_input("BiMap", X, self.in_size)
+        if X.dim() == 3 and self.channels != 1:
+            raise ShapeError(
+                f"BiMap: expected (N, {self.channels}, n, n) input for {self.channels} "
+                f"channels (got shape {tuple(X.shape)})"
+            )
+        if X.dim() == 4 and X.shape[1] != self.channels:
+            raise ShapeError(
+                f"BiMap: expected {self.channels} channels in dimension 1 (got shape "
+                f"{tuple(X.shape)})"
+            )
+        W = self.weight.to(X.dtype)
+        Y = W.mT @ (X if X.dim() == 4 else X.unsqueeze(1)) @ W
+        Y = (Y + Y.mT) / 2
+        return Y if X.dim() == 4 else Y.squeeze(1)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_size}, {self.out_size}, channels={self.channels}"
+
+
+class ReEig(nn.Module):
+    """SPDNet's rectified eigenvalues ``V max(Λ, eps) Vᵀ`` (subgradient 1 above ``eps``, 0 at
+    or below, as SPDNet); exact and finite where ReEig makes eigenvalues tie at ``eps``.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> X = torch.diag(torch.tensor([0.1, 2.0])).unsqueeze(0)
+        >>> se.nn.ReEig(0.5)(X).diagonal(dim1=1, dim2=2)
+        tensor([[0.5000, 2.0000]])
+    """
+
+    def __init__(
+        self,
+        eps: float = 1e-4,
+        method: Method = "loewner",
+        compute_dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.eps = checks.check_positive("ReEig: eps", eps)
+        self.rule = resolve(method, argument="ReEig: method")
+        self.compute_dtype = compute_dtype
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = _check_spd_input("ReEig", X)
+        return clamp_eigenvalues(
+            X, min=self.eps, backward=self.rule, compute_dtype=self.compute_dtype
+        )
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, method={self.rule.describe()}"
+
+
+class LogEig(nn.Module):
+    """``log X`` of SPD matrices (SPDNet's LogEig), flattened to the norm-preserving upper
+    triangle when ``vectorize`` (default): (N, [C,] n, n) → (N, [C ·] n (n + 1) / 2)."""
+
+    def __init__(
+        self,
+        vectorize: bool = True,
+        method: Method = "loewner",
+        compute_dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.vectorize = bool(vectorize)
+        self.rule = resolve(method, argument="LogEig: method")
+        self.compute_dtype = compute_dtype
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = _check_spd_input("LogEig", X)
+        L = logm(X, self.rule, compute_dtype=self.compute_dtype)
+        return symmetric_to_vector(L).flatten(1) if self.vectorize else L
+
+    def extra_repr(self) -> str:
+        return f"vectorize={self.vectorize}, method={self.rule.describe()}"
+
+
+class ExpEig(nn.Module):
+    """``exp S`` of symmetric matrices (the inverse of LogEig before vectorization)."""
+
+    def __init__(
+        self, method: Method = "loewner", compute_dtype: Optional[torch.dtype] = None
+    ) -> None:
+        super().__init__()
+        self.rule = resolve(method, argument="ExpEig: method")
+        self.compute_dtype = compute_dtype
+
+    def forward(self, S: torch.Tensor) -> torch.Tensor:
+        S = _check_spd_input("ExpEig", S)
+        return expm(S, self.rule, compute_dtype=self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"method={self.rule.describe()}"
+
+
+class SPDBatchNorm(nn.Module):
+    """Riemannian batch normalization with the log-Euclidean mean: in training
+    ``exp(log X - mean(log X) + B)`` with the batch mean of the logarithms (averaged into
+    ``running_mean`` for eval) and a learnable symmetric bias ``B`` (the log of the SPD
+    bias; starts at 0, i.e. the identity).
+
+    Args:
+        n: matrix size. momentum: of the running mean, in [0, 1]. Default: 0.1.
+        method, compute_dtype: as the other layers.
+
+    Shape:
+        (N, n, n) or (N, C, n, n) → the same; one mean over ``N`` (and ``C``).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        momentum: float = 0.1,
+        method: Method = "loewner",
+        compute_dtype: Optional[torch.dtype] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.n = checks.check_int_at_least("SPDBatchNorm: n", n, 1)
+        self.momentum = float(checks.check_in_range("SPDBatchNorm: momentum", momentum, 0, 1))
+        self.rule = resolve(method, argument="SPDBatchNorm: method")
+        self.compute_dtype = compute_dtype
+        self.bias = nn.Parameter(torch.zeros(n, n, device=device, dtype=dtype))
+        self.register_buffer("running_mean", torch.zeros(n, n, device=device))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, device=device))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = _check_spd_input("SPDBatchNorm", X, self.n)
+        L = logm(X, self.rule, compute_dtype=self.compute_dtype)
+        if self.training:
+            if X.shape[0] < 2:
+                raise ValueError(  # BatchNorm's words
+                    "Expected more than 1 value per channel when training, got input size "
+                    f"{X.size()}"
+                )
+            mean = L.flatten(0, -3).mean(0)
+            running = self.get_buffer("running_mean")
+            with torch.no_grad():
+                running.lerp_(mean.detach().to(running.dtype), self.momentum)
+                self.get_buffer("num_batches_tracked").add_(1)
+        else:
+            mean = self.get_buffer("running_mean").to(L.dtype)
+        bias = ((self.bias + self.bias.mT) / 2).to(L.dtype)
+        return expm(L - mean + bias, self.rule, compute_dtype=self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.n}, momentum={self.momentum}, method={self.rule.describe()}"

@@ -1,0 +1,171 @@
+"""Covariance pooling and SPD layers (issue 18): shapes, errors, gradcheck in float64,
+train vs eval, state_dict, equality with plain-torch references on well-separated spectra,
+finite exact gradients on tied spectra where eigh autograd gives NaN."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import stableeig as se
+from stableeig.nn.spd import symmetric_to_vector
+
+
+def _spd(N: int, n: int, seed: int, low: float = 0.5, high: float = 3.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(N, n, n, generator=g, dtype=torch.float64))[0]
+    w = torch.linspace(low, high, n, dtype=torch.float64) * (
+        1 + 0.1 * torch.rand(N, 1, generator=g)
+    )
+    return (Q * w.unsqueeze(-2)) @ Q.mT
+
+
+def _eigh_function(A: torch.Tensor, f) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    w, V = torch.linalg.eigh(A)
+    return (V * f(w).unsqueeze(-2)) @ V.mT
+
+
+def test_symmetric_to_vector_preserves_the_norm() -> None:
+    S = _spd(3, 5, 0)
+    v = symmetric_to_vector(S)
+    assert v.shape == (3, 15)
+    torch.testing.assert_close(v.norm(dim=-1), torch.linalg.matrix_norm(S))
+
+
+@pytest.mark.parametrize("function", ["sqrt", "power", "log"])
+def test_covariance_pooling_equals_a_plain_torch_reference(function: str) -> None:
+    x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pool = se.nn.CovariancePooling2d(6, function=function, power=0.3, output="full")
+    flat = x.reshape(4, 6, 25)
+    centered = flat - flat.mean(-1, keepdim=True)
+    covariance = centered @ centered.mT / 25 + 1e-4 * torch.eye(6, dtype=torch.float64)
+    covariance = covariance / covariance.diagonal(dim1=-2, dim2=-1).sum(-1).view(4, 1, 1)
+    f = {"sqrt": torch.sqrt, "power": lambda w: w.pow(0.3), "log": torch.log}[function]
+    torch.testing.assert_close(pool(x), _eigh_function(covariance, f))
+    assert se.nn.CovariancePooling2d(6, function=function)(x).shape == (4, 21)
+
+
+def test_covariance_pooling_of_a_rank_deficient_map_trains_where_eigh_autograd_is_nan() -> None:
+    # a 2×2 map with 16 channels, 12 of them dead (zero after a ReLU): the covariance has
+    # rank <= 3 and 12 eigenvalues tied exactly at eps
+    x = torch.randn(8, 16, 2, 2, generator=torch.Generator().manual_seed(2))
+    x[:, 4:] = 0
+    x.requires_grad_(True)
+    pool = se.nn.CovariancePooling2d(16)
+    G = torch.randn(8, 136, generator=torch.Generator().manual_seed(3))
+    (pool(x) * G).sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+    leaf = x.detach().double().requires_grad_(True)  # float64 reference: the same gradient
+    ref = se.nn.CovariancePooling2d(16)
+    (ref(leaf) * G.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), leaf.grad, rtol=1e-3, atol=1e-4)
+    covariance = pool.covariance(x.detach()).double().requires_grad_(True)  # eigh autograd
+    trace = covariance.diagonal(dim1=-2, dim2=-1).sum(-1).view(-1, 1, 1)
+    naive = symmetric_to_vector(_eigh_function(covariance / trace, torch.sqrt))
+    (naive * G.double()).sum().backward()
+    assert covariance.grad is not None and not bool(torch.isfinite(covariance.grad).all())
+
+
+def test_covariance_pooling_reduction_repr_and_errors() -> None:
+    pool = se.nn.CovariancePooling2d(16, reduced_channels=8, function="log", method="power")
+    assert pool(torch.randn(4, 16, 3, 3)).shape == (4, 36) and pool.output_size == 36
+    assert "channels=8" in repr(pool) and "Power" in repr(pool)
+    with pytest.raises(se.ShapeError, match=r"expected \(N, 16, H, W\) input"):
+        pool(torch.randn(4, 8, 3, 3))
+    with pytest.raises(se.ArgumentError, match="function: expected one of"):
+        se.nn.CovariancePooling2d(4, function="exp")
+    with pytest.raises(se.ArgumentError, match="eps"):
+        se.nn.CovariancePooling2d(4, eps=0.0)
+
+
+def test_bimap_is_orthonormal_and_checks_its_input() -> None:
+    layer = se.nn.BiMap(6, 3, channels=2)
+    W = layer.weight
+    torch.testing.assert_close(W.mT @ W, torch.eye(3).expand(2, 3, 3), atol=1e-5, rtol=0)
+    X = _spd(4, 6, 4).float().unsqueeze(1).expand(4, 2, 6, 6)
+    Y = layer(X)
+    torch.testing.assert_close(Y, W.mT @ X @ W)
+    assert Y.shape == (4, 2, 3, 3)
+    with pytest.raises(se.ShapeError, match="expected 6×6 matrices"):
+        layer(torch.eye(5).expand(4, 2, 5, 5))
+    with pytest.raises(se.ShapeError, match="expected 2 channels"):
+        layer(torch.eye(6).expand(4, 3, 6, 6))
+    with pytest.raises(se.ArgumentError, match="out_size <= in_size"):
+        se.nn.BiMap(3, 6)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)  # any torch optimizer
+    layer(X).sum().backward()
+    optimizer.step()
+    W = layer.weight
+    torch.testing.assert_close(W.mT @ W, torch.eye(3).expand(2, 3, 3), atol=1e-5, rtol=0)
+
+
+def test_reeig_logeig_expeig_equal_references_and_are_finite_at_ties() -> None:
+    X = _spd(3, 4, 5, low=0.01, high=2.0)
+    torch.testing.assert_close(se.nn.ReEig(0.5)(X), _eigh_function(X, lambda w: w.clamp_min(0.5)))
+    log = se.nn.LogEig(vectorize=False)(X)
+    torch.testing.assert_close(log, _eigh_function(X, torch.log))
+    torch.testing.assert_close(se.nn.ExpEig()(log), X)
+    assert se.nn.LogEig()(X).shape == (3, 10)
+    # ReEig makes eigenvalues tie at eps: exact, finite gradients (eigh autograd: NaN)
+    A = X.clone().requires_grad_(True)
+    G = torch.randn(3, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    (se.nn.LogEig()(se.nn.ReEig(1.0)(A)) * G).sum().backward()
+    assert A.grad is not None and bool(torch.isfinite(A.grad).all())
+    B = X.clone().requires_grad_(True)
+    naive = symmetric_to_vector(
+        _eigh_function(_eigh_function(B, lambda w: w.clamp_min(1.0)), torch.log)
+    )
+    (naive * G).sum().backward()
+    assert B.grad is not None and not bool(torch.isfinite(B.grad).all())
+
+
+def test_spd_batchnorm_train_eval_state_dict() -> None:
+    layer = se.nn.SPDBatchNorm(4, momentum=0.5)
+    X = _spd(8, 4, 7)
+    Y = layer(X)
+    logs = _eigh_function(Y, torch.log)
+    torch.testing.assert_close(
+        logs.mean(0), torch.zeros(4, 4, dtype=torch.float64), atol=1e-10, rtol=0
+    )
+    expected_running = 0.5 * _eigh_function(X, torch.log).mean(0)
+    torch.testing.assert_close(layer.running_mean.double(), expected_running, atol=1e-6, rtol=0)
+    layer.eval()
+    one = layer(X[:1])
+    torch.testing.assert_close(one, layer(X)[:1])  # eval ignores batch composition
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = se.nn.SPDBatchNorm(4).eval()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(fresh(X[:1]), one)
+    layer.train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        layer(X[:1])
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [se.nn.BiMap(4, 3), se.nn.ReEig(0.5), se.nn.LogEig(), se.nn.ExpEig(),
+     se.nn.SPDBatchNorm(4)],
+)  # fmt: skip
+def test_gradcheck_float64(layer: torch.nn.Module) -> None:
+    layer = layer.double()
+    X = _spd(3, 4, 8).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda X: layer((X + X.mT) / 2), (X,))
+
+
+def test_spd_layers_refuse_bad_input() -> None:
+    for layer in (se.nn.ReEig(), se.nn.LogEig(), se.nn.SPDBatchNorm(3)):
+        with pytest.raises(se.ShapeError):
+            layer(torch.eye(3))  # no batch dimension
+        with pytest.raises(se.NotSymmetricError):
+            layer(torch.tensor([[[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2))
+    with pytest.raises(se.NotPositiveDefiniteError):
+        se.nn.LogEig()(-torch.eye(3).expand(2, 3, 3))
+    X = _spd(4, 6, 9).float()
+    net = torch.nn.Sequential(
+        se.nn.BiMap(6, 4), se.nn.ReEig(), se.nn.LogEig(), torch.nn.Linear(10, 2)
+    )
+    assert net(X).dtype == torch.float32 and net(X).shape == (4, 2)
