@@ -3,6 +3,7 @@ item 10): each fails with the named mutation applied (``benchmarks/mutation_pass
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -69,25 +70,31 @@ def test_a_killed_unreaped_holder_frees_its_claim(tmp_path: Path) -> None:
     cell = reproduce.Cell("table1", "power", 4, 0)
     folder = results.with_name(results.name + ".claims")
     folder.mkdir()
+    ready, signal_ready = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: hold the claim until killed
         files.acquire_lock(folder / "table1_power_4_0.claim", "claim")
+        os.write(signal_ready, b"x")
         time.sleep(60)
         os._exit(0)
     try:
-        for _ in range(100):  # wait until the child holds it
+        assert os.read(ready, 1) == b"x"  # the child holds it now
+        with reproduce._claim(results, cell) as claimed:
+            assert not claimed
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(250):  # killed, not reaped: a zombie, whose locks are gone
             with reproduce._claim(results, cell) as claimed:
-                if not claimed:
+                if claimed:
                     break
             time.sleep(0.02)
-        assert not claimed
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)  # a zombie now: killed, not reaped
-        with reproduce._claim(results, cell) as claimed:
-            assert claimed
+        assert claimed
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state == "Z"  # still unreaped: the claim was freed by the kernel, not by wait
     finally:
-        os.kill(pid, signal.SIGKILL) if not claimed else None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        os.close(ready), os.close(signal_ready)
 
 
 def test_the_float64_symmetrization_is_exact() -> None:
