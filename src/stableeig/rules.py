@@ -32,7 +32,7 @@ from typing import ClassVar, Union
 import torch
 
 from ._validation import check_choice, check_int_at_least, check_positive
-from .exceptions import DTypeError
+from .exceptions import ArgumentError, DTypeError
 
 __all__ = [
     "RULES",
@@ -58,6 +58,7 @@ class Rule:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # "eigenvector", "spectral" or "decomposition"
+    default_truncation: ClassVar[str] = "none"  # which eigenvectors a ZCA layer whitens
     paper_name: ClassVar[str] = "—"
     summary: ClassVar[str] = ""
     bound: ClassVar[str] = ""
@@ -160,6 +161,7 @@ class Power(EigenvectorRule):
 
     name: ClassVar[str] = "power"
     paper_name: ClassVar[str] = "SVD-PI (proposed)"
+    default_truncation: ClassVar[str] = "paper"  # the SVD-PI layer's recipe
     summary: ClassVar[str] = (
         "power-iteration series, `num_iters + 1` terms as in the reference code, deflation "
         "in descending order"
@@ -268,6 +270,7 @@ class PowerIteration(Rule):
 
     name: ClassVar[str] = "pi"
     kind: ClassVar[str] = "decomposition"
+    default_truncation: ClassVar[str] = "pi"  # the reference PI layer's stop rule
     paper_name: ClassVar[str] = "PI (baseline)"
     summary: ClassVar[str] = (
         "power iteration + deflation forward, the reference's PI backward (layers only)"
@@ -299,10 +302,17 @@ def resolve(
     """The rule object for a name or a rule, checked against the accepted ``kinds``.
 
     The only place a rule is validated (a rule object validated its settings when built).
+    Any :class:`Rule` subclass of an accepted kind works, registered or not: a user's
+    :class:`EigenvectorRule` with its own ``coefficients`` is used like the built-ins.
     """
     accepted = names(kinds)
     if isinstance(value, Rule):
-        check_choice(argument, value.name, accepted)
+        wanted = tuple(kinds)
+        if value.kind not in wanted:
+            raise ArgumentError(
+                f"{argument}: expected a rule of kind {', '.join(map(repr, wanted))} "
+                f"(got {type(value).__name__} of kind {value.kind!r})"
+            )
         return value
     if not isinstance(value, str):
         raise DTypeError(

@@ -25,6 +25,7 @@ from ..nn._base import CONVENTIONS
 from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
 from .files import atomic_write
+from .models import DEPTHS as MODEL_DEPTHS
 from .models import resnet
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "RunConfig", "RunResult", "train_run"]
@@ -52,7 +53,7 @@ def _option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) 
 
 
 DATASETS = ("fashion-mnist", "fashion-mnist-subset", "cifar10", "cifar100")
-DEPTHS = ("resnet18", "resnet50")
+DEPTHS = tuple(MODEL_DEPTHS)  # one home: the model registry
 NORMS = ("batchnorm", "zca", "pca")
 DTYPES = ("float32", "float64")
 

@@ -16,7 +16,7 @@ from ..rules import Rule, resolve
 from ._base import CONVENTIONS
 from ._engine import check_input, group_forward
 from .pca import pca_transform, projector_function
-from .zca import TRUNCATIONS, default_truncation, zca_transform
+from .zca import check_truncation, zca_transform
 
 __all__ = ["pca_denoising", "zca_whitening"]
 
@@ -78,8 +78,7 @@ def zca_whitening(
     """
     d = _groups("zca_whitening", x, group_size)
     rule = resolve(method, argument="zca_whitening: method")
-    truncation = default_truncation(rule) if truncation is None else truncation
-    checks.check_choice("zca_whitening: truncation", truncation, TRUNCATIONS)
+    truncation = check_truncation("zca_whitening", rule, truncation)
     checks.check_choice("zca_whitening: convention", convention, CONVENTIONS)
     checks.check_positive("zca_whitening: eps", eps)
 

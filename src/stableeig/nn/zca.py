@@ -14,8 +14,9 @@ import torch
 from .. import _validation as checks
 from .._autograd import eigh_function
 from .._docs import fill_args
+from ..exceptions import ArgumentError
 from ..power_iteration import power_iteration_unchecked
-from ..rules import EigenvectorRule, Power, PowerIteration, Rule
+from ..rules import EigenvectorRule, PowerIteration, Rule
 from ..spectral import ridged_inv_sqrt, spectral_unchecked
 from ._base import _GroupTransform
 
@@ -23,6 +24,7 @@ __all__ = [
     "TRUNCATIONS",
     "ZCAWhitening1d",
     "ZCAWhitening2d",
+    "check_truncation",
     "paper_truncation_mask",
     "pi_truncation_mask",
     "zca_transform",
@@ -132,8 +134,25 @@ def _masked_inverse_sqrt(w: torch.Tensor, V: torch.Tensor, keep: torch.Tensor) -
 
 
 def default_truncation(rule: Rule) -> str:
-    """``"paper"`` for ``power``, ``"pi"`` for ``pi``, ``"none"`` for the other rules."""
-    return {"power": "paper", "pi": "pi"}.get(rule.name, "none")
+    """The rule class's ``default_truncation``: ``"paper"`` for ``power``, ``"pi"`` for
+    ``pi``, ``"none"`` for the others."""
+    return rule.default_truncation
+
+
+def check_truncation(name: str, rule: Rule, truncation: Optional[str]) -> str:
+    """The truncation for ``rule`` (its default when None), checked: a truncated whitening is
+    not a spectral function, so ``loewner`` (whose exact gradient is of the untruncated
+    one) refuses any truncation instead of silently changing rule; ``pi`` decomposes by
+    power iteration, so only its own stop rule or none apply to it."""
+    truncation = default_truncation(rule) if truncation is None else truncation
+    checks.check_choice(f"{name}: truncation", truncation, TRUNCATIONS)
+    if truncation != "none" and rule.kind == "spectral":
+        raise ArgumentError(
+            f"{name}: truncation={truncation!r} needs an eigenvector rule (power, taylor, "
+            f"clip, analytic) or pi: {rule.name}'s exact gradient is of the untruncated "
+            f"whitening (got method={rule.name!r})"
+        )
+    return truncation
 
 
 def zca_transform(
@@ -165,7 +184,8 @@ def zca_transform(
     elif truncation == "none":
         return spectral_unchecked(matrix, ridged_inv_sqrt(eps), rule)[0]
     else:
-        w, V = eigh_function(matrix, rule if isinstance(rule, EigenvectorRule) else Power())
+        assert isinstance(rule, EigenvectorRule), "check_truncation refuses the others"
+        w, V = eigh_function(matrix, rule)
     if truncation == "pi":
         keep = pi_truncation_mask(w, eps)
     elif truncation == "paper":
@@ -184,9 +204,7 @@ class _ZCAWhitening(_GroupTransform):
         self, num_features: int, *args: Any, truncation: Optional[str] = None, **kwargs: Any
     ) -> None:
         super().__init__(num_features, *args, **kwargs)
-        truncation = default_truncation(self.rule) if truncation is None else truncation
-        name = type(self).__name__
-        self.truncation = checks.check_choice(f"{name}: truncation", truncation, TRUNCATIONS)
+        self.truncation = check_truncation(type(self).__name__, self.rule, truncation)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, truncation={self.truncation!r}"
