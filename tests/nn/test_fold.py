@@ -76,3 +76,31 @@ def test_convert_sync_batchnorm_and_warn_on_the_rest() -> None:
     assert "sync_statistics=True" in repr(model[1])
     with pytest.warns(UserWarning, match="torch.distributed is not initialized"):
         model[1](torch.randn(4, 8, 3, 3))
+
+
+@pytest.mark.parametrize("layer", [se.nn.ZCAWhitening2d, se.nn.PCADenoising2d])
+def test_export_with_a_dynamic_batch_equals_eager_and_runs_with_grad(layer: type) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), layer(8, group_size=4))
+    _trained(model[1], model[0], (16, 3, 8, 8))
+    model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    exported = torch.export.export(
+        model, (torch.randn(4, 3, 8, 8),), dynamic_shapes=({0: batch},)
+    ).module()
+    for n in (1, 7):
+        x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
+        torch.testing.assert_close(exported(x), model(x))
+    x = torch.randn(5, 3, 8, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(exported(x).pow(2).sum(), x)  # grad enabled: no out= ops
+    leaf = x.detach().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(leaf).pow(2).sum(), leaf)
+    torch.testing.assert_close(g, expected)
+
+
+def test_fx_trace_with_the_leaf_tracer_and_a_clear_error_without() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), se.nn.ZCAWhitening2d(8, group_size=4), nn.ReLU())
+    graph = torch.fx.GraphModule(model, se.nn.LeafTracer().trace(model))
+    x = torch.randn(4, 3, 8, 8)
+    torch.testing.assert_close(graph(x), model(x))
+    with pytest.raises(se.DTypeError, match=r"LeafTracer .* or use torch\.export"):
+        torch.fx.symbolic_trace(model)

@@ -4,7 +4,7 @@ pooling and SPD-manifold layers."""
 from . import functional
 from ._base import RankDeficientWarning
 from .convert import convert_batchnorm
-from .fold import fold_eval, fold_eval_model
+from .fold import LeafTracer, fold_eval, fold_eval_model
 from .pca import PCADenoising1d, PCADenoising2d
 from .spd import BiMap, CovariancePooling2d, ExpEig, LogEig, ReEig, SPDBatchNorm
 from .zca import ZCAWhitening1d, ZCAWhitening2d
@@ -13,6 +13,7 @@ __all__ = [
     "BiMap",
     "CovariancePooling2d",
     "ExpEig",
+    "LeafTracer",
     "LogEig",
     "PCADenoising1d",
     "PCADenoising2d",

@@ -47,6 +47,13 @@ def one_pass_gradient() -> bool:
 def check_input(name: str, x: object, num_features: int, dims: tuple[int, ...], what: str) -> None:
     """Tensor, dimensions, real floating dtype and channel count of a layer's input."""
     if not isinstance(x, torch.Tensor):
+        if isinstance(x, torch.fx.Proxy):
+            raise DTypeError(
+                f"{name}: expected a torch.Tensor (got an FX Proxy: the layer's statistics "
+                "depend on values, which symbolic tracing cannot follow); trace with "
+                "stableeig.nn.LeafTracer (the layer stays one call_module node) or use "
+                "torch.export"
+            )
         raise DTypeError(f"{name}: expected a torch.Tensor (got {type(x).__name__})")
     if x.dim() not in dims:
         raise ShapeError(f"{name}: expected {what} input (got shape {tuple(x.shape)})")

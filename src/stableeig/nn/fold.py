@@ -17,7 +17,7 @@ from torch import nn
 from ..exceptions import ArgumentError
 from ._base import _GroupTransform
 
-__all__ = ["fold_eval", "fold_eval_model"]
+__all__ = ["LeafTracer", "fold_eval", "fold_eval_model"]
 
 Foldable = Union[nn.Conv1d, nn.Conv2d, nn.Linear]
 
@@ -119,3 +119,22 @@ def fold_eval_model(model: nn.Module, inplace: bool = False) -> nn.Module:
                 container._modules[first] = fold_eval(a, b)
                 container._modules[second] = nn.Identity()
     return folded
+
+
+class LeafTracer(torch.fx.Tracer):
+    """An FX tracer that keeps every stableeig layer as one ``call_module`` node (like the
+    built-in ``nn`` layers), so ``torch.fx.GraphModule(model, LeafTracer().trace(model))``
+    works on models that contain them.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), se.nn.ZCAWhitening2d(8))
+        >>> graph = se.nn.LeafTracer().trace(net)
+        >>> [n.target for n in graph.nodes if n.op == "call_module"]
+        ['0', '1']
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if type(m).__module__.startswith("stableeig."):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
