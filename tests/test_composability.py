@@ -157,3 +157,42 @@ def test_fullgraph_compiles_functions_and_a_training_step_without_graph_breaks()
     with pytest.raises(errors):  # checks on: data-dependent, refused by fullgraph
         torch._dynamo.reset()
         torch.compile(se.inv_sqrtm, fullgraph=True, backend="eager")(A)
+
+
+def _eval_layers() -> list[torch.nn.Module]:
+    layers: list[torch.nn.Module] = []
+    for track in (True, False):  # eval with running statistics, and batch statistics
+        for layer in (
+            se.nn.ZCAWhitening1d(4, group_size=2, dtype=torch.float64, track_running_stats=track),
+            se.nn.PCADenoising1d(4, n_components=2, dtype=torch.float64, track_running_stats=track),
+        ):
+            for seed in range(3):
+                g = torch.Generator().manual_seed(seed)
+                layer(torch.randn(32, 4, generator=g, dtype=torch.float64))
+            layers.append(layer.eval())
+    return layers
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_layers_under_jvp_jacfwd_vmap_and_vmap_grad(index: int) -> None:
+    layer = _eval_layers()[index]
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    dx = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(layer, x)  # eager reverse mode: the anchor
+    _, tangent = torch.func.jvp(layer, (x,), (dx,))
+    torch.testing.assert_close(tangent, torch.einsum("ijkl,kl->ij", jacobian, dx))
+    torch.testing.assert_close(torch.func.jacfwd(layer)(x), jacobian)
+    batches = torch.randn(3, 16, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.func.vmap(layer)(batches), torch.stack([layer(b) for b in batches])
+    )
+
+    def loss(b: torch.Tensor) -> torch.Tensor:
+        return layer(b).pow(3).sum()
+
+    looped = []
+    for b in batches:
+        leaf = b.clone().requires_grad_(True)
+        looped.append(torch.autograd.grad(loss(leaf), leaf)[0])
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(batches), torch.stack(looped))

@@ -266,8 +266,23 @@ def group_moments(
         link: shared with the :func:`group_affine` that consumes the returned ``x3`` (an
             alias), so that the whole input gradient is written once. Default: None.
     """
+    if _traced() and link is None and block is None and not sync:
+        # torch.compile / torch.export / torch.func: plain operations, which every
+        # transform differentiates (jvp, vmap, hessian) and which keep the batch symbolic
+        N, C, L = x3.shape
+        count = torch.tensor(float(N * L), dtype=x3.dtype, device=x3.device)
+        mean = x3.mean(dim=(0, 2))
+        centered = (x3 - mean.view(1, C, 1)).view(N, C // group_size, group_size, L)
+        outer = (centered @ centered.mT).sum(0)
+        return mean, outer / count, count, x3
     block = samples_per_block(x3, block)
     return _GroupMoments.apply(x3, group_size, sync, process_group, block, link)
+
+
+def _traced() -> bool:
+    """Under torch.compile/export or a torch.func transform: the streamed, hand-written
+    passes (an eager CPU optimization) give way to plain operations."""
+    return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def group_affine(
@@ -284,10 +299,10 @@ def group_affine(
     backward to come (eval, ``no_grad``) the default block is the whole batch: one pass has
     nothing to keep in cache, and one call measured ~8 % faster on the CPU (d = 4…64).
     """
-    if torch.compiler.is_compiling() and link is None and block is None:
-        # traced (torch.compile, torch.export): one broadcast product, no blocks, no out=,
-        # so the batch stays symbolic (export with a dynamic batch) and plain autograd
-        # differentiates it
+    if _traced() and link is None and block is None:
+        # traced (torch.compile, torch.export, torch.func): one broadcast product, no
+        # blocks, no out=, so the batch stays symbolic (export with a dynamic batch) and
+        # every transform differentiates it
         N, C, L = x3.shape
         G, d, _ = transform.shape
         return (transform @ x3.view(N, G, d, L) + shift).view(N, C, L)
