@@ -17,6 +17,7 @@ SECTIONS = {  # README marker -> results file
     "survival": "results/table1_survival.md",
     "ablations": "results/ablations_quick_fashion-mnist.md",
     "speed summary": "results/bench_speed_summary.md",
+    "spectral bench": "results/bench_spectral.md",
 }
 
 
@@ -28,6 +29,8 @@ def main() -> None:
         if start not in text:
             continue
         before, rest = text.split(start, 1)
+        if rest.startswith(end.lstrip("\n")):  # an empty section: give it a line first
+            rest = "\n" + rest
         _, after = rest.split(end, 1)
         text = before + start + (ROOT / path).read_text().strip() + end + after
     readme.write_text(text)

@@ -136,6 +136,7 @@ def test_readme_rule_table_is_the_registry() -> None:
         ("survival", "results/table1_survival.md"),
         ("ablations", "results/ablations_quick_fashion-mnist.md"),
         ("speed summary", "results/bench_speed_summary.md"),
+        ("spectral bench", "results/bench_spectral.md"),
     ],
 )
 def test_readme_result_tables_are_the_committed_outputs(marker: str, path: str) -> None:

@@ -164,6 +164,18 @@ def _bench_gradients(args: argparse.Namespace) -> int:
 SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training")
 
 
+def _bench_spectral(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import spectral
+
+    torch.set_num_threads(args.threads)
+    data = spectral.run(Path(args.results), quick=args.quick)
+    print(spectral.render(data["summary"], data["skipped"]))
+    print(f"wrote {args.results}/bench_spectral.json, .md, .png")
+    return 0
+
+
 def _bench_speed(args: argparse.Namespace) -> int:
     import torch
 
@@ -391,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     gradients.add_argument("--quick", action="store_true", help="n = 4, 16 and one draw (smoke)")
     gradients.add_argument("--results", default="results", help="output folder (default: results)")
     gradients.set_defaults(run=_bench_gradients)
+    spectral_parser = bench_commands.add_parser(
+        "spectral", help="spectral-function gradient accuracy vs mpmath and peers (JSON, MD, plot)"
+    )
+    common(spectral_parser)
+    spectral_parser.add_argument(
+        "--quick", action="store_true", help="three gaps, one scale (smoke)"
+    )
+    spectral_parser.add_argument(
+        "--results", default="results", help="output folder (default: results)"
+    )
+    spectral_parser.set_defaults(run=_bench_spectral)
     speed_parser = bench_commands.add_parser(
         "speed", help="speed vs torch eigh, BatchNorm (JSON, MD, plot)"
     )

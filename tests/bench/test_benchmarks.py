@@ -98,3 +98,17 @@ def test_demo_mechanism_shows_analytic_failing_at_a_tie_and_the_others_finite() 
     assert "eigenvalues within 1% of eps" in text
     tail = {line.split()[0]: line.split()[1] for line in lines[-3:]}
     assert tail == {"analytic": "NON-FINITE", "power": "finite", "loewner": "finite"}
+
+
+def test_bench_spectral_quick_meets_the_accuracy_target(tmp_path: Path) -> None:
+    pytest.importorskip("mpmath")
+    from stableeig.bench import spectral
+
+    data = spectral.run(tmp_path, quick=True)
+    for function, methods in data["summary"].items():
+        assert methods["stableeig"]["worst"] <= 1e-6, function  # float64 decomposition
+        assert methods["stableeig"]["nan_or_refused"] == 0
+    eigh = [m["torch.linalg.eigh autograd"] for m in data["summary"].values()]
+    assert any(m["nan_or_refused"] > 0 or m["worst"] > 1e-2 for m in eigh)  # the baseline fails
+    text = (tmp_path / "bench_spectral.md").read_text()
+    assert "| log |" in text and (tmp_path / "bench_spectral.png").stat().st_size > 1000
