@@ -179,7 +179,7 @@ class _LoewnerReverse(torch.autograd.Function):
         if grad_w is not None:
             inner = inner + torch.diag_embed(grad_w)
         grad_A = V @ inner @ V.mT
-        if loewner is not None and checks.host_checks_enabled():
+        if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
             # Infinite derivative, or a finite upstream gradient whose result overflows the
             # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync.
             overflow = (

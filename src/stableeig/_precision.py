@@ -10,6 +10,7 @@ costs 1.04× the float32 one on a 2-thread CPU (``python benchmarks/precision.py
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -33,3 +34,10 @@ def working_dtype(input_dtype: torch.dtype, compute_dtype: Optional[torch.dtype]
     if input_dtype == torch.float64 or requested == torch.float64:
         return torch.float64
     return torch.float32
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast disabled on ``device`` (no autocast exists on the meta device: nothing)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)

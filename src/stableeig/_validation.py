@@ -32,6 +32,7 @@ __all__ = [
     "check_symmetric",
     "host_checks",
     "host_checks_enabled",
+    "readable",
 ]
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -47,6 +48,16 @@ def host_checks_enabled() -> bool:
     if torch.compiler.is_compiling():
         return _HOST_CHECKS[0]
     return _HOST_CHECKS[0] and not _under_vmap()
+
+
+def readable(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` has values to read: not on the meta device, not a FakeTensor
+    (shape inference), so that a value check can run."""
+    if tensor.device.type == "meta":
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not isinstance(tensor, FakeTensor)
 
 
 def _under_vmap() -> bool:

@@ -18,6 +18,7 @@ import torch
 
 from . import _validation as checks
 from ._autograd import eigh_function, prepare_symmetric
+from ._precision import autocast_off
 from .rules import EigenvectorRule, Rule, resolve
 
 __all__ = ["eigh"]
@@ -64,7 +65,7 @@ def eigh(
     rule = resolve(backward, kinds=("eigenvector",))
     assert isinstance(rule, EigenvectorRule)
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    with torch.autocast(symmetric.device.type, enabled=False):
+    with autocast_off(symmetric.device):
         w, V = eigh_function(symmetric, rule)
     checks.check_eigenvalues_finite("A", w)
     return w.to(A.dtype), V.to(A.dtype)

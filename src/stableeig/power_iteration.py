@@ -25,6 +25,7 @@ import torch
 
 from . import _validation as checks
 from ._autograd import prepare_symmetric
+from ._precision import autocast_off
 
 __all__ = ["power_iteration_eigh", "power_iteration_unchecked"]
 
@@ -113,7 +114,7 @@ def power_iteration_unchecked(
     starts = starts / (torch.linalg.vector_norm(starts, dim=-2, keepdim=True) + 1e-12)
     values, vectors = [], []
     alive: Optional[torch.Tensor] = None
-    with torch.autocast(symmetric.device.type, enabled=False):
+    with autocast_off(symmetric.device):
         for j in range(count):
             v = starts[..., j : j + 1]
             if backward == "reference":

@@ -41,6 +41,7 @@ from ._autograd import (
     prepare_symmetric,
 )
 from ._docs import fill_args
+from ._precision import autocast_off
 from .exceptions import NotPositiveDefiniteError
 from .rules import EigenvectorRule, Rule, resolve
 
@@ -183,7 +184,7 @@ def spectral_unchecked(
     layers, which validate their own inputs once. ``grad_dtype``: the dtype the gradient
     is returned in (a ``loewner`` gradient that overflows it raises); default: the input's.
     """
-    with torch.autocast(symmetric.device.type, enabled=False):
+    with autocast_off(symmetric.device):
         if isinstance(rule, EigenvectorRule):
             w, V = eigh_function(symmetric, rule)
             return compose(V, function.values(w)), w

@@ -104,3 +104,24 @@ def test_fx_trace_with_the_leaf_tracer_and_a_clear_error_without() -> None:
     torch.testing.assert_close(graph(x), model(x))
     with pytest.raises(se.DTypeError, match=r"LeafTracer .* or use torch\.export"):
         torch.fx.symbolic_trace(model)
+
+
+@pytest.mark.parametrize("layer", [se.nn.ZCAWhitening2d, se.nn.PCADenoising2d])
+@pytest.mark.parametrize("method", ["loewner", "power"])
+def test_meta_device_and_fake_tensors_infer_shapes_in_training(layer: type, method: str) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = layer(8, group_size=4, method=method, device="meta")
+    x = torch.randn(4, 8, 3, 3, device="meta", requires_grad=True)
+    module(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape and x.grad.device.type == "meta"
+    with FakeTensorMode():
+        module = layer(8, group_size=4, method=method)
+        x = torch.randn(4, 8, 3, 3, requires_grad=True)
+        module(x).sum().backward()
+        assert x.grad is not None and x.grad.shape == (4, 8, 3, 3)
+
+
+def test_torchscript_says_what_to_use_instead() -> None:
+    with pytest.raises(RuntimeError, match=r"TorchScript is not supported.*torch\.export"):
+        torch.jit.script(se.nn.ZCAWhitening2d(8))

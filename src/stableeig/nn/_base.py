@@ -209,6 +209,13 @@ class _GroupTransform(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"{type(self).__name__}: TorchScript is not supported (the layer validates and "
+            "dispatches in Python); use torch.export (eval, dynamic batch), torch.compile, or "
+            "stableeig.nn.fold_eval to fold an eval layer into the preceding convolution"
+        )
+
     # ---- forward ------------------------------------------------------------------------
 
     def _decomposition_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:

@@ -13,9 +13,9 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .. import _validation as checks
-from .._precision import working_dtype
+from .._precision import autocast_off, working_dtype
 from ..exceptions import DTypeError, ShapeError
-from ._statistics import GradientLink, group_affine, group_moments
+from ._statistics import GradientLink, group_affine, group_moments, traced
 
 __all__ = ["BatchTransform", "check_input", "group_forward", "one_pass_gradient", "unbiased"]
 
@@ -30,18 +30,17 @@ def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return biased * (count / (count - 1).clamp_min(1))
 
 
-def one_pass_gradient() -> bool:
+def one_pass_gradient(x: torch.Tensor) -> bool:
     """Whether the moments backward may write the whole input gradient (:class:`GradientLink`).
 
     The link is an eager-mode optimization: a side channel between two autograd Functions.
     Dynamo records the moments backward as a template while the link is still empty, and
-    functorch transforms replay backwards out of order, so under ``torch.compile`` and
-    ``torch.func`` it is off and the affine backward returns ``Tᵀ grad_y`` itself (same
-    values; tested against eager for every layer, rule and backend).
+    functorch transforms replay backwards out of order, so under ``torch.compile``,
+    ``torch.func`` and shape inference (:func:`traced`) it is off and the statistics and
+    affine map are plain operations (same values; tested against eager for every layer,
+    rule and backend).
     """
-    return (
-        not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is None
-    )
+    return not traced(x)
 
 
 def check_input(name: str, x: object, num_features: int, dims: tuple[int, ...], what: str) -> None:
@@ -82,7 +81,7 @@ def _moments(
     float64 copy when float32 statistics overflow (finite activations beyond ~1e19, which
     BatchNorm accepts). One host sync."""
     mean, covariance, count, used = group_moments(work, group_size, sync, group, link=link)
-    if not checks.host_checks_enabled():  # se.host_checks(False): no sync, no protection
+    if not checks.host_checks_enabled() or not checks.readable(covariance):  # no sync
         return mean, covariance, count, used
     if bool(torch.isfinite(covariance).all()):  # the forward's one host synchronization
         return mean, covariance, count, used
@@ -123,10 +122,10 @@ def group_forward(
     G = C // group_size
     x3 = x.reshape(x.shape[0], C, math.prod(x.shape[2:]))
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device):
         work = x3.to(dtype).contiguous()  # one copy at most, shared by statistics and output
         # the input gradient written once, by the moments backward (eager only)
-        link = GradientLink() if use_batch and one_pass_gradient() else None
+        link = GradientLink() if use_batch and one_pass_gradient(work) else None
         if use_batch:
             mean, covariance, count, work = _moments(
                 name, work, group_size, sync, process_group, link

@@ -24,6 +24,7 @@ __all__ = [
     "group_moments",
     "samples_per_block",
     "sync_enabled",
+    "traced",
 ]
 
 CPU_BLOCK_ELEMENTS = 1 << 20  # ~4 MiB (float32) per operand: fits the last-level cache; best of
@@ -266,7 +267,7 @@ def group_moments(
         link: shared with the :func:`group_affine` that consumes the returned ``x3`` (an
             alias), so that the whole input gradient is written once. Default: None.
     """
-    if _traced() and link is None and block is None and not sync:
+    if traced(x3) and link is None and block is None and not sync:
         # torch.compile / torch.export / torch.func: plain operations, which every
         # transform differentiates (jvp, vmap, hessian) and which keep the batch symbolic
         N, C, L = x3.shape
@@ -279,10 +280,15 @@ def group_moments(
     return _GroupMoments.apply(x3, group_size, sync, process_group, block, link)
 
 
-def _traced() -> bool:
-    """Under torch.compile/export or a torch.func transform: the streamed, hand-written
-    passes (an eager CPU optimization) give way to plain operations."""
-    return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
+def traced(x3: torch.Tensor) -> bool:
+    """Under torch.compile/export, a torch.func transform, or shape inference (meta device,
+    FakeTensor): the streamed, hand-written passes (an eager CPU optimization) give way to
+    plain operations."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    from .._validation import readable
+
+    return not readable(x3)
 
 
 def group_affine(
@@ -299,7 +305,7 @@ def group_affine(
     backward to come (eval, ``no_grad``) the default block is the whole batch: one pass has
     nothing to keep in cache, and one call measured ~8 % faster on the CPU (d = 4…64).
     """
-    if _traced() and link is None and block is None:
+    if traced(x3) and link is None and block is None:
         # traced (torch.compile, torch.export, torch.func): one broadcast product, no
         # blocks, no out=, so the batch stays symbolic (export with a dynamic batch) and
         # every transform differentiates it
