@@ -121,3 +121,17 @@ def test_repr_and_state_dict() -> None:
         "num_batches_tracked",
         "_extra_state",  # the running mode (version 3)
     }
+
+
+def test_conventions_are_records_read_field_by_field() -> None:
+    reference = se.nn.get_convention("reference")
+    assert reference.unbiased_standardization and reference.zero_projector_start
+    assert not any(
+        getattr(se.nn.get_convention("stableeig"), f)
+        for f in ("uniform_weight_init", "literal_truncation", "rayleigh_eigenvalues")
+    )
+    assert se.nn.CONVENTIONS == ("stableeig", "reference")
+    with pytest.raises(se.ArgumentError, match="convention: expected one of"):
+        se.nn.get_convention("paper")
+    layer = PCADenoising2d(8, group_size=4, n_components=2, convention="reference")
+    assert torch.equal(layer.running_projector, torch.zeros(2, 4, 4))  # zero_projector_start

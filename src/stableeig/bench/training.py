@@ -21,7 +21,7 @@ from torch import nn
 
 from .._validation import check_choice, check_in_range
 from ..exceptions import ArgumentError
-from ..nn._base import CONVENTIONS
+from ..nn import CONVENTIONS
 from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
 from .files import atomic_write

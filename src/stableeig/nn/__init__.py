@@ -3,6 +3,7 @@ pooling and SPD-manifold layers."""
 
 from . import functional
 from ._base import RankDeficientWarning
+from .conventions import CONVENTIONS, Convention, get_convention
 from .convert import convert_batchnorm
 from .fold import LeafTracer, fold_eval, fold_eval_model
 from .pca import PCADenoising1d, PCADenoising2d
@@ -10,7 +11,9 @@ from .spd import BiMap, CovariancePooling2d, ExpEig, LogEig, ReEig, SPDBatchNorm
 from .zca import ZCAWhitening1d, ZCAWhitening2d
 
 __all__ = [
+    "CONVENTIONS",
     "BiMap",
+    "Convention",
     "CovariancePooling2d",
     "ExpEig",
     "LeafTracer",
@@ -26,4 +29,5 @@ __all__ = [
     "fold_eval",
     "fold_eval_model",
     "functional",
+    "get_convention",
 ]

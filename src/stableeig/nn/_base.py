@@ -22,10 +22,9 @@ from ..exceptions import ArgumentError
 from ..rules import Rule, resolve
 from ._engine import check_input, group_forward, unbiased
 from ._statistics import sync_enabled
+from .conventions import CONVENTIONS, get_convention
 
-__all__ = ["CONVENTIONS", "RankDeficientWarning"]
-
-CONVENTIONS = ("stableeig", "reference")
+__all__ = ["CONVENTIONS", "RankDeficientWarning"]  # CONVENTIONS: from .conventions
 
 
 class RankDeficientWarning(UserWarning):
@@ -161,7 +160,7 @@ class _GroupTransform(nn.Module):
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
-            if self.convention == "reference":
+            if get_convention(self.convention).uniform_weight_init:
                 nn.init.uniform_(self.weight)  # the reference code's weight.data.uniform_()
             else:
                 nn.init.ones_(self.weight)

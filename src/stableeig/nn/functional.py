@@ -13,8 +13,8 @@ import torch
 
 from .. import _validation as checks
 from ..rules import Rule, resolve
-from ._base import CONVENTIONS
 from ._engine import check_input, group_forward
+from .conventions import get_convention
 from .pca import pca_transform, projector_function
 from .zca import check_truncation, zca_transform
 
@@ -79,7 +79,7 @@ def zca_whitening(
     d = _groups("zca_whitening", x, group_size)
     rule = resolve(method, argument="zca_whitening: method")
     truncation = check_truncation("zca_whitening", rule, truncation)
-    checks.check_choice("zca_whitening: convention", convention, CONVENTIONS)
+    get_convention(convention, "zca_whitening: convention")
     checks.check_positive("zca_whitening: eps", eps)
 
     def batch_transform(
@@ -148,7 +148,7 @@ def pca_denoising(
     """
     d = _groups("pca_denoising", x, group_size)
     rule = resolve(method, argument="pca_denoising: method")
-    checks.check_choice("pca_denoising: convention", convention, CONVENTIONS)
+    get_convention(convention, "pca_denoising: convention")
     checks.check_positive("pca_denoising: eps", eps)
     checks.check_k("pca_denoising: n_components", n_components, d, allow_none=True)
     function = projector_function(n_components, energy)

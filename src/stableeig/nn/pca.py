@@ -22,6 +22,7 @@ from ..rules import PowerIteration, Rule
 from ..spectral import energy_projector_function, spectral_unchecked, top_k_function
 from ._base import _GroupTransform
 from ._engine import unbiased
+from .conventions import get_convention
 
 __all__ = ["PCADenoising1d", "PCADenoising2d", "pca_transform", "projector_function"]
 
@@ -47,7 +48,8 @@ def pca_transform(
     unbiased variance, and ``"projector"`` (G, d, d).
     """
     variance = covariance.diagonal(dim1=-2, dim2=-1)  # (G, d), biased
-    standardizing = unbiased(variance, count) if convention == "reference" else variance
+    unbiased_variance = get_convention(convention).unbiased_standardization
+    standardizing = unbiased(variance, count) if unbiased_variance else variance
     scale = (standardizing + eps).rsqrt()
     correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
     eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
@@ -104,7 +106,7 @@ class _PCADenoising(_GroupTransform):
     def _initial_matrix(self) -> torch.Tensor:
         """The running projector starts at the identity (``"reference"``: at 0, as the
         reference code's ``reset_running_stats``)."""
-        if self.convention == "reference" and self.running == "projector":
+        if get_convention(self.convention).zero_projector_start and self.running == "projector":
             return torch.zeros(self.group_size, self.group_size)
         return super()._initial_matrix()
 

@@ -19,6 +19,7 @@ from ..power_iteration import power_iteration_unchecked
 from ..rules import EigenvectorRule, PowerIteration, Rule
 from ..spectral import ridged_inv_sqrt, spectral_unchecked
 from ._base import _GroupTransform
+from .conventions import get_convention
 
 __all__ = [
     "TRUNCATIONS",
@@ -88,7 +89,7 @@ def paper_truncation_mask(
     """
     with torch.no_grad():
         n = w.shape[-1]
-        literal = convention == "reference"
+        literal = get_convention(convention).literal_truncation
         descending, vectors = w.flip(-1), V.flip(-1)
         if literal:
             floor = torch.full_like(descending[..., :1], eps)
@@ -190,7 +191,7 @@ def zca_transform(
         keep = pi_truncation_mask(w, eps)
     elif truncation == "paper":
         keep, rayleigh = paper_truncation_mask(w, V, matrix, eps, convention)
-        if convention == "reference":  # its value, with the eigenvalue's gradient
+        if get_convention(convention).rayleigh_eigenvalues:  # value, with the gradient of w
             w = w + (rayleigh - w).detach()
     else:
         keep = torch.ones_like(w)
