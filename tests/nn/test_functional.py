@@ -56,3 +56,50 @@ def test_functional_errors() -> None:
         F.zca_whitening(torch.randn(4, 4), 3)
     with pytest.raises(se.DTypeError, match="real floating"):
         F.pca_denoising(torch.ones(4, 4, dtype=torch.int64))
+
+
+def _outcome(call: object) -> tuple[str, str]:
+    """(exception or warning type, message without the caller's name) of a call."""
+    import warnings as w
+
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        try:
+            call()  # type: ignore[operator]
+        except Exception as error:
+            return type(error).__name__, str(error).split(": ", 1)[-1]
+    if caught:
+        return caught[0].category.__name__, str(caught[0].message).split(": ", 1)[-1]
+    return "none", ""
+
+
+@pytest.mark.parametrize(
+    ("case", "x", "options"),
+    [
+        ("one value per channel", torch.randn(1, 4), {}),
+        ("rank-deficient groups", torch.randn(3, 4), {}),
+        ("momentum out of range", torch.randn(8, 4), {"momentum": 1.5}),
+        ("momentum a bool", torch.randn(8, 4), {"momentum": True}),
+        ("non-positive eps", torch.randn(8, 4), {"eps": 0.0}),
+        ("non-finite input", torch.full((8, 4), float("nan")), {}),
+        ("integer input", torch.ones(8, 4, dtype=torch.int64), {}),
+    ],
+)
+@pytest.mark.parametrize("kind", ["zca", "pca"])
+def test_functional_and_module_raise_and_warn_identically(
+    case: str, x: torch.Tensor, options: dict[str, object], kind: str
+) -> None:
+    module_type = se.nn.ZCAWhitening1d if kind == "zca" else se.nn.PCADenoising1d
+    function = F.zca_whitening if kind == "zca" else F.pca_denoising
+
+    def module_call() -> object:
+        return module_type(4, **options)(x)  # type: ignore[arg-type]
+
+    def functional_call() -> object:
+        return function(x, **options)  # type: ignore[arg-type]
+
+    expected = _outcome(module_call)
+    assert expected[0] != "none", case  # every case is refused or warned about
+    if case.startswith("momentum"):  # like F.batch_norm, the functional takes a factor only
+        expected = (expected[0], expected[1].replace(" or None", ""))
+    assert _outcome(functional_call) == expected, case

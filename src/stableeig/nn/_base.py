@@ -9,7 +9,6 @@ synchronization, ``state_dict`` versioning and ``extra_repr``.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Optional, Union
 
@@ -20,15 +19,18 @@ from .. import _validation as checks
 from .._precision import working_dtype
 from ..exceptions import ArgumentError
 from ..rules import Rule, resolve
-from ._engine import check_input, group_forward, unbiased
+from ._engine import (
+    RankDeficientWarning,
+    check_input,
+    check_momentum,
+    check_samples,
+    group_forward,
+    unbiased,
+)
 from ._statistics import sync_enabled
 from .conventions import CONVENTIONS, get_convention
 
 __all__ = ["CONVENTIONS", "RankDeficientWarning"]  # CONVENTIONS: from .conventions
-
-
-class RankDeficientWarning(UserWarning):
-    """A group has fewer samples than channels: its covariance is singular before ``eps``."""
 
 
 class _GroupTransform(nn.Module):
@@ -67,10 +69,7 @@ class _GroupTransform(nn.Module):
         self.group_size = group_size
         self.num_groups = num_features // group_size
         self.eps = checks.check_positive(f"{name}: eps", eps)
-        if momentum is not None and not (
-            isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0
-        ):
-            raise ArgumentError(f"{name}: expected momentum in [0, 1] or None (got {momentum!r})")
+        check_momentum(name, momentum)
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
@@ -232,22 +231,6 @@ class _GroupTransform(nn.Module):
             covariance = covariance.to(self._decomposition_dtype(covariance.dtype))
             return self._batch_transform(covariance, torch.tensor(0.0))[0]
 
-    def _check_samples(self, x: torch.Tensor, samples: int, sync: bool) -> None:
-        """BatchNorm's error for one value per channel; a warning for rank-deficient groups."""
-        if self.training and samples == 1 and not sync:  # BatchNorm's error, word for word
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {x.size()}"
-            )
-        if 0 < samples < self.group_size and not sync and not self._warned_rank_deficient:
-            self._warned_rank_deficient = True
-            warnings.warn(
-                f"{type(self).__name__}: {samples} samples for groups of {self.group_size} "
-                f"channels: the group covariance is rank-deficient and regularized only by "
-                f"eps={self.eps}",
-                RankDeficientWarning,
-                stacklevel=3,
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         check_input(name, x, self.num_features, self._input_dims, self._input_description)
@@ -260,7 +243,9 @@ class _GroupTransform(nn.Module):
                 "has one process): using this process's batch statistics",
                 stacklevel=2,
             )
-        self._check_samples(x, x.shape[0] * math.prod(x.shape[2:]), sync)
+        warn = not self._warned_rank_deficient  # once per layer
+        if check_samples(name, x, self.group_size, self.eps, self.training, sync, warn):
+            self._warned_rank_deficient = True
         update = self.training and self.track_running_stats and (x.numel() > 0 or sync)
 
         def momentum() -> float:  # called once the batch passed its checks

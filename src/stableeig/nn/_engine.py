@@ -8,16 +8,26 @@ batch covariance by ``batch_transform`` in training (or without running statisti
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Optional, Union
 
 import torch
 
 from .. import _validation as checks
 from .._precision import autocast_off, working_dtype
-from ..exceptions import DTypeError, ShapeError
+from ..exceptions import ArgumentError, DTypeError, ShapeError
 from ._statistics import GradientLink, group_affine, group_moments, traced
 
-__all__ = ["BatchTransform", "check_input", "group_forward", "one_pass_gradient", "unbiased"]
+__all__ = [
+    "BatchTransform",
+    "RankDeficientWarning",
+    "check_input",
+    "check_momentum",
+    "check_samples",
+    "group_forward",
+    "one_pass_gradient",
+    "unbiased",
+]
 
 BatchTransform = Callable[
     [torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -28,6 +38,43 @@ def unbiased(biased: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Bessel's correction ``count / (count - 1)``, as BatchNorm's running variance."""
     count = count.to(biased.dtype)
     return biased * (count / (count - 1).clamp_min(1))
+
+
+class RankDeficientWarning(UserWarning):
+    """A group has fewer samples than channels: its covariance is singular before ``eps``."""
+
+
+def check_momentum(name: str, momentum: object, allow_none: bool = True) -> None:
+    """``momentum`` in [0, 1] (or None, the cumulative average, where allowed)."""
+    if momentum is None and allow_none:
+        return
+    if isinstance(momentum, bool) or not (
+        isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0
+    ):
+        allowed = " or None" if allow_none else ""
+        raise ArgumentError(f"{name}: expected momentum in [0, 1]{allowed} (got {momentum!r})")
+
+
+def check_samples(
+    name: str, x: torch.Tensor, group_size: int, eps: float, training: bool, sync: bool, warn: bool
+) -> bool:
+    """BatchNorm's error for one value per channel in training, word for word; a
+    :class:`RankDeficientWarning` (when ``warn``) for fewer samples than channels per group.
+    Returns whether it warned. Shared by the modules and ``nn.functional``."""
+    samples = x.shape[0] * math.prod(x.shape[2:])
+    if training and samples == 1 and not sync:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {x.size()}"
+        )
+    if warn and 0 < samples < group_size and not sync:
+        warnings.warn(
+            f"{name}: {samples} samples for groups of {group_size} channels: the group "
+            f"covariance is rank-deficient and regularized only by eps={eps}",
+            RankDeficientWarning,
+            stacklevel=4,
+        )
+        return True
+    return False
 
 
 def one_pass_gradient(x: torch.Tensor) -> bool:

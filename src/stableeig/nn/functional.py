@@ -13,7 +13,7 @@ import torch
 
 from .. import _validation as checks
 from ..rules import Rule, resolve
-from ._engine import check_input, group_forward
+from ._engine import check_input, check_momentum, check_samples, group_forward
 from .conventions import get_convention
 from .pca import pca_transform, projector_function
 from .zca import check_truncation, zca_transform
@@ -77,6 +77,7 @@ def zca_whitening(
         True
     """
     d = _groups("zca_whitening", x, group_size)
+    check_momentum("zca_whitening", momentum, allow_none=False)
     rule = resolve(method, argument="zca_whitening: method")
     truncation = check_truncation("zca_whitening", rule, truncation)
     get_convention(convention, "zca_whitening: convention")
@@ -89,6 +90,7 @@ def zca_whitening(
         return whitening, {"whitening": whitening}
 
     tracked = running_mean is not None and running_whitening is not None
+    check_samples("zca_whitening", x, d, eps, training, sync=False, warn=True)
     if not training and not tracked:
         raise checks.ArgumentError(
             "zca_whitening: expected running_mean and running_whitening when training=False"
@@ -147,6 +149,7 @@ def pca_denoising(
         torch.Size([32, 8])
     """
     d = _groups("pca_denoising", x, group_size)
+    check_momentum("pca_denoising", momentum, allow_none=False)
     rule = resolve(method, argument="pca_denoising: method")
     get_convention(convention, "pca_denoising: convention")
     checks.check_positive("pca_denoising: eps", eps)
@@ -160,6 +163,7 @@ def pca_denoising(
 
     buffers = {"var": running_var, "projector": running_projector}
     tracked = running_mean is not None and all(b is not None for b in buffers.values())
+    check_samples("pca_denoising", x, d, eps, training, sync=False, warn=True)
     if not training and not tracked:
         raise checks.ArgumentError(
             "pca_denoising: expected running_mean, running_var and running_projector when "
