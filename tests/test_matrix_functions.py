@@ -216,3 +216,21 @@ def test_clamp_loewner_is_exact_and_bounded() -> None:
     w = torch.tensor([-1.0, 0.5, 0.5 + 1e-12, 3.0], dtype=torch.float64)
     L = _clamp_loewner(0.6, None)(w)
     assert float(L.abs().max()) <= 1.0 and float(L[3, 2]) == pytest.approx(2.4 / (2.5 - 1e-12))
+
+
+def test_powm_gradient_with_respect_to_a_learned_exponent() -> None:
+    A = _spd(seed=7)
+    G = torch.randn(4, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    p = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    leaf = A.clone().requires_grad_(True)
+    (se.powm(leaf, p) * G).sum().backward()
+    w, V = torch.linalg.eigh(A)
+    reference_p = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    (((V * w.pow(reference_p)) @ V.T) * G).sum().backward()
+    torch.testing.assert_close(p.grad, reference_p.grad)
+    fixed = A.clone().requires_grad_(True)
+    (se.powm(fixed, 0.4) * G).sum().backward()
+    torch.testing.assert_close(leaf.grad, fixed.grad)  # the A-gradient is unchanged
+    torch.testing.assert_close(se.powm(A, p).detach(), se.powm(A, 0.4))
+    with pytest.raises(se.ArgumentError, match="0-dim floating tensor"):
+        se.powm(A, torch.tensor([0.5, 0.5]))

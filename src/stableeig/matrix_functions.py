@@ -261,7 +261,7 @@ def expm(
 
 def powm(
     A: torch.Tensor,
-    p: float,
+    p: Union[float, torch.Tensor],
     backward: Backward = "loewner",
     *,
     compute_dtype: Optional[torch.dtype] = None,
@@ -274,11 +274,23 @@ def powm(
     negative eigenvalues of a semidefinite ``A`` count as 0. ``powm(A, 0.5)`` equals
     :func:`stableeig.sqrtm`, ``powm(A, -0.5)`` :func:`stableeig.inv_sqrtm`.
 
+    ``p`` may be a 0-dim tensor that requires grad (a learned exponent, as in matrix power
+    normalization): its gradient is ``⟨Ḡ, V (Λ^p log Λ) Vᵀ⟩`` (first order in ``p``; a zero
+    eigenvalue contributes 0, the limit of ``λ^p log λ`` for ``p > 0``).
+
     Example:
         >>> import torch, stableeig as se
         >>> se.powm(torch.eye(2) * 4, 1.5).diagonal().tolist()
         [8.0, 8.0]
     """
+    exponent: Optional[torch.Tensor] = None
+    if isinstance(p, torch.Tensor):
+        if p.dim() != 0 or not p.is_floating_point():
+            raise ArgumentError(
+                f"powm: p: expected a finite real number or a 0-dim floating tensor (got a "
+                f"tensor of shape {tuple(p.shape)} and dtype {p.dtype})"
+            )
+        exponent, p = p, float(p.detach())
     if isinstance(p, bool) or not isinstance(p, (int, float)) or p != p or abs(p) == float("inf"):
         raise ArgumentError(f"powm: p: expected a finite real number (got {p!r})")
     p = float(p)
@@ -292,7 +304,17 @@ def powm(
     function = _function(
         f"powm(p={p:g})", values, floored, "the derivative of λ^p is infinite at λ = 0 for p < 1"
     )
-    return _spectral(A, function, backward, compute_dtype, check_symmetric, check)
+    F = _spectral(A, function, backward, compute_dtype, check_symmetric, check)
+    if exponent is None or not exponent.requires_grad:
+        return F
+    with torch.no_grad():  # ∂F/∂p = V (Λ^p log Λ) Vᵀ, from a detached decomposition
+        work = A.detach().to(F.dtype if compute_dtype is None else compute_dtype)
+        w, V = torch.linalg.eigh(work.double() / 2 + work.double().mT / 2)
+        positive = w > 0
+        safe = torch.where(positive, w, torch.ones_like(w))
+        slope = torch.where(positive, values(safe) * safe.log(), torch.zeros_like(w))
+        derivative = ((V * slope.unsqueeze(-2)) @ V.mT).to(F.dtype)
+    return F + (exponent - exponent.detach()).to(F.dtype) * derivative
 
 
 def softplusm(
