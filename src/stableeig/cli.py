@@ -350,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(reproduce)
     reproduce.add_argument(
         "table",
-        choices=("table1", "table2", "ablations", "survival"),
-        help="table1 (ZCA), table2 (PCA), ablations (PCA energy / components / iterations and "
-        "the ε ablation), or survival (plot from every committed table1 row; runs nothing)",
+        choices=("table1", "table2", "covpool", "ablations", "survival"),
+        help="table1 (ZCA), table2 (PCA), covpool (covariance-pooling heads), ablations (PCA "
+        "energy / components / iterations and the ε ablation), or survival (plot from every "
+        "committed table1 row; runs nothing)",
     )
     reproduce.add_argument(
         "--preset",
@@ -377,9 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "--methods",
-        type=_comma_list(choices=tuple(RULES)),
+        type=_comma_list(choices=(*RULES, "average", "newton-schulz")),
         default=None,
-        help="comma list of gradient rules (default: the table's)",
+        help="comma list of gradient rules (covpool also: average, newton-schulz; default: "
+        "the table's)",
     )
     reproduce.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"

@@ -314,3 +314,42 @@ def test_trained_column_and_p_values_in_the_rendered_table(tmp_path: Path) -> No
     assert "| pi | 8 | 4 | 0 | 10 | 1.00 | 100% (51–100%) | 1/4 |" in survival
     table2 = reproduce.render_table([dict(r, table="table2") for r in rows], "table2")
     assert "| pi | 8 | 100% (4/4; CI 51–100%) | 12.00, 51.75±36.32 | 25% (1/4;" in table2
+
+
+@pytest.mark.parametrize("pool", ["loewner", "analytic", "newton-schulz"])
+def test_a_covariance_pooling_run_end_to_end(pool: str) -> None:
+    config = tiny_config(norm="batchnorm", head="covpool", pool_method=pool, group_size=None)
+    result = training.train_run(config, tiny_dataset())  # a failure is recorded, not raised
+    if pool == "analytic":  # eigh autograd at the head's tied eigenvalues: NaN, then refused
+        assert result.success or result.failure_reason is not None
+    else:
+        assert result.success and result.test_error is not None and len(result.losses) == 2
+
+
+def test_newton_schulz_converges_to_the_square_root() -> None:
+    from stableeig.bench.models import newton_schulz_sqrt
+
+    X = torch.randn(3, 8, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    S = X @ X.mT / 20 + 1e-3 * torch.eye(8, dtype=torch.float64)
+    torch.testing.assert_close(newton_schulz_sqrt(S, 20), se.sqrtm(S))
+    five = newton_schulz_sqrt(S, 5)  # the iSQRT-COV setting: approximate
+    assert float((five - se.sqrtm(S)).norm() / se.sqrtm(S).norm()) > 1e-4
+
+
+def test_covpool_cells_configs_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = reproduce.table_cells("covpool", seeds=2)
+    assert [c.method for c in cells[::2]] == list(reproduce.COVPOOL_METHODS)
+    config = reproduce.cell_config(cells[2], "quick")  # analytic
+    assert (config.norm, config.head, config.pool_method) == ("batchnorm", "covpool", "analytic")
+    assert reproduce.cell_config(cells[0], "quick").head == "average"
+
+    def fake_run(config: training.RunConfig, dataset: Dataset, **_: object) -> training.RunResult:
+        failed = config.pool_method == "analytic" and config.head == "covpool"
+        error = None if failed else 10.0 + config.seed
+        return training.RunResult(not failed, error, 3 if failed else None, None, 1.0, [1.0])
+
+    monkeypatch.setattr(reproduce, "train_run", fake_run)
+    rows = reproduce.run_cells(cells, tiny_dataset(), "quick", tmp_path / "c.jsonl", progress=False)
+    table = reproduce.render_table(rows, "covpool")
+    assert "Fisher p vs loewner" in table and "| average | - | 100% (2/2;" in table
+    assert "| analytic | - | 0% (0/2; CI 0–66%) | - | 0% (0/2; CI 0–66%) | 0.33; 0.33 |" in table

@@ -6,14 +6,23 @@ The paper's placement: only the normalization after the stem convolution is repl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..nn import PCADenoising2d, ZCAWhitening2d
+from ..nn import CovariancePooling2d, PCADenoising2d, ZCAWhitening2d
+from ..nn.spd import symmetric_to_vector
 
-__all__ = ["STEM_NORMS", "ResNet", "resnet"]
+__all__ = [
+    "HEADS",
+    "POOL_METHODS",
+    "STEM_NORMS",
+    "CovariancePoolingHead",
+    "ResNet",
+    "newton_schulz_sqrt",
+    "resnet",
+]
 
 STEM_NORMS = ("batchnorm", "zca", "pca")
 DEPTHS = {
@@ -77,6 +86,47 @@ def stem_norm(name: str, channels: int, **kwargs: Any) -> nn.Module:
     raise ValueError(f"stem norm: expected one of {', '.join(STEM_NORMS)} (got {name!r})")
 
 
+HEADS = ("average", "covpool")
+POOL_METHODS = ("analytic", "power", "taylor", "clip", "loewner", "newton-schulz")
+
+
+def newton_schulz_sqrt(
+    covariance: torch.Tensor, iterations: int = 5, compensate: bool = True
+) -> torch.Tensor:
+    """iSQRT-COV's approximate ``Σ^{1/2}`` (Li et al., CVPR 2018): trace pre-normalization,
+    ``iterations`` coupled Newton–Schulz steps, ``√tr Σ`` post-compensation (or, without
+    ``compensate``, ``(Σ / tr Σ)^{1/2}``); plain autograd. The approximate method
+    covariance-pooling users pick instead of an eigendecomposition."""
+    n = covariance.shape[-1]
+    eye = torch.eye(n, dtype=covariance.dtype, device=covariance.device).expand_as(covariance)
+    trace = covariance.diagonal(dim1=-2, dim2=-1).sum(-1).view(-1, 1, 1)
+    Y, Z = covariance / trace, eye
+    for _ in range(iterations):
+        T = 0.5 * (3 * eye - Z @ Y)
+        Y, Z = Y @ T, T @ Z
+    return Y * trace.sqrt() if compensate else Y
+
+
+class CovariancePoolingHead(nn.Module):
+    """The pooled (N, C, H, W) → (N, C (C + 1) / 2) features of a covariance head: the
+    library's ``CovariancePooling2d`` (``Σ^{1/2}`` by a gradient rule) or Newton–Schulz."""
+
+    def __init__(self, channels: int, method: str = "loewner", **kwargs: Any) -> None:
+        super().__init__()
+        self.method = method
+        if method == "newton-schulz":
+            self.pool = CovariancePooling2d(channels, output="full", trace_norm=False, **kwargs)
+        else:
+            self.pool = CovariancePooling2d(channels, method=method, trace_norm=True, **kwargs)
+        self.output_size = channels * (channels + 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method != "newton-schulz":
+            return self.pool(x)
+        root = newton_schulz_sqrt(self.pool.covariance(x), compensate=False)  # (Σ/tr Σ)^{1/2}
+        return symmetric_to_vector((root + root.mT) / 2).to(x.dtype)
+
+
 class ResNet(nn.Module):
     """CIFAR ResNet: 3×3 stem conv -> norm -> ReLU -> 4 stages -> average pool -> linear.
 
@@ -88,6 +138,10 @@ class ResNet(nn.Module):
         stem_channels: channels of the stem convolution, where the chosen norm sits.
             Default: 64 (the paper's).
         norm: the stem normalization: ``batchnorm``, ``zca`` or ``pca``.
+        head: ``"average"`` (global average pooling) or ``"covpool"`` (second-order pooling
+            of the last feature map, :class:`CovariancePoolingHead`). Default: ``"average"``.
+        pool_method: the covariance head's ``Σ^{1/2}``: a gradient rule or
+            ``"newton-schulz"``. Default: ``"loewner"``.
         **norm_kwargs: arguments of the stem ZCA/PCA layer (``group_size``, ``method``...).
     """
 
@@ -99,6 +153,8 @@ class ResNet(nn.Module):
         width: float = 1.0,
         stem_channels: int = 64,
         norm: str = "batchnorm",
+        head: str = "average",
+        pool_method: str = "loewner",
         **norm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -114,11 +170,20 @@ class ResNet(nn.Module):
                 stages.append(block(in_planes, planes, stride))
                 in_planes = planes * block.expansion
         self.layers = nn.Sequential(*stages)
-        self.linear = nn.Linear(in_planes, num_classes)
+        if head not in HEADS:
+            raise ValueError(f"head: expected one of {', '.join(HEADS)} (got {head!r})")
+        self.head: Optional[CovariancePoolingHead] = None
+        features = in_planes
+        if head == "covpool":
+            self.head = CovariancePoolingHead(in_planes, pool_method)
+            features = self.head.output_size
+        self.linear = nn.Linear(features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
+        if self.head is not None:
+            return self.linear(self.head(out))
         return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 

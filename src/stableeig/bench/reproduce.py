@@ -35,6 +35,8 @@ __all__ = ["PRESETS", "Cell", "render_table", "run_cells", "table_cells"]
 
 TABLE1_METHODS = ("analytic", "pi", "power", "taylor", "loewner")
 TABLE2_METHODS = ("pi", "analytic", "power", "loewner")
+# covariance pooling: global average pooling, then Σ^{1/2} by each rule and Newton–Schulz
+COVPOOL_METHODS = ("average", "analytic", "power", "taylor", "loewner", "newton-schulz")
 GROUP_SIZES = (4, 8, 16, 32, 64)
 
 # What each preset changes from RunConfig's defaults; "quick" fits a 2-core CPU.
@@ -203,6 +205,8 @@ def table_cells(
             cells += [Cell(table, method, d, s) for d in group_sizes for s in range(seeds)]
     elif table == "table2":
         cells += [Cell(table, m, 64, s) for m in methods or TABLE2_METHODS for s in range(seeds)]
+    elif table == "covpool":  # the first-order head, then the square roots of the second
+        cells = [Cell(table, m, None, s) for m in methods or COVPOOL_METHODS for s in range(seeds)]
     elif table == "demo":
         cells = [
             Cell(table, m, 64, s)
@@ -225,6 +229,13 @@ def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) 
     settings = {k: v for k, v in PRESETS[preset].items() if k != "seeds"}
     settings.update(overrides)
     settings.update(dict(cell.variant))
+    if cell.table == "covpool":  # BatchNorm at the stem; the head varies
+        head = "average" if cell.method == "average" else "covpool"
+        pool = "loewner" if cell.method == "average" else cell.method
+        return RunConfig(
+            norm="batchnorm", method="loewner", head=head, pool_method=pool,
+            group_size=None, seed=cell.seed, device=device, **settings,
+        )  # fmt: skip
     pca = cell.table == "table2" or (
         cell.table.startswith("ablation") and cell.table != "ablation_eps"
     )
@@ -399,7 +410,8 @@ above every BatchNorm, ``analytic``, ``power`` and ``loewner`` run, far below ch
 
 def trained_threshold(rows: list[dict[str, Any]]) -> Optional[float]:
     """``TRAINED_FACTOR`` × the mean test error of the finished BatchNorm rows, or None."""
-    errors = [r["test_error"] for r in rows if r["method"] == "batchnorm" and r["success"]]
+    reference = [r for r in rows if r["method"] in ("batchnorm", "average")]  # first-order
+    errors = [r["test_error"] for r in reference if r["success"]]
     return TRAINED_FACTOR * statistics.mean(errors) if errors else None
 
 
@@ -452,6 +464,7 @@ def _p(p: float) -> str:
 
 
 ANCHOR = "power"  # the method every cell is tested against (the paper's SVD-PI)
+ANCHORS = {"covpool": "loewner"}  # covariance pooling: against the library's default
 
 
 def render_table(rows: list[dict[str, Any]], table: str) -> str:
@@ -462,8 +475,9 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     threshold = trained_threshold(rows)
     limit = f"< {threshold:.1f}%" if threshold is not None else "no BatchNorm rows"
-    p_label = f"Fisher p vs {ANCHOR} (finished; trained)"
-    if table == "table2" or table == "demo":
+    anchor_method = ANCHORS.get(table, ANCHOR)
+    p_label = f"Fisher p vs {anchor_method} (finished; trained)"
+    if table in ("table2", "demo", "covpool"):
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
         lines = [
             "| method | group size | success | test error % (min, mean±std) "
@@ -471,11 +485,13 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for method in methods:
-            for size in [None] if method == "batchnorm" else sizes:
+            for size in [None] if method in ("batchnorm", "average") or not sizes else sizes:
                 cell = [r for r in rows if r["method"] == method and r["group_size"] == size]
-                anchor = [r for r in rows if r["method"] == ANCHOR and r["group_size"] == size]
+                anchor = [
+                    r for r in rows if r["method"] == anchor_method and r["group_size"] == size
+                ]
                 rate, error = _summary(cell)
-                good, p = _versus(cell, anchor if method != ANCHOR else cell, threshold)
+                good, p = _versus(cell, anchor if method != anchor_method else cell, threshold)
                 paper = PAPER_TABLE2.get(method, "—") if table == "table2" else "—"
                 lines.append(
                     f"| {method} | {size or '-'} | {rate} | {error} | {good} | {p} | {paper} |"

@@ -26,7 +26,7 @@ from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
 from .files import atomic_write
 from .models import DEPTHS as MODEL_DEPTHS
-from .models import resnet
+from .models import HEADS, POOL_METHODS, resnet
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "RunConfig", "RunResult", "train_run"]
 
@@ -67,6 +67,10 @@ class RunConfig:
     depth: str = _option("resnet18", "CIFAR ResNet depth", DEPTHS)
     width: float = _option(0.125, "stage width multiplier (the stem keeps 64 channels), > 0")
     norm: str = _option("zca", "normalization after the stem convolution", NORMS)
+    head: str = _option("average", "pooling before the classifier", HEADS)
+    pool_method: str = _option(
+        "loewner", "the covariance head's square root (head covpool)", POOL_METHODS
+    )
     method: str = _option("loewner", "gradient rule of the stem ZCA/PCA layer", tuple(RULES))
     group_size: Optional[int] = _option(64, "channels per group of the stem layer (divides 64)")
     compute_dtype: str = _option("float64", "precision of the stem's decomposition", DTYPES)
@@ -95,6 +99,8 @@ class RunConfig:
         for name, choices in (  # the dataset's name is a label here; the CLI checks it
             ("depth", DEPTHS),
             ("norm", NORMS),
+            ("head", HEADS),
+            ("pool_method", POOL_METHODS),
             ("method", tuple(RULES)),
             ("compute_dtype", DTYPES),
             ("convention", CONVENTIONS),
@@ -196,6 +202,8 @@ def build_model(config: RunConfig, dataset: Dataset) -> nn.Module:
         in_channels=dataset.in_channels,
         width=config.width,
         norm=config.norm,
+        head=config.head,
+        pool_method=config.pool_method,
         **norm_kwargs,
     )
 
@@ -277,12 +285,14 @@ def _new_state(config: RunConfig, dataset: Dataset) -> _State:
 
 
 def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
-    """``field: saved -> requested`` for every field that differs (``device`` may change)."""
+    """``field: saved -> requested`` for every field that differs (``device`` may change);
+    a field the saved run predates counts as its default."""
     current = config_dict(config)
+    defaults = config_dict(RunConfig())
     return [
-        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+        f"{key}: {saved.get(key, defaults[key])!r} -> {current[key]!r}"
         for key in current
-        if key != "device" and saved.get(key) != current[key]
+        if key != "device" and saved.get(key, defaults[key]) != current[key]
     ]
 
 
