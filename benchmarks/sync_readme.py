@@ -18,6 +18,7 @@ SECTIONS = {  # README marker -> results file
     "ablations": "results/ablations_quick_fashion-mnist.md",
     "speed summary": "results/bench_speed_summary.md",
     "spectral bench": "results/bench_spectral.md",
+    "covpool quick": "results/covpool_quick_fashion-mnist.md",
 }
 
 
