@@ -479,9 +479,10 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     p_label = f"Fisher p vs {anchor_method} (finished; trained)"
     if table in ("table2", "demo", "covpool"):
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
+        paper_label = "paper (CIFAR-10)" if table == "table2" else "paper"
         lines = [
             "| method | group size | success | test error % (min, mean±std) "
-            f"| trained ({limit}) | {p_label} | {'paper (CIFAR-10)' if table == 'table2' else 'paper'} |",
+            f"| trained ({limit}) | {p_label} | {paper_label} |",
             "|---|---|---|---|---|---|---|",
         ]
         for method in methods:
