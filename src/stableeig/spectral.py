@@ -42,8 +42,9 @@ from ._autograd import (
 )
 from ._docs import fill_args
 from ._precision import autocast_off
-from .exceptions import NotPositiveDefiniteError
-from .rules import EigenvectorRule, Rule, resolve
+from .exceptions import ArgumentError, NotPositiveDefiniteError
+from .power_iteration import power_iteration_unchecked
+from .rules import EigenvectorRule, PowerIteration, Rule, resolve
 
 __all__ = [
     "INV_SQRT",
@@ -171,6 +172,27 @@ def energy_projector_function(energy: float) -> SpectralFunction:
     )
 
 
+def decompose_by_rule(
+    symmetric: torch.Tensor, rule: Rule, stop_below: Optional[float] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w, V)`` of a validated symmetric working-precision batch, differentiated by ``rule``:
+    an eigenvector rule (exact ``eigh`` forward, the rule's backward) or the decomposition
+    rule ``pi`` (power iteration and deflation forward; ``stop_below`` ends its extraction
+    once every matrix's Rayleigh quotient fell below it). The one dispatcher of the rule kinds
+    that produce eigenpairs; a spectral rule (``loewner``) has no eigenvector gradient."""
+    if isinstance(rule, PowerIteration):
+        n = symmetric.shape[-1]
+        return power_iteration_unchecked(
+            symmetric, n, rule.num_iters, backward=rule.backward, stop_below=stop_below
+        )
+    if isinstance(rule, EigenvectorRule):
+        return eigh_function(symmetric, rule)
+    raise ArgumentError(
+        f"{rule.name}: expected a rule that differentiates eigenvectors (an eigenvector rule "
+        f"or pi) (got a rule of kind {rule.kind!r})"
+    )
+
+
 def spectral_unchecked(
     symmetric: torch.Tensor,
     function: SpectralFunction,
@@ -185,8 +207,8 @@ def spectral_unchecked(
     is returned in (a ``loewner`` gradient that overflows it raises); default: the input's.
     """
     with autocast_off(symmetric.device):
-        if isinstance(rule, EigenvectorRule):
-            w, V = eigh_function(symmetric, rule)
+        if rule.kind != "spectral":  # eigenvector and decomposition rules
+            w, V = decompose_by_rule(symmetric, rule)
             return compose(V, function.values(w)), w
         F, w, _ = loewner_function(symmetric, function, grad_dtype or symmetric.dtype)
         return F, w

@@ -14,11 +14,10 @@ from typing import Any, Optional, Union
 import torch
 
 from .. import _validation as checks
-from .._autograd import SpectralFunction, compose
+from .._autograd import SpectralFunction
 from .._docs import fill_args
 from ..exceptions import ArgumentError
-from ..power_iteration import power_iteration_unchecked
-from ..rules import PowerIteration, Rule
+from ..rules import Rule
 from ..spectral import energy_projector_function, spectral_unchecked, top_k_function
 from ._base import _GroupTransform
 from ._engine import unbiased
@@ -54,13 +53,7 @@ def pca_transform(
     correlation = covariance * scale.unsqueeze(-1) * scale.unsqueeze(-2)
     eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
     matrix = correlation + eps * eye
-    if isinstance(rule, PowerIteration):
-        w, V = power_iteration_unchecked(
-            matrix, matrix.shape[-1], rule.num_iters, backward=rule.backward
-        )
-        projector = compose(V, function.values(w))
-    else:
-        projector = spectral_unchecked(matrix, function, rule)[0]
+    projector = spectral_unchecked(matrix, function, rule)[0]  # any rule kind
     values = {"var": unbiased(variance, count).reshape(-1), "projector": projector}
     return projector * scale.unsqueeze(-2), values
 

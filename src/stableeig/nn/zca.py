@@ -12,12 +12,10 @@ from typing import Any, Optional
 import torch
 
 from .. import _validation as checks
-from .._autograd import eigh_function
 from .._docs import fill_args
 from ..exceptions import ArgumentError
-from ..power_iteration import power_iteration_unchecked
-from ..rules import EigenvectorRule, PowerIteration, Rule
-from ..spectral import ridged_inv_sqrt, spectral_unchecked
+from ..rules import PowerIteration, Rule
+from ..spectral import decompose_by_rule, ridged_inv_sqrt, spectral_unchecked
 from ._base import _GroupTransform
 from .conventions import get_convention
 
@@ -174,19 +172,10 @@ def zca_transform(
     """
     eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
     matrix = covariance + eps * eye
-    if isinstance(rule, PowerIteration):
-        w, V = power_iteration_unchecked(
-            matrix,
-            matrix.shape[-1],
-            rule.num_iters,
-            backward=rule.backward,
-            stop_below=eps if truncation == "pi" else None,  # later pairs are never used
-        )
-    elif truncation == "none":
+    if truncation == "none" and not isinstance(rule, PowerIteration):
         return spectral_unchecked(matrix, ridged_inv_sqrt(eps), rule)[0]
-    else:
-        assert isinstance(rule, EigenvectorRule), "check_truncation refuses the others"
-        w, V = eigh_function(matrix, rule)
+    # truncated whitening (check_truncation admits eigenvector rules and pi only)
+    w, V = decompose_by_rule(matrix, rule, stop_below=eps if truncation == "pi" else None)
     if truncation == "pi":
         keep = pi_truncation_mask(w, eps)
     elif truncation == "paper":
