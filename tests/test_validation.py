@@ -138,6 +138,7 @@ def test_readme_rule_table_is_the_registry() -> None:
         ("speed summary", "results/bench_speed_summary.md"),
         ("spectral bench", "results/bench_spectral.md"),
         ("covpool quick", "results/covpool_quick_fashion-mnist.md"),
+        ("spdnet", "results/spdnet_steps1000_fashion-mnist.md"),
     ],
 )
 def test_readme_result_tables_are_the_committed_outputs(marker: str, path: str) -> None:

@@ -103,6 +103,21 @@ def _reproduce(args: argparse.Namespace) -> int:
         text = rp.survival_report(folder)
         print(text)
         return 0
+    if args.table == "spdnet":
+        from .bench import spdnet
+
+        steps = args.steps or 1000
+        results = folder / f"spdnet_steps{steps}_fashion-mnist.jsonl"
+        if args.render_only:
+            rows = rp.unique_rows(rp.read_results(results))
+        else:
+            dataset = _dataset("fashion-mnist", args.data_dir)
+            methods = tuple(args.methods or spdnet.METHODS)
+            rows = spdnet.run(dataset, results, seeds=args.seeds or 3, steps=steps, methods=methods)
+        table = rp.render_table(rows, "spdnet")
+        (folder / f"{results.stem}.md").write_text(table + "\n")
+        print(table)
+        return 0
     preset = rp.PRESETS[args.preset]
     dataset_name = args.dataset or preset["dataset"]
     if args.table == "ablations":
@@ -350,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(reproduce)
     reproduce.add_argument(
         "table",
-        choices=("table1", "table2", "covpool", "ablations", "survival"),
-        help="table1 (ZCA), table2 (PCA), covpool (covariance-pooling heads), ablations (PCA "
+        choices=("table1", "table2", "covpool", "spdnet", "ablations", "survival"),
+        help="table1 (ZCA), table2 (PCA), covpool (covariance-pooling heads), spdnet (an "
+        "SPDNet on region covariances), ablations (PCA "
         "energy / components / iterations and the ε ablation), or survival (plot from every "
         "committed table1 row; runs nothing)",
     )

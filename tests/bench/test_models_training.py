@@ -353,3 +353,17 @@ def test_covpool_cells_configs_and_table(tmp_path: Path, monkeypatch: pytest.Mon
     table = reproduce.render_table(rows, "covpool")
     assert "Fisher p vs loewner" in table and "| average | - | 100% (2/2;" in table
     assert "| analytic | - | 0% (0/2; CI 0–66%) | - | 0% (0/2; CI 0–66%) | 0.33; 0.33 |" in table
+
+
+def test_spdnet_descriptors_and_a_short_run(tmp_path: Path) -> None:
+    from stableeig.bench import spdnet
+
+    data = tiny_dataset()
+    D = spdnet.descriptors(data.train_images)
+    assert D.shape == (48, 8, 8) and bool((torch.linalg.eigvalsh(D) >= 1e-4 * (1 - 1e-9)).all())
+    torch.testing.assert_close(D, D.mT)
+    rows = spdnet.run(data, tmp_path / "s.jsonl", seeds=1, steps=20, methods=("loewner",))
+    assert len(rows) == 1 and rows[0]["success"] and rows[0]["table"] == "spdnet"
+    again = spdnet.run(data, tmp_path / "s.jsonl", seeds=1, steps=20, methods=("loewner",))
+    assert again == rows  # resumed: nothing rerun
+    assert "Fisher p vs loewner" in reproduce.render_table(rows, "spdnet")

@@ -464,7 +464,10 @@ def _p(p: float) -> str:
 
 
 ANCHOR = "power"  # the method every cell is tested against (the paper's SVD-PI)
-ANCHORS = {"covpool": "loewner"}  # covariance pooling: against the library's default
+ANCHORS = {
+    "covpool": "loewner",
+    "spdnet": "loewner",
+}  # covariance pooling: against the library's default
 
 
 def render_table(rows: list[dict[str, Any]], table: str) -> str:
@@ -477,7 +480,7 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     limit = f"< {threshold:.1f}%" if threshold is not None else "no BatchNorm rows"
     anchor_method = ANCHORS.get(table, ANCHOR)
     p_label = f"Fisher p vs {anchor_method} (finished; trained)"
-    if table in ("table2", "demo", "covpool"):
+    if table in ("table2", "demo", "covpool", "spdnet"):
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
         paper_label = "paper (CIFAR-10)" if table == "table2" else "paper"
         lines = [

@@ -1,0 +1,167 @@
+"""``stableeig reproduce spdnet``: an SPDNet on region covariance descriptors of real images.
+
+Each Fashion-MNIST image becomes the 8×8 covariance of per-pixel features (position x, y,
+intensity, |∂x I|, |∂y I|, gradient magnitude, |∂xx I|, |∂yy I|: the classic region
+covariance descriptor) plus ``1e-4·I`` (eigenvalues ~2e-4 … 0.4, median smallest two 2e-4
+and 2e-3; ReEig's ``eps = 5e-3`` clamps at least two of them in most matrices); the network
+is BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → linear, trained with Adam (the BiMap
+weights stay orthonormal through ``torch.nn.utils.parametrizations.orthogonal``). ReEig clamps eigenvalues to ``eps``, so the
+matrices LogEig sees have exactly tied eigenvalues by design: ``analytic`` (eigh autograd's
+rule) against ``power`` and ``loewner``. Rows go to the same JSONL/table machinery as the
+other reproductions (resumable, claimed per cell).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import nn as se_nn
+from .data import Dataset
+
+__all__ = ["METHODS", "SPDNetConfig", "descriptors", "spdnet", "train_spdnet"]
+
+METHODS = ("analytic", "power", "loewner")
+
+
+def descriptors(images: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Region covariance descriptors: (N, 1, H, W) uint8 → (N, 8, 8) float64 SPD."""
+    x = images.double().squeeze(1) / 255
+    N, H, W = x.shape
+    dx = torch.zeros_like(x)
+    dy = torch.zeros_like(x)
+    dx[:, :, 1:-1] = (x[:, :, 2:] - x[:, :, :-2]) / 2
+    dy[:, 1:-1, :] = (x[:, 2:, :] - x[:, :-2, :]) / 2
+    dxx = torch.zeros_like(x)
+    dyy = torch.zeros_like(x)
+    dxx[:, :, 1:-1] = x[:, :, 2:] - 2 * x[:, :, 1:-1] + x[:, :, :-2]
+    dyy[:, 1:-1, :] = x[:, 2:, :] - 2 * x[:, 1:-1, :] + x[:, :-2, :]
+    rows = torch.arange(H, dtype=x.dtype).view(1, H, 1).expand(N, H, W) / H
+    cols = torch.arange(W, dtype=x.dtype).view(1, 1, W).expand(N, H, W) / W
+    features = torch.stack(
+        [cols, rows, x, dx.abs(), dy.abs(), (dx**2 + dy**2).sqrt(), dxx.abs(), dyy.abs()], 1
+    ).reshape(N, 8, H * W)
+    centered = features - features.mean(-1, keepdim=True)
+    covariance = centered @ centered.mT / (H * W)
+    return (covariance + covariance.mT) / 2 + eps * torch.eye(8, dtype=x.dtype)
+
+
+def spdnet(method: str, num_classes: int = 10, eps: float = 1e-4) -> nn.Module:
+    """BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → Linear(10, classes)."""
+    return nn.Sequential(
+        se_nn.BiMap(8, 6, dtype=torch.float64),
+        se_nn.ReEig(eps, method=method),
+        se_nn.BiMap(6, 4, dtype=torch.float64),
+        se_nn.ReEig(eps, method=method),
+        se_nn.LogEig(method=method),
+        nn.Linear(10, num_classes, dtype=torch.float64),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SPDNetConfig:
+    method: str = "loewner"
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-2
+    eps: float = 5e-3  # ReEig's floor: above the two smallest eigenvalues of most descriptors
+    ridge: float = 1e-4  # added to each descriptor
+    test_subset: Optional[int] = None
+
+
+def train_spdnet(
+    config: SPDNetConfig, dataset: Dataset, cache: Optional[dict[str, torch.Tensor]] = None
+) -> dict[str, Any]:
+    """One run: ``{"success", "test_error", "failure_step", "failure_reason", "seconds",
+    "losses"}`` (a failure is a non-finite loss, gradient or parameter, or a refused
+    backward; recorded, never raised). ``cache`` keeps the descriptors between runs."""
+    cache = {} if cache is None else cache
+    if "train" not in cache:
+        cache["train"] = descriptors(dataset.train_images, config.ridge)
+        cache["test"] = descriptors(dataset.test_images, config.ridge)
+    train, test = cache["train"], cache["test"]
+    test_labels = dataset.test_labels
+    if config.test_subset is not None:
+        test, test_labels = test[: config.test_subset], test_labels[: config.test_subset]
+    torch.manual_seed(config.seed)
+    model = spdnet(config.method, dataset.num_classes, config.eps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    start = time.perf_counter()
+    losses: list[float] = []
+    epoch: list[float] = []
+    for step in range(config.steps):
+        index = torch.randint(0, len(train), (config.batch_size,), generator=generator)
+        try:
+            loss = nn.functional.cross_entropy(model(train[index]), dataset.train_labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except (ValueError, RuntimeError) as error:
+            return _failed(
+                step, f"raised {type(error).__name__}: {str(error)[:120]}", start, losses
+            )
+        grads_finite = all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+        )
+        if not math.isfinite(float(loss.detach())) or not grads_finite:
+            return _failed(step, "non-finite loss or gradient", start, losses)
+        optimizer.step()
+        epoch.append(float(loss.detach()))
+        if (step + 1) % 100 == 0:
+            losses.append(sum(epoch) / len(epoch))
+            epoch = []
+    model.eval()
+    with torch.no_grad():
+        wrong = sum(
+            int((model(test[i : i + 1000]).argmax(1) != test_labels[i : i + 1000]).sum())
+            for i in range(0, len(test), 1000)
+        )
+    return {
+        "success": True, "test_error": 100.0 * wrong / max(len(test), 1), "failure_step": None,
+        "failure_reason": None, "seconds": time.perf_counter() - start, "losses": losses,
+    }  # fmt: skip
+
+
+def _failed(step: int, why: str, start: float, losses: list[float]) -> dict[str, Any]:
+    return {
+        "success": False, "test_error": None, "failure_step": step, "failure_reason": why,
+        "seconds": time.perf_counter() - start, "losses": losses,
+    }  # fmt: skip
+
+
+def run(
+    dataset: Dataset, results: Path, seeds: int = 3, steps: int = 1000,
+    methods: tuple[str, ...] = METHODS,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every method × seed not yet in ``results`` (JSONL), one row per finished run."""
+    from . import reproduce as rp
+
+    rp.check_appendable(results)
+    cache: dict[str, torch.Tensor] = {}
+    for method in methods:
+        for seed in range(seeds):
+            cell = rp.Cell("spdnet", method, None, seed)
+            with rp._claim(results, cell) as claimed:
+                if not claimed or cell.key() in rp._done(results):
+                    continue
+                config = SPDNetConfig(method=method, seed=seed, steps=steps)
+                outcome = train_spdnet(config, dataset, cache)
+                row = {
+                    "table": "spdnet", "dataset": dataset.name, "preset": f"steps{steps}",
+                    "method": method, "group_size": None, "seed": seed, "variant": {},
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "device_name": "cpu", **outcome, "config": dataclasses.asdict(config),
+                }  # fmt: skip
+                row["seconds"] = round(row["seconds"], 1)
+                if row["test_error"] is not None:
+                    row["test_error"] = round(row["test_error"], 3)
+                rp._append(results, row)
+                print(f"{method} seed={seed}: {outcome['test_error'] or outcome['failure_reason']}")
+    return rp.unique_rows(rp.read_results(results))
