@@ -2,13 +2,13 @@
 
 Each Fashion-MNIST image becomes the 8×8 covariance of per-pixel features (position x, y,
 intensity, |∂x I|, |∂y I|, gradient magnitude, |∂xx I|, |∂yy I|: the classic region
-covariance descriptor) plus ``1e-4·I`` (eigenvalues ~2e-4 … 0.4, median smallest two 2e-4
-and 2e-3; ReEig's ``eps = 5e-3`` clamps at least two of them in most matrices); the network
-is BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → linear, trained with Adam (the BiMap
-weights stay orthonormal through ``torch.nn.utils.parametrizations.orthogonal``). ReEig clamps eigenvalues to ``eps``, so the
-matrices LogEig sees have exactly tied eigenvalues by design: ``analytic`` (eigh autograd's
-rule) against ``power`` and ``loewner``. Rows go to the same JSONL/table machinery as the
-other reproductions (resumable, claimed per cell).
+covariance descriptor) plus ``1e-4·I``: eigenvalues ~2e-4 … 0.4, the two smallest at a median
+2e-4 and 2e-3, so ReEig's ``eps = 5e-3`` clamps at least two of them in most matrices and the
+matrices LogEig sees have exactly tied eigenvalues by design. The network is BiMap(8→6) →
+ReEig → BiMap(6→4) → ReEig → LogEig → linear, trained with Adam (BiMap weights kept
+orthonormal by ``torch.nn.utils.parametrizations.orthogonal``); ``analytic`` (eigh
+autograd's rule) against ``power`` and ``loewner``. Rows go to the same JSONL/table
+machinery as the other reproductions (resumable, claimed per cell).
 """
 
 from __future__ import annotations
