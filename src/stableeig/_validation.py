@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor  # loaded by `import torch` already
 
 from .exceptions import (
     ArgumentError,
@@ -53,11 +54,7 @@ def host_checks_enabled() -> bool:
 def readable(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` has values to read: not on the meta device, not a FakeTensor
     (shape inference), so that a value check can run."""
-    if tensor.device.type == "meta":
-        return False
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return not isinstance(tensor, FakeTensor)
+    return tensor.device.type != "meta" and not isinstance(tensor, FakeTensor)
 
 
 def _under_vmap() -> bool:

@@ -18,11 +18,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from . import _validation as checks
 from ._autograd import SpectralFunction
-from .exceptions import ArgumentError, NotPositiveDefiniteError
+from .exceptions import ArgumentError
 from .rules import Rule
-from .spectral import _spectral
+from .spectral import _spectral, require_positive, require_semidefinite
 
 __all__ = [
     "clamp_eigenvalues",
@@ -144,31 +143,6 @@ def _clamp_loewner(low: Optional[float], high: Optional[float]) -> Elementwise:
     return loewner
 
 
-def _positive(name: str) -> Callable[[torch.Tensor], None]:
-    def check(w: torch.Tensor) -> None:
-        if w.numel() and checks.host_checks_enabled() and not bool((w > 0).all()):
-            raise NotPositiveDefiniteError(
-                f"{name}: expected a positive definite matrix, all eigenvalues > 0 "
-                f"(got smallest eigenvalue {float(w.amin()):.3g})"
-            )
-
-    return check
-
-
-def _semidefinite(name: str) -> Callable[[torch.Tensor], None]:
-    def check(w: torch.Tensor) -> None:
-        if w.numel() == 0 or not checks.host_checks_enabled():
-            return
-        tolerance = checks.symmetry_tolerance(w.dtype) * w.abs().amax()
-        if not bool((w >= -tolerance).all()):
-            raise NotPositiveDefiniteError(
-                f"{name}: expected a positive semidefinite matrix, eigenvalues >= "
-                f"-{float(tolerance):.3g} (got smallest eigenvalue {float(w.amin()):.3g})"
-            )
-
-    return check
-
-
 def _none(w: torch.Tensor) -> None:
     return None
 
@@ -236,7 +210,9 @@ def logm(
         [1.0, 1.0]
     """
     function = _function("logm", torch.log, _log_loewner, "an eigenvalue is not positive")
-    return _spectral(A, function, backward, compute_dtype, check_symmetric, _positive("logm"))
+    return _spectral(
+        A, function, backward, compute_dtype, check_symmetric, require_positive("logm")
+    )
 
 
 def expm(
@@ -296,10 +272,10 @@ def powm(
     p = float(p)
     if p <= 0:
         values: Elementwise = lambda w: w.pow(p)  # noqa: E731
-        check = _positive("powm")
+        check = require_positive("powm")
     else:
         values = lambda w: w.clamp_min(0).pow(p)  # noqa: E731
-        check = _semidefinite("powm")
+        check = require_semidefinite("powm")
     floored = _pow_loewner(p) if p <= 0 else (lambda w: _pow_loewner(p)(w.clamp_min(0)))
     function = _function(
         f"powm(p={p:g})", values, floored, "the derivative of λ^p is infinite at λ = 0 for p < 1"

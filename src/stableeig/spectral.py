@@ -230,23 +230,38 @@ def _spectral(
     return F.to(A.dtype)
 
 
-def _require_positive(w: torch.Tensor) -> None:
-    if w.numel() and checks.host_checks_enabled() and not bool((w > 0).all()):
-        raise NotPositiveDefiniteError(
-            "inv_sqrtm: expected a positive definite matrix, all eigenvalues > 0 "
-            f"(got smallest eigenvalue {float(w.amin()):.3g}); add eps·I to A"
-        )
+def require_positive(name: str, hint: str = "") -> Callable[[torch.Tensor], None]:
+    """A check of decomposed eigenvalues: all > 0, else :class:`NotPositiveDefiniteError`
+    naming ``name`` (``hint`` is appended to the message)."""
+
+    def check(w: torch.Tensor) -> None:
+        if w.numel() and checks.host_checks_enabled() and not bool((w > 0).all()):
+            raise NotPositiveDefiniteError(
+                f"{name}: expected a positive definite matrix, all eigenvalues > 0 "
+                f"(got smallest eigenvalue {float(w.amin()):.3g}){hint}"
+            )
+
+    return check
 
 
-def _require_semidefinite(w: torch.Tensor) -> None:
-    if w.numel() == 0 or not checks.host_checks_enabled():
-        return
-    tolerance = checks.symmetry_tolerance(w.dtype) * w.abs().amax()
-    if not bool((w >= -tolerance).all()):
-        raise NotPositiveDefiniteError(
-            "sqrtm: expected a positive semidefinite matrix, eigenvalues >= "
-            f"-{float(tolerance):.3g} (got smallest eigenvalue {float(w.amin()):.3g})"
-        )
+def require_semidefinite(name: str) -> Callable[[torch.Tensor], None]:
+    """A check of decomposed eigenvalues: all >= -sqrt(eps)·max|λ| (round-off below 0)."""
+
+    def check(w: torch.Tensor) -> None:
+        if w.numel() == 0 or not checks.host_checks_enabled():
+            return
+        tolerance = checks.symmetry_tolerance(w.dtype) * w.abs().amax()
+        if not bool((w >= -tolerance).all()):
+            raise NotPositiveDefiniteError(
+                f"{name}: expected a positive semidefinite matrix, eigenvalues >= "
+                f"-{float(tolerance):.3g} (got smallest eigenvalue {float(w.amin()):.3g})"
+            )
+
+    return check
+
+
+_require_positive = require_positive("inv_sqrtm", "; add eps·I to A")
+_require_semidefinite = require_semidefinite("sqrtm")
 
 
 def _no_requirement(w: torch.Tensor) -> None:

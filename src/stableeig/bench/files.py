@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write",
     "check_appendable",
     "exclusive_lock",
+    "make_dirs",
     "release_lock",
     "remove_run",
     "run_directory",
@@ -60,6 +61,14 @@ class LockBusy(FileFault):
 def _fault(path: Path, error: OSError, doing: str) -> FileFault:
     cause = error.strerror or type(error).__name__
     return FileFault(error.errno or errno.EIO, f"{path}: cannot {doing} ({cause})")
+
+
+def make_dirs(path: Path, what: str) -> None:
+    """``mkdir -p``, failing as a :class:`FileFault` that names the path and the cause."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _fault(path, error, f"create the {what}") from None
 
 
 def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
@@ -223,10 +232,7 @@ def run_directory(path: Path, config: dict[str, Any], restart: bool = False) -> 
         _check_removable(path)  # before anything is written there, even a lock
     elif path.is_dir():
         _check_ours(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise _fault(path, error, "create the run directory") from None
+    make_dirs(path, "run directory")
     with exclusive_lock(path / RUN_LOCK, "run directory's lock"):
         if restart:
             remove_run(path, keep_folder=True)  # checks, under the lock, that it is a run

@@ -21,11 +21,11 @@ import torch
 
 from .data import Dataset
 from .files import (
-    FileFault,
     LockBusy,
     acquire_lock,
     append_line,
     check_appendable,
+    make_dirs,
     release_lock,
 )
 from .plotting import new_figure, save_figure
@@ -286,12 +286,7 @@ def _claim(results: Path, cell: Cell) -> Iterator[bool]:
     half-written file can never hold a cell.
     """
     folder = results.with_name(results.name + ".claims")
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as error:
-        raise FileFault(
-            error.errno or 1, f"{folder}: cannot create the claims folder ({error.strerror})"
-        ) from None
+    make_dirs(folder, "claims folder")
     name = "_".join(str(part) for part in cell.key()[:4])
     name += "".join(f"_{k}={v}" for k, v in cell.variant)
     path = folder / (name + ".claim")
@@ -331,12 +326,7 @@ def run_cells(
 
     ``overrides`` replace fields of the preset's :class:`RunConfig` (e.g. ``steps``).
     """
-    try:
-        results.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FileFault(
-            error.errno or 1, f"{results.parent}: cannot create ({error.strerror})"
-        ) from None
+    make_dirs(results.parent, "results folder")
     check_appendable(results)  # a results path that cannot be appended to fails before work
     todo = [c for c in cells if c.key() not in _done(results)]
     for number, cell in enumerate(todo, 1):

@@ -18,6 +18,8 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from .._validation import readable
+
 __all__ = [
     "GradientLink",
     "group_affine",
@@ -286,8 +288,6 @@ def traced(x3: torch.Tensor) -> bool:
     plain operations."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         return True
-    from .._validation import readable
-
     return not readable(x3)
 
 
