@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stableeig.bench.speed import forward_backward, paired
+from stableeig.bench.timing import forward_backward, paired
 from stableeig.nn import ZCAWhitening2d
 from stableeig.nn import _statistics as statistics
 
@@ -35,7 +35,7 @@ def main() -> None:
         ratios = []
         for power in range(17, 24):
             statistics.CPU_BLOCK_ELEMENTS = 1 << power
-            ratios.append(f"2^{power}: {paired(ours, baseline, repeats=15)[2]:.2f}x")
+            ratios.append(f"2^{power}: {paired(ours, baseline, repeats=15).ratio:.2f}x")
         statistics.CPU_BLOCK_ELEMENTS = chosen
         print(f"d={group_size}: " + ", ".join(ratios))
 

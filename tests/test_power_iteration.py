@@ -69,7 +69,7 @@ def test_empty_matrix_raises_a_shape_error() -> None:
 
 def test_early_stop_returns_the_same_kept_pairs_and_gradients() -> None:
     """``stop_below`` only skips eigenpairs that the PI stop rule would drop anyway."""
-    from stableeig.nn.zca import _masked_inverse_sqrt, pi_truncation_mask
+    from stableeig.nn.whitening import _masked_inverse_sqrt, pi_truncation_mask
     from stableeig.power_iteration import power_iteration_unchecked
 
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .bench.models import STEM_CHANNELS
+
 __all__ = ["main"]
 
 
@@ -38,7 +40,10 @@ def _demo(args: argparse.Namespace) -> int:
     if results.exists():
         results.unlink()  # the demo always runs fresh
     print("\n== 2. A short training (computed now) ==\n")
-    print("A small ResNet-18 on Fashion-MNIST, ZCA whitening of all 64 stem channels (one group),")
+    print(
+        f"A small ResNet-18 on Fashion-MNIST, ZCA whitening of all {STEM_CHANNELS} stem channels "
+        "(one group),"
+    )
     print("one run per rule, preset 'demo': 90 SGD steps, float32 decomposition, the reference")
     print("code's truncation. Failure = NaN/Inf or loss > 10x its first value. 90 steps are too")
     print("few for the baselines to fail reliably; section 3 has the long runs.\n")
@@ -124,8 +129,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         cells = rp.ablation_cells(rp.ABLATION_SEEDS if args.seeds is None else args.seeds)
     else:
         seeds = preset["seeds"] if args.seeds is None else args.seeds
-        sizes = args.group_sizes or rp.GROUP_SIZES
-        cells = rp.table_cells(args.table, seeds, group_sizes=sizes, methods=args.methods)
+        cells = rp.table_cells(
+            args.table, seeds, group_sizes=args.group_sizes, methods=args.methods
+        )
     dataset = _dataset(dataset_name, args.data_dir)
     stem = f"{args.table}_{args.preset}_{dataset.name}" + (
         f"_steps{args.steps}" if args.steps else ""
@@ -176,7 +182,7 @@ def _bench_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training")
+SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training", "compiled")
 
 
 def _bench_spectral(args: argparse.Namespace) -> int:
@@ -194,13 +200,13 @@ def _bench_spectral(args: argparse.Namespace) -> int:
 def _bench_speed(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import speed
+    from .bench import speed, speed_report, timing
 
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
     parts = set(args.only or SPEED_PARTS)
     result: dict[str, Any] = {
-        "environment": speed.environment(),
+        "environment": timing.environment(),
         "device": args.device,
         "repeats": repeats,
         "quick": args.quick,
@@ -227,13 +233,17 @@ def _bench_speed(args: argparse.Namespace) -> int:
         result["training"] = speed.training_speed(
             batch=16 if args.quick else 128, repeats=repeats, device=args.device
         )
+    if "compiled" in parts:
+        result["compiled"] = speed.compiled_training_speed(
+            batch=16 if args.quick else 128, repeats=repeats, device=args.device
+        )
     stem = (
         "bench_speed"
         + ("_quick" if args.quick else "")
         + ("_cuda" if args.device.startswith("cuda") else "")
     )
-    speed.write(result, Path(args.results), stem)
-    print(speed.speed_markdown(result))
+    speed_report.write(result, Path(args.results), stem)
+    print(speed_report.speed_markdown(result))
     return 0
 
 
@@ -273,8 +283,8 @@ def _comma_list(choices: Optional[Sequence[str]] = None, kind: Any = str) -> Any
 
 def _group_size(text: str) -> int:
     value = _at_least(1)(text)
-    if 64 % value:
-        raise argparse.ArgumentTypeError(f"expected a divisor of 64 (got {value})")
+    if STEM_CHANNELS % value:
+        raise argparse.ArgumentTypeError(f"expected a divisor of {STEM_CHANNELS} (got {value})")
     return value
 
 
@@ -387,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-sizes",
         type=_comma_list(kind=_group_size),
         default=None,
-        help="comma list of divisors of 64 (default: 4,8,16,32,64)",
+        help=f"comma list of divisors of {STEM_CHANNELS} (default: 4,8,16,32,64)",
     )
     reproduce.add_argument(
         "--steps", type=_at_least(1), default=None, help="override the preset's steps"

@@ -26,10 +26,9 @@ import torch
 from . import _validation as checks
 from ._autograd import prepare_symmetric
 from ._precision import autocast_off
+from .rules import REFERENCE_NORM_FLOOR as NORM_FLOOR
 
 __all__ = ["power_iteration_eigh", "power_iteration_unchecked"]
-
-NORM_FLOOR = 1e-5  # the reference's clamp(min=1e-5) on ‖M v‖
 
 
 def _iterate(M: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,7 @@ __all__ = [
     "rule_table",
 ]
 
-SERIES_FLOOR = 1e-5  # the reference's clamp on ‖M v‖ (``power_iteration_once``)
+REFERENCE_NORM_FLOOR = 1e-5  # the reference's clamp(min=1e-5) on ‖M v‖ (one home: also pi's)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Power(EigenvectorRule):
     """
 
     num_iters: int = 19
-    floor: float = SERIES_FLOOR
+    floor: float = REFERENCE_NORM_FLOOR
 
     name: ClassVar[str] = "power"
     paper_name: ClassVar[str] = "SVD-PI (proposed)"
@@ -202,7 +202,7 @@ class Taylor(EigenvectorRule):
     """
 
     order: int = 9
-    floor: float = SERIES_FLOOR
+    floor: float = REFERENCE_NORM_FLOOR
 
     name: ClassVar[str] = "taylor"
     paper_name: ClassVar[str] = "Taylor (TPAMI follow-up)"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stableeig as se
-from stableeig.bench import gradients, speed
+from stableeig.bench import gradients, speed, speed_report, timing
 
 
 def test_gradient_sweep_rows_and_outputs(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_gradient_sweep_rows_and_outputs(tmp_path: Path) -> None:
 
 def test_speed_parts_smallest_sizes(tmp_path: Path) -> None:
     result = {
-        "environment": speed.environment(),
+        "environment": timing.environment(),
         "device": "cpu",
         "repeats": 1,
         "quick": True,
@@ -41,13 +41,18 @@ def test_speed_parts_smallest_sizes(tmp_path: Path) -> None:
             ("loewner",), group_size=16, batch=4, repeats=1, width=0.0625
         ),
     }
-    rows = result["decomposition"] + result["layers"] + result["training"]
+    result["compiled"] = speed.compiled_training_speed(
+        group_size=16, batch=4, repeats=1, width=0.0625, backend="eager"
+    )
+    assert all(row["first_loss_difference"] < 1e-4 for row in result["compiled"])
+    rows = result["decomposition"] + result["layers"] + result["training"] + result["compiled"]
     assert all(row["ratio"] > 0 for row in [*rows, result["pi_over_power"]])
     assert result["placement"] == []  # no host round trip to compare on a CPU
-    speed.write(result, tmp_path, "speed")
+    speed_report.write(result, tmp_path, "speed")
     text = (tmp_path / "speed.md").read_text()
     assert "(a) inv_sqrtm" in text and "(b) ZCAWhitening2d" in text and "(c) one SGD step" in text
     assert "PI layer vs the `power` layer" in text
+    assert "(d) the same SGD step with the model under `torch.compile`" in text
 
 
 @pytest.mark.cuda

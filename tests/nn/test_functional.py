@@ -103,3 +103,49 @@ def test_functional_and_module_raise_and_warn_identically(
     if case.startswith("momentum"):  # like F.batch_norm, the functional takes a factor only
         expected = (expected[0], expected[1].replace(" or None", ""))
     assert _outcome(functional_call) == expected, case
+
+
+@pytest.mark.parametrize(
+    ("case", "kind", "options"),
+    [
+        ("energy out of range", "pca", {"energy": 1.5}),
+        ("energy a bool", "pca", {"energy": True}),
+        ("n_components above the group size", "pca", {"n_components": 5}),
+        ("n_components zero", "pca", {"n_components": 0}),
+        ("unknown truncation", "zca", {"truncation": "some"}),
+        ("loewner with a truncation", "zca", {"truncation": "paper"}),
+        ("unknown convention", "zca", {"convention": "paper"}),
+        ("unknown method", "pca", {"method": "svd"}),
+        ("compute_dtype an integer type", "zca", {"compute_dtype": torch.int32}),
+        ("sync without a process group", "zca", {"sync_statistics": True}),
+        ("sync without a process group", "pca", {"sync_statistics": True}),
+    ],
+)
+def test_functional_and_module_refuse_settings_identically(
+    case: str, kind: str, options: dict[str, object]
+) -> None:
+    module_type = se.nn.ZCAWhitening1d if kind == "zca" else se.nn.PCADenoising1d
+    function = F.zca_whitening if kind == "zca" else F.pca_denoising
+    x = gaussian((16, 4), seed=0)
+    expected = _outcome(lambda: module_type(4, **options)(x))  # type: ignore[arg-type]
+    assert expected[0] != "none", case
+    assert _outcome(lambda: function(x, **options)) == expected, case  # type: ignore[arg-type]
+
+
+def test_functional_running_covariance_equals_the_module() -> None:
+    layer = se.nn.ZCAWhitening1d(6, group_size=3, running="covariance", affine=False)
+    mean, covariance = torch.zeros(6), torch.eye(3).repeat(2, 1, 1)
+    for seed in range(3):
+        x = gaussian((32, 6), seed=seed)
+        y = F.zca_whitening(x, 3, running_mean=mean, running_covariance=covariance)
+        torch.testing.assert_close(y, layer(x))
+    torch.testing.assert_close(covariance, layer.running_covariance)
+    layer.eval()
+    x = gaussian((8, 6), seed=7)
+    expected = layer(x)
+    torch.testing.assert_close(
+        F.zca_whitening(x, 3, running_mean=mean, running_covariance=covariance, training=False),
+        expected,
+    )
+    with pytest.raises(se.ArgumentError, match="running_whitening or running_covariance"):
+        F.zca_whitening(x, 3, running_whitening=covariance, running_covariance=covariance)

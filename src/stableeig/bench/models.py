@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 STEM_NORMS = ("batchnorm", "zca", "pca")
+STEM_CHANNELS = 64  # the paper's stem width (one home: models, run configuration, CLI)
+
 DEPTHS = {
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
@@ -153,7 +155,7 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         width: float = 1.0,
-        stem_channels: int = 64,
+        stem_channels: int = STEM_CHANNELS,
         norm: str = "batchnorm",
         head: str = "average",
         pool_method: str = "loewner",

@@ -12,10 +12,10 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -31,7 +31,7 @@ from .files import (
 from .plotting import new_figure, save_figure
 from .training import RunConfig, config_dict, train_run
 
-__all__ = ["PRESETS", "Cell", "render_table", "run_cells", "table_cells"]
+__all__ = ["PRESETS", "TABLES", "Cell", "TableKind", "render_table", "run_cells", "table_cells"]
 
 TABLE1_METHODS = ("analytic", "pi", "power", "taylor", "loewner")
 TABLE2_METHODS = ("pi", "analytic", "power", "loewner")
@@ -156,6 +156,65 @@ ABLATION_SEEDS = 2
 
 Key = tuple[str, str, Optional[int], int, tuple[tuple[str, Any], ...]]
 
+ANCHOR = "power"  # the method cells are tested against by default (the paper's SVD-PI)
+
+
+@dataclass(frozen=True)
+class TableKind:
+    """What one table is: its runs, how they are trained, and how it is laid out.
+
+    Attributes:
+        methods: the default methods (rows).
+        group_sizes: the default group sizes; ``(None,)`` where the stem has no groups.
+        batchnorm: whether BatchNorm reference runs come first (the "trained" threshold).
+        stem: what the stem's normalization is for a method's runs: ``"zca"``, ``"pca"``,
+            or ``"covpool"`` (BatchNorm at the stem; the method is the pooling head's).
+        layout: ``"grid"`` (the paper's Table 1: methods × group sizes) or ``"list"`` (a row
+            per method and size).
+        anchor: the method every cell's Fisher p-values are computed against.
+        paper: the paper's numbers: per method (``"list"``), or per method and group size
+            (``"grid"``, as (success rate, error) pairs).
+        paper_label: the paper column's header (``"list"``).
+    """
+
+    methods: tuple[str, ...]
+    group_sizes: tuple[Optional[int], ...] = (64,)
+    batchnorm: bool = False
+    stem: str = "zca"
+    layout: str = "list"
+    anchor: str = ANCHOR
+    paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    paper_label: str = "paper"
+
+
+TABLES: dict[str, TableKind] = {
+    "table1": TableKind(
+        TABLE1_METHODS, GROUP_SIZES, batchnorm=True, layout="grid", paper=PAPER_TABLE1
+    ),
+    "table2": TableKind(
+        TABLE2_METHODS,
+        batchnorm=True,
+        stem="pca",
+        paper=PAPER_TABLE2,
+        paper_label="paper (CIFAR-10)",
+    ),
+    "covpool": TableKind(COVPOOL_METHODS, (None,), stem="covpool", anchor="loewner"),
+    "demo": TableKind(("analytic", "power", "loewner")),
+    "spdnet": TableKind(("analytic", "power", "loewner"), (None,), anchor="loewner"),
+    **{  # the ablations: one kind each, run by ablation_cells, rendered by render_ablations
+        f"ablation_{name}": TableKind(("power",), stem="zca" if name == "eps" else "pca")
+        for name in PAPER_ABLATIONS
+    },
+}
+"""Every table kind by name (a new table is one entry)."""
+
+
+def table_kind(table: str) -> TableKind:
+    """The registered :class:`TableKind` of ``table``."""
+    if table not in TABLES:
+        raise ValueError(f"table: expected one of {', '.join(TABLES)} (got {table!r})")
+    return TABLES[table]
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -195,26 +254,17 @@ def ablation_cells(seeds: int = ABLATION_SEEDS) -> list[Cell]:
 def table_cells(
     table: str,
     seeds: int,
-    group_sizes: Iterable[int] = GROUP_SIZES,
+    group_sizes: Optional[Iterable[int]] = None,
     methods: Optional[Iterable[str]] = None,
 ) -> list[Cell]:
-    """The runs of a table: every method × group size × seed, plus a BatchNorm reference."""
-    cells = [Cell(table, "batchnorm", None, s) for s in range(seeds)]
-    if table == "table1":
-        for method in methods or TABLE1_METHODS:
-            cells += [Cell(table, method, d, s) for d in group_sizes for s in range(seeds)]
-    elif table == "table2":
-        cells += [Cell(table, m, 64, s) for m in methods or TABLE2_METHODS for s in range(seeds)]
-    elif table == "covpool":  # the first-order head, then the square roots of the second
-        cells = [Cell(table, m, None, s) for m in methods or COVPOOL_METHODS for s in range(seeds)]
-    elif table == "demo":
-        cells = [
-            Cell(table, m, 64, s)
-            for m in methods or ("analytic", "power", "loewner")
-            for s in range(seeds)
-        ]
-    else:
-        raise ValueError(f"table: expected table1, table2 or demo (got {table!r})")
+    """The runs of a table: every method × group size × seed, after the BatchNorm reference
+    runs of the tables that have them (:data:`TABLES` says which, and the defaults)."""
+    kind = table_kind(table)
+    grouped = kind.group_sizes != (None,)
+    sizes = tuple(group_sizes or kind.group_sizes) if grouped else (None,)
+    cells = [Cell(table, "batchnorm", None, s) for s in range(seeds)] if kind.batchnorm else []
+    for method in methods or kind.methods:
+        cells += [Cell(table, method, d, s) for d in sizes for s in range(seeds)]
     return cells
 
 
@@ -229,17 +279,15 @@ def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) 
     settings = {k: v for k, v in PRESETS[preset].items() if k != "seeds"}
     settings.update(overrides)
     settings.update(dict(cell.variant))
-    if cell.table == "covpool":  # BatchNorm at the stem; the head varies
+    kind = table_kind(cell.table)
+    if kind.stem == "covpool":  # BatchNorm at the stem; the head varies
         head = "average" if cell.method == "average" else "covpool"
         pool = "loewner" if cell.method == "average" else cell.method
         return RunConfig(
             norm="batchnorm", method="loewner", head=head, pool_method=pool,
             group_size=None, seed=cell.seed, device=device, **settings,
         )  # fmt: skip
-    pca = cell.table == "table2" or (
-        cell.table.startswith("ablation") and cell.table != "ablation_eps"
-    )
-    norm = "batchnorm" if cell.method == "batchnorm" else ("pca" if pca else "zca")
+    norm = "batchnorm" if cell.method == "batchnorm" else kind.stem
     method = "loewner" if cell.method == "batchnorm" else cell.method
     return RunConfig(
         norm=norm,
@@ -313,6 +361,11 @@ def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return unique
 
 
+Runner = Callable[[Cell], tuple[dict[str, Any], dict[str, Any]]]
+"""Runs one cell: (its outcome — success, test_error, failure_step, failure_reason, seconds,
+losses — and the configuration to record)."""
+
+
 def run_cells(
     cells: list[Cell],
     dataset: Dataset,
@@ -321,10 +374,12 @@ def run_cells(
     device: str = "cpu",
     progress: bool = True,
     overrides: Optional[dict[str, Any]] = None,
+    runner: Optional[Runner] = None,
 ) -> list[dict[str, Any]]:
     """Run the cells not yet in ``results`` (JSONL), appending one line per finished run.
 
-    ``overrides`` replace fields of the preset's :class:`RunConfig` (e.g. ``steps``).
+    ``overrides`` replace fields of the preset's :class:`RunConfig` (e.g. ``steps``);
+    ``runner`` replaces the ResNet training (e.g. the SPD network's).
     """
     make_dirs(results.parent, "results folder")
     check_appendable(results)  # a results path that cannot be appended to fails before work
@@ -333,8 +388,12 @@ def run_cells(
         with _claim(results, cell) as claimed:
             if not claimed or cell.key() in _done(results):
                 continue  # another process runs (or ran) this cell
-            config = cell_config(cell, preset, device, **(overrides or {}))
-            result = train_run(config, dataset, progress=progress)
+            if runner is None:
+                config = cell_config(cell, preset, device, **(overrides or {}))
+                result = train_run(config, dataset, progress=progress)
+                outcome, record = dataclasses.asdict(result), config_dict(config)
+            else:
+                outcome, record = runner(cell)
             line = {
                 "table": cell.table,
                 "dataset": dataset.name,
@@ -347,20 +406,21 @@ def run_cells(
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "device_name": device_name(device),
-                **dataclasses.asdict(result),
-                "config": config_dict(config),
+                **outcome,
+                "config": record,
             }
-            line["test_error"] = None if result.test_error is None else round(result.test_error, 3)
-            line["seconds"] = round(result.seconds, 1)
+            error = line["test_error"]
+            line["test_error"] = None if error is None else round(error, 3)
+            line["seconds"] = round(line["seconds"], 1)
             _append(results, line)
-        outcome = (
+        summary = (
             f"error {line['test_error']}%"
-            if result.success
-            else f"FAILED at step {result.failure_step}: {result.failure_reason}"
+            if line["success"]
+            else f"FAILED at step {line['failure_step']}: {line['failure_reason']}"
         )
         print(
             f"[{number}/{len(todo)}] {cell.method} d={cell.group_size} seed={cell.seed}: "
-            f"{outcome} ({line['seconds']}s)",
+            f"{summary} ({line['seconds']}s)",
             flush=True,
         )
     return unique_rows(read_results(results))
@@ -453,13 +513,6 @@ def _p(p: float) -> str:
     return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
-ANCHOR = "power"  # the method every cell is tested against (the paper's SVD-PI)
-ANCHORS = {
-    "covpool": "loewner",
-    "spdnet": "loewner",
-}  # covariance pooling: against the library's default
-
-
 def render_table(rows: list[dict[str, Any]], table: str) -> str:
     """Markdown in the paper's layout: success rate and (min, mean ± std) test error %, the
     "trained" rate (below ``TRAINED_FACTOR`` × the BatchNorm mean) and, per cell, two-sided
@@ -468,11 +521,12 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     threshold = trained_threshold(rows)
     limit = f"< {threshold:.1f}%" if threshold is not None else "no BatchNorm rows"
-    anchor_method = ANCHORS.get(table, ANCHOR)
+    kind = table_kind(table)
+    anchor_method = kind.anchor
     p_label = f"Fisher p vs {anchor_method} (finished; trained)"
-    if table in ("table2", "demo", "covpool", "spdnet"):
+    if kind.layout == "list":
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
-        paper_label = "paper (CIFAR-10)" if table == "table2" else "paper"
+        paper_label = kind.paper_label
         lines = [
             "| method | group size | success | test error % (min, mean±std) "
             f"| trained ({limit}) | {p_label} | {paper_label} |",
@@ -486,7 +540,7 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
                 ]
                 rate, error = _summary(cell)
                 good, p = _versus(cell, anchor if method != anchor_method else cell, threshold)
-                paper = PAPER_TABLE2.get(method, "—") if table == "table2" else "—"
+                paper = kind.paper.get(method, "—")
                 lines.append(
                     f"| {method} | {size or '-'} | {rate} | {error} | {good} | {p} | {paper} |"
                 )
@@ -506,19 +560,21 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
             [r for r in rows if r["method"] == method and r["group_size"] == d] for d in sizes
         ]
         anchors = [
-            [r for r in rows if r["method"] == ANCHOR and r["group_size"] == d] for d in sizes
+            [r for r in rows if r["method"] == anchor_method and r["group_size"] == d]
+            for d in sizes
         ]
         cells = [_summary(c) for c in chosen]
         versus = [
-            _versus(c, c if method == ANCHOR else a, threshold) for c, a in zip(chosen, anchors)
+            _versus(c, c if method == anchor_method else a, threshold)
+            for c, a in zip(chosen, anchors)
         ]
         lines.append(f"| {method} | Min, Mean | " + " | ".join(c[1] for c in cells) + " |")
         lines.append(f"| {method} | Suc. Rate | " + " | ".join(c[0] for c in cells) + " |")
         lines.append(f"| {method} | Trained ({limit}) | " + " | ".join(v[0] for v in versus) + " |")
-        if method != ANCHOR:
+        if method != anchor_method:
             lines.append(f"| {method} | {p_label} | " + " | ".join(v[1] for v in versus) + " |")
-        if method in PAPER_TABLE1:
-            reference = PAPER_TABLE1[method]
+        if method in kind.paper:
+            reference = kind.paper[method]
             lines.append(
                 f"| *paper {PAPER_NAMES[method]}* | Suc. Rate; Min, Mean | "
                 + " | ".join(

@@ -143,25 +143,11 @@ def run(
     """Every method × seed not yet in ``results`` (JSONL), one row per finished run."""
     from . import reproduce as rp
 
-    rp.check_appendable(results)
     cache: dict[str, torch.Tensor] = {}
-    for method in methods:
-        for seed in range(seeds):
-            cell = rp.Cell("spdnet", method, None, seed)
-            with rp._claim(results, cell) as claimed:
-                if not claimed or cell.key() in rp._done(results):
-                    continue
-                config = SPDNetConfig(method=method, seed=seed, steps=steps)
-                outcome = train_spdnet(config, dataset, cache)
-                row = {
-                    "table": "spdnet", "dataset": dataset.name, "preset": f"steps{steps}",
-                    "method": method, "group_size": None, "seed": seed, "variant": {},
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "device_name": "cpu", **outcome, "config": dataclasses.asdict(config),
-                }  # fmt: skip
-                row["seconds"] = round(row["seconds"], 1)
-                if row["test_error"] is not None:
-                    row["test_error"] = round(row["test_error"], 3)
-                rp._append(results, row)
-                print(f"{method} seed={seed}: {outcome['test_error'] or outcome['failure_reason']}")
-    return rp.unique_rows(rp.read_results(results))
+
+    def runner(cell: rp.Cell) -> tuple[dict[str, Any], dict[str, Any]]:
+        config = SPDNetConfig(method=cell.method, seed=cell.seed, steps=steps)
+        return train_spdnet(config, dataset, cache), dataclasses.asdict(config)
+
+    cells = rp.table_cells("spdnet", seeds, methods=methods)
+    return rp.run_cells(cells, dataset, f"steps{steps}", results, progress=False, runner=runner)

@@ -26,7 +26,7 @@ from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
 from .files import atomic_write
 from .models import DEPTHS as MODEL_DEPTHS
-from .models import HEADS, POOL_METHODS, resnet
+from .models import HEADS, POOL_METHODS, STEM_CHANNELS, resnet
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "RunConfig", "RunResult", "train_run"]
 
@@ -65,14 +65,18 @@ class RunConfig:
 
     dataset: str = _option("fashion-mnist", "data set", DATASETS)
     depth: str = _option("resnet18", "CIFAR ResNet depth", DEPTHS)
-    width: float = _option(0.125, "stage width multiplier (the stem keeps 64 channels), > 0")
+    width: float = _option(
+        0.125, f"stage width multiplier (the stem keeps {STEM_CHANNELS} channels), > 0"
+    )
     norm: str = _option("zca", "normalization after the stem convolution", NORMS)
     head: str = _option("average", "pooling before the classifier", HEADS)
     pool_method: str = _option(
         "loewner", "the covariance head's square root (head covpool)", POOL_METHODS
     )
     method: str = _option("loewner", "gradient rule of the stem ZCA/PCA layer", tuple(RULES))
-    group_size: Optional[int] = _option(64, "channels per group of the stem layer (divides 64)")
+    group_size: Optional[int] = _option(
+        STEM_CHANNELS, f"channels per group of the stem layer (divides {STEM_CHANNELS})"
+    )
     compute_dtype: str = _option("float64", "precision of the stem's decomposition", DTYPES)
     convention: str = _option(
         "stableeig", "the layer's arithmetic where it differs from the authors' code", CONVENTIONS
@@ -107,10 +111,10 @@ class RunConfig:
         ):
             check_choice(name, getattr(self, name), choices)
         if self.group_size is not None:
-            check_in_range("group_size", self.group_size, 1, 64, integer=True)
-            if 64 % self.group_size:
+            check_in_range("group_size", self.group_size, 1, STEM_CHANNELS, integer=True)
+            if STEM_CHANNELS % self.group_size:
                 raise ArgumentError(
-                    "group_size: expected a divisor of the stem's 64 channels "
+                    f"group_size: expected a divisor of the stem's {STEM_CHANNELS} channels "
                     f"(got {self.group_size})"
                 )
         for name, low, high in (  # upper bounds: beyond them a run only exhausts memory/time
@@ -121,12 +125,12 @@ class RunConfig:
             ("test_subset", 1, 10**7),
             ("num_iters", 1, 1000),
             ("seed", 0, 2**63 - 1),
-            ("n_components", 1, self.group_size or 64),
+            ("n_components", 1, self.group_size or STEM_CHANNELS),
         ):
             if getattr(self, name) is not None:
                 check_in_range(name, getattr(self, name), low, high, integer=True)
         intervals: tuple[tuple[str, float, float, bool, bool], ...] = (
-            ("width", 1 / 64, 16, False, False),  # every stage keeps >= 1 channel per 64
+            ("width", 1 / STEM_CHANNELS, 16, False, False),  # every stage keeps >= 1 channel
             ("eps", 0, 1, True, False),  # a ridge on unit-variance activations
             ("lr", 0, 1e4, True, False),
             ("energy", 0, 1, True, False),

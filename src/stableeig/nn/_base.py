@@ -1,43 +1,52 @@
-"""The module machinery shared by ZCA whitening and PCA denoising.
+"""The module machinery shared by the group layers (ZCA whitening, PCA denoising).
 
-Both layers compute, per group of ``d`` channels, a matrix ``T`` (G, d, d) from the batch
-covariance and output ``y = γ ∘ (T (x - μ)) + β``; they differ only in how ``T`` is made.
-This base class owns everything else, following ``torch.nn.modules.batchnorm``: arguments,
-affine parameters, running statistics (EMA or cumulative), input checks, precision,
-synchronization, ``state_dict`` versioning and ``extra_repr``.
+Each layer outputs, per group of ``d`` channels, ``y = γ ∘ (T (x - μ)) + β``; how ``T`` is
+made is the layer's :class:`~stableeig.nn.transforms.GroupTransform`, built from the
+module's settings at every call. This base class owns everything else, following
+``torch.nn.modules.batchnorm``: arguments, affine parameters, running statistics (EMA or
+cumulative), ``state_dict`` versioning and ``extra_repr``; ``forward`` resolves the momentum
+factor, calls :func:`stableeig.nn.functional.group_transform` and counts the batch.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Optional, Union
+import dataclasses
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from torch import nn
 
 from .. import _validation as checks
-from .._precision import working_dtype
 from ..exceptions import ArgumentError
-from ..rules import Rule, resolve
-from ._engine import (
-    RankDeficientWarning,
-    check_input,
-    check_momentum,
-    check_samples,
-    group_forward,
-    unbiased,
-)
+from ..rules import Rule
+from ._checks import check_input, check_momentum, warning_due
 from ._statistics import sync_enabled
-from .conventions import CONVENTIONS, get_convention
+from .functional import group_transform
+from .transforms import GroupTransform, RunningValues
 
-__all__ = ["CONVENTIONS", "RankDeficientWarning"]  # CONVENTIONS: from .conventions
+__all__ = ["GroupLayer"]
+
+_VERSION1_MATRIX_NAMES = ("running_whitening", "running_projector", "running_covariance")
+_BASE_FIELDS = {f.name for f in dataclasses.fields(GroupTransform)}
 
 
-class _GroupTransform(nn.Module):
-    """Base of the group-decorrelation layers. Subclasses define the transform ``T``."""
+class GroupLayer(nn.Module):
+    """Base of the group layers: a subclass names its transform type and input dimensions.
+
+    Example (a layer that only centers, with a ``Centering`` transform whose ``T`` is
+    ``I``; the tests define it in full)::
+
+        class Centering1d(stableeig.nn.GroupLayer):
+            _transform_type = Centering
+            _input_dims = (2, 3)
+
+    The constructor's arguments are those of :class:`~stableeig.nn.ZCAWhitening2d` that
+    every layer has, plus the transform's own fields as keywords.
+    """
 
     _version = 3  # 2: fixed buffer names (running_matrix); 3: the running mode is saved
-    _running_choices: tuple[str, ...] = ("covariance",)
+    _transform_type: ClassVar[type[GroupTransform]] = GroupTransform
+    _input_dims: ClassVar[tuple[int, ...]] = (2, 3, 4)
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class _GroupTransform(nn.Module):
         process_group: Optional[Any] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -68,22 +78,26 @@ class _GroupTransform(nn.Module):
             )
         self.group_size = group_size
         self.num_groups = num_features // group_size
-        self.eps = checks.check_positive(f"{name}: eps", eps)
         check_momentum(name, momentum)
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        self.rule = resolve(method, argument=f"{name}: method")
-        self.method = self.rule.name
-        running = self._running_choices[0] if running is None else running
-        self.running = checks.check_choice(f"{name}: running", running, self._running_choices)
-        self.convention = checks.check_choice(f"{name}: convention", convention, CONVENTIONS)
-        working_dtype(torch.float32, compute_dtype)  # validates
-        self.compute_dtype = compute_dtype
         self.sync_statistics = sync_statistics
         self.process_group = process_group
-        self._warned_rank_deficient = False
-        self._warned_unsynchronized = False
+        self._warned = False
+        transform = self._transform_type(
+            eps, method, running, convention, compute_dtype, where=name, **settings
+        )
+        transform.check_group_size(name, group_size)
+        self.eps = transform.eps
+        self.rule = transform.rule
+        self.method = self.rule.name
+        self.running: str = transform.running  # type: ignore[assignment]
+        self.convention = transform.settings.name
+        self.compute_dtype = compute_dtype
+        self._settings = tuple(settings)
+        for key in self._settings:  # resolved (e.g. the rule's default truncation)
+            setattr(self, key, getattr(transform, key))
         factory = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))  # type: ignore[arg-type]
@@ -91,9 +105,11 @@ class _GroupTransform(nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        matrix_shape = (self.num_groups, group_size, group_size)
-        for buffer, kind in {"running_mean": "vector", **self._running_buffers()}.items():
-            shape = matrix_shape if kind == "matrix" else (num_features,)
+        shapes: dict[str, tuple[int, ...]] = {"running_mean": (num_features,)}
+        if transform.tracks_variance:
+            shapes["running_var"] = (num_features,)
+        shapes["running_matrix"] = (self.num_groups, group_size, group_size)
+        for buffer, shape in shapes.items():
             value = torch.zeros(shape, device=device, dtype=torch.float32)
             self.register_buffer(buffer, value if track_running_stats else None)
         self.register_buffer(
@@ -102,31 +118,14 @@ class _GroupTransform(nn.Module):
         )
         self.reset_parameters()
 
-    # ---- subclass interface -------------------------------------------------------------
-
-    def _running_buffers(self) -> dict[str, str]:
-        """Running buffers besides ``running_mean``: name -> ``"vector"`` (C,) or
-        ``"matrix"`` (G, d, d). Vectors start at 1, matrices at :meth:`_initial_matrix`.
-        The names are fixed; ``running_matrix`` holds what ``running`` says."""
-        return {"running_matrix": "matrix"}
-
-    _legacy_names: tuple[str, ...] = ()  # version-1 names of running_matrix
-
-    def _batch_transform(
-        self, covariance: torch.Tensor, count: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``T`` (G, d, d) from a biased covariance (G, d, d) in working precision over
-        ``count`` samples, and the per-batch values that the running buffers average
-        (key ``"x"`` updates ``running_x``; ``"matrix"`` is what ``running`` names)."""
-        raise NotImplementedError
-
-    def _running_transform(self) -> torch.Tensor:
-        """``T`` (G, d, d) for evaluation, from the running buffers."""
-        raise NotImplementedError
-
-    def _initial_matrix(self) -> torch.Tensor:
-        """Initial value of the running matrices: the identity (d, d)."""
-        return torch.eye(self.group_size)
+    def transform(self) -> GroupTransform:
+        """The layer's transform, from its current settings (changing ``layer.eps`` or
+        ``layer.rule`` takes effect at the next call, as in BatchNorm)."""
+        settings = {key: getattr(self, key) for key in self._settings}
+        return self._transform_type(
+            self.eps, self.rule, self.running, self.convention, self.compute_dtype,
+            where=type(self).__name__, **settings,
+        )  # fmt: skip
 
     def _matrix_named(self, meaning: str) -> torch.Tensor:
         """``running_matrix`` when it holds ``meaning`` (the version-1 buffer names)."""
@@ -142,24 +141,29 @@ class _GroupTransform(nn.Module):
         """The running covariance (G, d, d), with ``running="covariance"``."""
         return self._matrix_named("covariance")
 
-    _input_dims: tuple[int, ...] = ()
-    _input_description = ""
+    def _running(self) -> Optional[RunningValues]:
+        if not self.track_running_stats:
+            return None
+        var = self._buffer("running_var") if self._transform_type.tracks_variance else None
+        return RunningValues(self._buffer("running_matrix"), var)
 
     # ---- BatchNorm conventions ----------------------------------------------------------
 
     def reset_running_stats(self) -> None:
         if not self.track_running_stats:
             return
+        running = self._running()
+        assert running is not None
         self._buffer("running_mean").zero_()
-        for name, kind in self._running_buffers().items():
-            buffer = self._buffer(name)
-            buffer.copy_(self._initial_matrix()) if kind == "matrix" else buffer.fill_(1.0)
+        running.matrix.copy_(self.transform().initial_matrix(self.group_size))
+        if running.var is not None:
+            running.var.fill_(1.0)
         self._buffer("num_batches_tracked").zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
-            if get_convention(self.convention).uniform_weight_init:
+            if self.transform().settings.uniform_weight_init:
                 nn.init.uniform_(self.weight)  # the reference code's weight.data.uniform_()
             else:
                 nn.init.ones_(self.weight)
@@ -197,12 +201,12 @@ class _GroupTransform(nn.Module):
         if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
         if (version is None or version < 2) and self.track_running_stats:
-            for old in (*self._legacy_names, "running_covariance"):  # version 1 -> 2
+            for old in _VERSION1_MATRIX_NAMES:  # version 1 -> 2
                 if prefix + old in state_dict:
                     state_dict[prefix + "running_matrix"] = state_dict.pop(prefix + old)
-            for name, kind in self._running_buffers().items():
-                if kind == "vector" and prefix + name not in state_dict:  # not kept in v1
-                    state_dict[prefix + name] = torch.ones(self.num_features)
+            key = prefix + "running_var"
+            if self._transform_type.tracks_variance and key not in state_dict:  # not kept in v1
+                state_dict[key] = torch.ones(self.num_features)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -216,70 +220,38 @@ class _GroupTransform(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
 
-    def _decomposition_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:
-        return working_dtype(statistics_dtype, self.compute_dtype)
-
     def _buffer(self, name: str) -> torch.Tensor:
         value = getattr(self, name)
         assert isinstance(value, torch.Tensor), f"{name} is not tracked"
         return value
 
-    def _transform_from_running_covariance(self) -> torch.Tensor:
-        """Eval ``T`` for ``running="covariance"``: the batch transform of the running one."""
-        with torch.no_grad():
-            covariance = self._buffer("running_matrix")
-            covariance = covariance.to(self._decomposition_dtype(covariance.dtype))
-            return self._batch_transform(covariance, torch.tensor(0.0))[0]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
-        check_input(name, x, self.num_features, self._input_dims, self._input_description)
-        use_batch = self.training or not self.track_running_stats
-        sync = use_batch and sync_enabled(self.sync_statistics, self.process_group, self.training)
-        if self.sync_statistics and self.training and not sync and not self._warned_unsynchronized:
-            self._warned_unsynchronized = True
-            warnings.warn(
-                f"{name}: sync_statistics=True but torch.distributed is not initialized (or "
-                "has one process): using this process's batch statistics",
-                stacklevel=2,
-            )
-        warn = not self._warned_rank_deficient  # once per layer
-        if check_samples(name, x, self.group_size, self.eps, self.training, sync, warn):
-            self._warned_rank_deficient = True
-        update = self.training and self.track_running_stats and (x.numel() > 0 or sync)
-
-        def momentum() -> float:  # called once the batch passed its checks
-            tracked = self._buffer("num_batches_tracked")
-            tracked.add_(1)
-            return 1.0 / float(tracked) if self.momentum is None else self.momentum
-
-        batch_transform = self._batch_transform
-        if self.running == "covariance":
-
-            def batch_transform(
-                covariance: torch.Tensor, count: torch.Tensor
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-                transform, values = self._batch_transform(covariance, count)
-                return transform, {**values, "matrix": unbiased(covariance, count)}
-
-        running = (
-            {key[len("running_") :]: self._buffer(key) for key in self._running_buffers()}
-            if update
-            else None
-        )
-        return group_forward(
+        check_input(name, x, self.num_features, self._input_dims)
+        update = self.training and self.track_running_stats
+        factor = 0.0 if self.momentum is None else self.momentum
+        if update and self.momentum is None:  # cumulative average, counting this batch
+            factor = 1.0 / (float(self._buffer("num_batches_tracked")) + 1)
+        sync_statistics = self.sync_statistics and self.training  # as SyncBatchNorm
+        warn = not self._warned
+        y = group_transform(
             x,
+            self.transform(),
             self.group_size,
-            name=name,
-            use_batch=use_batch,
-            batch_transform=batch_transform,
-            eval_transform=self._running_transform if self.track_running_stats else None,
             running_mean=self._buffer("running_mean") if self.track_running_stats else None,
-            running=running,
-            momentum=momentum,
+            running=self._running(),
             weight=self.weight,
             bias=self.bias,
-            compute_dtype=self.compute_dtype,
-            sync=sync,
+            training=self.training or not self.track_running_stats,
+            momentum=factor,
+            sync_statistics=sync_statistics,
             process_group=self.process_group,
+            warn=warn,
+            name=name,
         )
+        synchronized = sync_enabled(sync_statistics, self.process_group, True)
+        if update and (x.numel() > 0 or synchronized):  # the batch was accepted
+            self._buffer("num_batches_tracked").add_(1)
+        if warn and (self.training or not self.track_running_stats):  # a layer warns once
+            self._warned = warning_due(x, self.group_size, sync_statistics, synchronized)
+        return y

@@ -18,12 +18,14 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from .._validation import readable
+from .._validation import check_finite, host_checks_enabled, readable
 
 __all__ = [
     "GradientLink",
+    "finite_moments",
     "group_affine",
     "group_moments",
+    "one_pass_gradient",
     "samples_per_block",
     "sync_enabled",
     "traced",
@@ -280,6 +282,45 @@ def group_moments(
         return mean, outer / count, count, x3
     block = samples_per_block(x3, block)
     return _GroupMoments.apply(x3, group_size, sync, process_group, block, link)
+
+
+def finite_moments(
+    name: str,
+    x3: torch.Tensor,
+    group_size: int,
+    sync: bool = False,
+    process_group: Optional[Any] = None,
+    link: Optional[GradientLink] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`group_moments`, checked: a non-finite float32 covariance (finite activations
+    beyond ~1e19, which BatchNorm accepts) is recomputed from a float64 copy of ``x3`` (then
+    returned as the activations); one still non-finite raises
+    :class:`~stableeig.NonFiniteError`. One host sync, skipped with host checks off and
+    under shape inference."""
+    mean, covariance, count, used = group_moments(x3, group_size, sync, process_group, link=link)
+    if not host_checks_enabled() or not readable(covariance):  # no sync
+        return mean, covariance, count, used
+    if bool(torch.isfinite(covariance).all()):  # the forward's one host synchronization
+        return mean, covariance, count, used
+    if x3.dtype == torch.float32:
+        mean, covariance, count, used = group_moments(
+            x3.to(torch.float64), group_size, sync, process_group, link=link
+        )
+    check_finite(f"{name}: activations' covariance", covariance)
+    return mean, covariance, count, used
+
+
+def one_pass_gradient(x3: torch.Tensor) -> bool:
+    """Whether the moments backward may write the whole input gradient (:class:`GradientLink`).
+
+    The link is an eager-mode optimization: a side channel between two autograd Functions.
+    Dynamo records the moments backward as a template while the link is still empty, and
+    functorch transforms replay backwards out of order, so under ``torch.compile``,
+    ``torch.func`` and shape inference (:func:`traced`) it is off and the statistics and
+    affine map are plain operations (same values; tested against eager for every layer,
+    rule and backend).
+    """
+    return not traced(x3)
 
 
 def traced(x3: torch.Tensor) -> bool:

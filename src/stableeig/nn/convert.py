@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import _validation as checks
 from ..exceptions import ArgumentError, StableEigError
-from ._base import _GroupTransform
+from ._base import GroupLayer
 from .pca import PCADenoising1d, PCADenoising2d
 from .zca import ZCAWhitening1d, ZCAWhitening2d
 
@@ -35,7 +35,7 @@ def _replacement(
         cls = next(new for old, new in _REPLACEMENTS[kind].items() if isinstance(bn, old))
     kwargs.setdefault("momentum", bn.momentum)
     try:
-        layer: _GroupTransform = cls(
+        layer: GroupLayer = cls(
             bn.num_features,
             affine=bn.affine,
             track_running_stats=bn.track_running_stats,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..exceptions import ArgumentError
-from ._base import _GroupTransform
+from ._base import GroupLayer
 
 __all__ = ["LeafTracer", "fold_eval", "fold_eval_model"]
 
@@ -25,7 +25,7 @@ Foldable = Union[nn.Conv1d, nn.Conv2d, nn.Linear]
 def affine_map(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``(M (C, C), c (C,))`` with ``layer(x) = M x + c`` per pixel, in float64, read off
     the eval-mode layer itself (its constant term and its response to each basis vector)."""
-    if not isinstance(layer, _GroupTransform):
+    if not isinstance(layer, GroupLayer):
         raise ArgumentError(f"fold_eval: expected a ZCA or PCA layer (got {type(layer).__name__})")
     if layer.training or not layer.track_running_stats:
         raise ArgumentError(
@@ -72,7 +72,7 @@ def fold_eval(module: Foldable, layer: nn.Module) -> Foldable:
     channels = (
         module.out_channels if isinstance(module, (nn.Conv1d, nn.Conv2d)) else module.out_features
     )
-    if not isinstance(layer, _GroupTransform) or layer.num_features != channels:
+    if not isinstance(layer, GroupLayer) or layer.num_features != channels:
         got = getattr(layer, "num_features", type(layer).__name__)
         raise ArgumentError(
             f"fold_eval: expected a ZCA/PCA layer over the {channels} output channels (got {got})"
@@ -115,7 +115,7 @@ def fold_eval_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         names = list(container._modules)
         for first, second in zip(names, names[1:]):
             a, b = container._modules[first], container._modules[second]
-            if isinstance(a, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(b, _GroupTransform):
+            if isinstance(a, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(b, GroupLayer):
                 container._modules[first] = fold_eval(a, b)
                 container._modules[second] = nn.Identity()
     return folded

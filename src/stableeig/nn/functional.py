@@ -1,28 +1,46 @@
-"""Functional forms of the layers, like ``torch.nn.functional.batch_norm``.
+"""The forward of every group layer, like ``torch.nn.functional.batch_norm``.
 
-The modules in :mod:`stableeig.nn` are thin wrappers over the same forward
-(:func:`stableeig.nn._engine.group_forward`) and the same transforms
-(:func:`stableeig.nn.zca.zca_transform`, :func:`stableeig.nn.pca.pca_transform`).
+:func:`group_transform` is the one forward (checks, warnings, synchronization, statistics,
+running updates, the affine map) for any :class:`~stableeig.nn.transforms.GroupTransform`;
+:func:`zca_whitening` and :func:`pca_denoising` build their transform and call it, and the
+modules of :mod:`stableeig.nn` call it too, as ``_BatchNorm.forward`` calls
+``F.batch_norm``.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import math
+from typing import Any, Optional, Union
 
 import torch
 
 from .. import _validation as checks
-from ..rules import Rule, resolve
-from ._engine import check_input, check_momentum, check_samples, group_forward
-from .conventions import get_convention
-from .pca import pca_transform, projector_function
-from .zca import check_truncation, zca_transform
+from .._precision import autocast_off
+from ..rules import Rule
+from ._checks import (
+    check_buffer,
+    check_input,
+    check_momentum,
+    check_samples,
+    warn_rank_deficient,
+    warn_unsynchronized,
+)
+from ._statistics import (
+    GradientLink,
+    finite_moments,
+    group_affine,
+    one_pass_gradient,
+    sync_enabled,
+)
+from .conventions import Convention
+from .denoising import PCATransform
+from .transforms import GroupTransform, RunningValues
+from .whitening import ZCATransform
 
-__all__ = ["pca_denoising", "zca_whitening"]
+__all__ = ["group_transform", "pca_denoising", "zca_whitening"]
 
 
-def _groups(name: str, x: torch.Tensor, group_size: Optional[int]) -> int:
-    check_input(name, x, x.shape[1] if x.dim() >= 2 else -1, (2, 3, 4), "(N, C, ...)")
+def _group_size(name: str, x: torch.Tensor, group_size: Optional[int]) -> int:
     C = x.shape[1]
     d = C if group_size is None else checks.check_int_at_least(f"{name}: group_size", group_size, 1)
     if C % d:
@@ -32,12 +50,151 @@ def _groups(name: str, x: torch.Tensor, group_size: Optional[int]) -> int:
     return d
 
 
+def _check_statistics(
+    name: str,
+    transform: GroupTransform,
+    shapes: tuple[int, int, int],
+    running_mean: Optional[torch.Tensor],
+    running: Optional[RunningValues],
+    training: bool,
+) -> bool:
+    """Shapes of the running statistics; whether they are given (both, or neither)."""
+    C, G, d = shapes
+    names = ["running_mean", *(["running_var"] if transform.tracks_variance else [])]
+    names.append(f"running_{transform.running}")
+    given = [running_mean]
+    if running is not None:
+        given += [running.var] if transform.tracks_variance else []
+        given.append(running.matrix)
+    tracked = len(given) == len(names) and all(t is not None for t in given)
+    if not tracked:
+        if not training:
+            listed = ", ".join(names[:-1]) + " and " + names[-1]
+            raise checks.ArgumentError(f"{name}: expected {listed} when training=False")
+        if any(t is not None for t in given):
+            raise checks.ArgumentError(
+                f"{name}: expected all of {', '.join(names)} or none of them (got only some)"
+            )
+        return False
+    assert running is not None
+    check_buffer(name, "running_mean", running_mean, (C,))
+    check_buffer(name, names[-1], running.matrix, (G, d, d))
+    if transform.tracks_variance:
+        check_buffer(name, "running_var", running.var, (C,))
+    return True
+
+
+def group_transform(
+    x: torch.Tensor,
+    transform: GroupTransform,
+    group_size: Optional[int] = None,
+    *,
+    running_mean: Optional[torch.Tensor] = None,
+    running: Optional[RunningValues] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    sync_statistics: bool = False,
+    process_group: Optional[Any] = None,
+    warn: bool = True,
+    name: str = "group_transform",
+) -> torch.Tensor:
+    """``y = γ ∘ (T (x - μ)) + β`` per group of ``d`` channels, ``T`` made by ``transform``.
+
+    With ``training=True`` the batch statistics are used and, when ``running_mean`` and
+    ``running`` are given, averaged into them in place (``lerp(momentum)``, after every check
+    passed); with ``training=False`` the running statistics are used.
+
+    Args:
+        x: activations (N, C), (N, C, L) or (N, C, H, W), real floating.
+        transform: how ``T`` is made (:class:`~stableeig.nn.ZCATransform`,
+            :class:`~stableeig.nn.PCATransform`, or a subclass of
+            :class:`~stableeig.nn.transforms.GroupTransform`).
+        group_size: channels per group ``d`` (divides C). Default: None (``d = C``).
+        running_mean: (C,) running mean. Default: None.
+        running: the other running buffers (a :class:`~stableeig.nn.transforms.RunningValues`
+            of a (C/d, d, d) matrix and, for standardizing transforms, a (C,) variance).
+        weight, bias: (C,) affine parameters. Default: None (identity).
+        training: use (and update) batch statistics. Default: True.
+        momentum: factor of the running averages, in [0, 1]. Default: 0.1.
+        sync_statistics: all-reduce the batch statistics over ``process_group`` when
+            torch.distributed runs more than one process (else a warning). Default: False.
+        process_group: the group to synchronize over. Default: None (the world).
+        warn: emit :class:`~stableeig.nn.RankDeficientWarning` and the unsynchronized
+            warning (the modules warn once). Default: True.
+        name: the caller, in error messages.
+
+    Returns:
+        Same shape, dtype and memory format as ``x``.
+    """
+    check_input(name, x, None, (2, 3, 4))
+    d = _group_size(name, x, group_size)
+    C = x.shape[1]
+    G = C // d
+    check_momentum(name, momentum, allow_none=False)
+    transform.check_group_size(name, d)
+    tracked = _check_statistics(name, transform, (C, G, d), running_mean, running, training)
+    check_buffer(name, "weight", weight, (C,))
+    check_buffer(name, "bias", bias, (C,))
+    sync = training and sync_enabled(sync_statistics, process_group, True)
+    check_samples(name, x, training, sync)
+    if warn and training:
+        warn_unsynchronized(name, sync_statistics, sync)
+        warn_rank_deficient(name, x, d, transform.eps, sync)
+    if x.numel() == 0 and not sync:  # a synchronized empty batch still joins the collectives
+        return x.clone()
+    x3 = x.reshape(x.shape[0], C, math.prod(x.shape[2:]))
+    with autocast_off(x.device):
+        work = x3.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+        link: Optional[GradientLink] = None
+        if training:
+            # the input gradient written once, by the moments backward (eager only)
+            link = GradientLink() if one_pass_gradient(work) else None
+            mean, covariance, count, work = finite_moments(name, work, d, sync, process_group, link)
+            covariance = covariance.to(transform.working_dtype(work.dtype))
+            T, values = transform.batch((covariance + covariance.mT) / 2, count)
+            if tracked:
+                assert running_mean is not None and running is not None
+                _update(running_mean, running, mean, values, momentum)
+        else:
+            assert running_mean is not None and running is not None
+            T, mean = transform.from_running(running), running_mean
+        dtype = work.dtype
+        T, mean = T.to(dtype), mean.to(dtype)
+        if weight is not None:
+            T = T * weight.to(dtype).view(G, d, 1)
+        shift = -(T @ mean.view(G, d, 1))  # (G, d, 1)
+        if bias is not None:
+            shift = shift + bias.to(dtype).view(G, d, 1)
+        y = group_affine(work, T, shift, link=link)
+    y = y.view(x.shape).to(x.dtype)
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def _update(
+    running_mean: torch.Tensor,
+    running: RunningValues,
+    mean: torch.Tensor,
+    values: RunningValues,
+    momentum: float,
+) -> None:
+    """Running averages ``lerp(momentum)`` in place, each in its buffer's dtype."""
+    with torch.no_grad():
+        for buffer, value in zip((running_mean, *running), (mean, *values)):
+            if buffer is not None and value is not None:
+                buffer.lerp_(value.detach().to(buffer.dtype), momentum)
+
+
 def zca_whitening(
     x: torch.Tensor,
     group_size: Optional[int] = None,
     *,
     running_mean: Optional[torch.Tensor] = None,
     running_whitening: Optional[torch.Tensor] = None,
+    running_covariance: Optional[torch.Tensor] = None,
     weight: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     training: bool = True,
@@ -45,25 +202,29 @@ def zca_whitening(
     eps: float = 1e-4,
     method: Union[str, Rule] = "loewner",
     truncation: Optional[str] = None,
-    convention: str = "stableeig",
+    convention: Union[str, Convention] = "stableeig",
     compute_dtype: Optional[torch.dtype] = None,
+    sync_statistics: bool = False,
+    process_group: Optional[Any] = None,
 ) -> torch.Tensor:
     """ZCA whitening per group of channels: ``γ ∘ ((Σ + εI)^{-1/2} (x - μ)) + β``.
 
-    With ``training=True`` the batch statistics are used and, if ``running_mean`` and
-    ``running_whitening`` are given, averaged into them in place (``lerp(momentum)``);
+    With ``training=True`` the batch statistics are used and, if ``running_mean`` and a
+    running matrix are given, averaged into them in place (``lerp(momentum)``);
     with ``training=False`` the running statistics are used.
 
     Args:
         x: activations (N, C), (N, C, L) or (N, C, H, W), real floating.
         group_size: channels per group ``d`` (divides C). Default: None (``d = C``).
         running_mean: (C,) running mean, float32. Default: None.
-        running_whitening: (C/d, d, d) running whitening. Default: None.
+        running_whitening: (C/d, d, d) running whitening (the paper's). Default: None.
+        running_covariance: (C/d, d, d) running unbiased covariance instead, whitened in
+            eval (``running="covariance"`` of the modules). Default: None.
         weight, bias: (C,) affine parameters. Default: None (identity).
         training: use (and update) batch statistics. Default: True.
         momentum: of the running averages, in [0, 1]. Default: 0.1.
-        eps, method, truncation, convention, compute_dtype: as in
-            :class:`stableeig.nn.ZCAWhitening2d`.
+        eps, method, truncation, convention, compute_dtype, sync_statistics, process_group:
+            as in :class:`stableeig.nn.ZCAWhitening2d`.
 
     Returns:
         The whitened activations, same shape and dtype as ``x``.
@@ -76,38 +237,29 @@ def zca_whitening(
         >>> torch.allclose((y.T @ y / 64)[:2, :2], torch.eye(2), atol=1e-2)
         True
     """
-    d = _groups("zca_whitening", x, group_size)
-    check_momentum("zca_whitening", momentum, allow_none=False)
-    rule = resolve(method, argument="zca_whitening: method")
-    truncation = check_truncation("zca_whitening", rule, truncation)
-    get_convention(convention, "zca_whitening: convention")
-    checks.check_positive("zca_whitening: eps", eps)
-
-    def batch_transform(
-        covariance: torch.Tensor, count: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        whitening = zca_transform(covariance, eps, rule, truncation, convention)
-        return whitening, {"whitening": whitening}
-
-    tracked = running_mean is not None and running_whitening is not None
-    check_samples("zca_whitening", x, d, eps, training, sync=False, warn=True)
-    if not training and not tracked:
+    name = "zca_whitening"
+    if running_whitening is not None and running_covariance is not None:
         raise checks.ArgumentError(
-            "zca_whitening: expected running_mean and running_whitening when training=False"
+            f"{name}: expected running_whitening or running_covariance, not both"
         )
-    return group_forward(
+    mode = "whitening" if running_covariance is None else "covariance"
+    transform = ZCATransform(
+        eps, method, mode, convention, compute_dtype, where=name, truncation=truncation
+    )
+    matrix = running_whitening if running_covariance is None else running_covariance
+    return group_transform(
         x,
-        d,
-        name="zca_whitening",
-        use_batch=training,
-        batch_transform=batch_transform,
-        eval_transform=lambda: running_whitening,  # type: ignore[arg-type, return-value]
+        transform,
+        group_size,
         running_mean=running_mean,
-        running={"whitening": running_whitening} if tracked and training else None,  # type: ignore[dict-item]
-        momentum=momentum,
+        running=None if matrix is None else RunningValues(matrix),
         weight=weight,
         bias=bias,
-        compute_dtype=compute_dtype,
+        training=training,
+        momentum=momentum,
+        sync_statistics=sync_statistics,
+        process_group=process_group,
+        name=name,
     )
 
 
@@ -118,6 +270,7 @@ def pca_denoising(
     running_mean: Optional[torch.Tensor] = None,
     running_var: Optional[torch.Tensor] = None,
     running_projector: Optional[torch.Tensor] = None,
+    running_covariance: Optional[torch.Tensor] = None,
     weight: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     training: bool = True,
@@ -126,17 +279,22 @@ def pca_denoising(
     n_components: Optional[int] = None,
     energy: float = 0.99,
     method: Union[str, Rule] = "loewner",
-    convention: str = "stableeig",
+    convention: Union[str, Convention] = "stableeig",
     compute_dtype: Optional[torch.dtype] = None,
+    sync_statistics: bool = False,
+    process_group: Optional[Any] = None,
 ) -> torch.Tensor:
     """PCA denoising per group of channels: standardize, project onto the top eigenvectors.
 
-    Running statistics (``running_mean``, ``running_var`` (C,), ``running_projector``
-    (C/d, d, d)) are used and updated as in :func:`zca_whitening`.
+    Running statistics (``running_mean``, ``running_var`` (C,), and ``running_projector``
+    or ``running_covariance`` (C/d, d, d)) are used and updated as in :func:`zca_whitening`.
 
     Args:
-        x, group_size, running_*, weight, bias, training, momentum, eps, method, convention,
-        compute_dtype: as in :func:`zca_whitening`.
+        x, group_size, running_mean, running_covariance, weight, bias, training, momentum,
+        eps, method, convention, compute_dtype, sync_statistics, process_group: as in
+            :func:`zca_whitening`.
+        running_var: (C,) running unbiased variance. Default: None.
+        running_projector: (C/d, d, d) running projector (the paper's). Default: None.
         n_components: eigenvectors kept per group (overrides ``energy``). Default: None.
         energy: keep the fewest top eigenvectors holding this share of the trace. Default: 0.99.
 
@@ -148,44 +306,31 @@ def pca_denoising(
         >>> se.nn.functional.pca_denoising(torch.randn(32, 8), n_components=2).shape
         torch.Size([32, 8])
     """
-    d = _groups("pca_denoising", x, group_size)
-    check_momentum("pca_denoising", momentum, allow_none=False)
-    rule = resolve(method, argument="pca_denoising: method")
-    get_convention(convention, "pca_denoising: convention")
-    checks.check_positive("pca_denoising: eps", eps)
-    checks.check_k("pca_denoising: n_components", n_components, d, allow_none=True)
-    function = projector_function(n_components, energy)
-
-    def batch_transform(
-        covariance: torch.Tensor, count: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return pca_transform(covariance, count, eps, rule, function, convention)
-
-    buffers = {"var": running_var, "projector": running_projector}
-    tracked = running_mean is not None and all(b is not None for b in buffers.values())
-    check_samples("pca_denoising", x, d, eps, training, sync=False, warn=True)
-    if not training and not tracked:
+    name = "pca_denoising"
+    if running_projector is not None and running_covariance is not None:
         raise checks.ArgumentError(
-            "pca_denoising: expected running_mean, running_var and running_projector when "
-            "training=False"
+            f"{name}: expected running_projector or running_covariance, not both"
         )
-
-    def eval_transform() -> torch.Tensor:
-        assert running_var is not None and running_projector is not None
-        scale = (running_var + eps).rsqrt().view(-1, 1, d)
-        return running_projector * scale
-
-    return group_forward(
+    mode = "projector" if running_covariance is None else "covariance"
+    transform = PCATransform(
+        eps, method, mode, convention, compute_dtype, where=name, n_components=n_components,
+        energy=energy,
+    )  # fmt: skip
+    matrix = running_projector if running_covariance is None else running_covariance
+    running = None
+    if matrix is not None or running_var is not None:
+        running = RunningValues(matrix, running_var)  # type: ignore[arg-type]
+    return group_transform(
         x,
-        d,
-        name="pca_denoising",
-        use_batch=training,
-        batch_transform=batch_transform,
-        eval_transform=eval_transform,
+        transform,
+        group_size,
         running_mean=running_mean,
-        running=buffers if tracked and training else None,  # type: ignore[arg-type]
-        momentum=momentum,
+        running=running,
         weight=weight,
         bias=bias,
-        compute_dtype=compute_dtype,
+        training=training,
+        momentum=momentum,
+        sync_statistics=sync_statistics,
+        process_group=process_group,
+        name=name,
     )

@@ -1,0 +1,259 @@
+"""Reports of ``stableeig bench speed``: the Markdown tables, the README summary and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from .plotting import new_figure, save_figure
+from .speed import FLOOR
+
+__all__ = ["plot_speed", "speed_markdown", "summary_markdown", "write"]
+
+
+def speed_markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        f"Measured on {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
+        f"device {result['device']}; medians of interleaved per-pair ratios [quartiles]. "
+        "Training is timed as forward, then `y.backward(G)` with a fixed random G.",
+        "",
+    ]
+    if result.get("decomposition"):
+        lines += [
+            "**(a) inv_sqrtm forward+backward vs torch.linalg.eigh autograd** (float32 input)",
+            "",
+            "| n | batch | method | ours ms | vs eigh float32 | vs eigh float64 |",
+            "|---|---|---|---|---|---|",
+        ]
+        rows = result["decomposition"]
+        for row in rows:
+            if row["baseline"].endswith("float32"):
+                other = next(
+                    r
+                    for r in rows
+                    if r["n"] == row["n"]
+                    and r["method"] == row["method"]
+                    and r["baseline"].endswith("float64")
+                )
+                lines.append(
+                    f"| {row['n']} | {row['batch']} | {row['method']} | {row['ours_ms']} | "
+                    f"{row['ratio']:.2f}× | {other['ratio']:.2f}× |"
+                )
+        lines.append("")
+    if result.get("eigh_backward"):
+        lines += [
+            "**eigh backward alone vs the analytic rule** (16 × 64×64, float32)",
+            "",
+            "| rule | ratio |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {r['rule']} | {r['ratio_to_analytic']:.2f}× |" for r in result["eigh_backward"]
+        ]
+        lines.append("")
+    if result.get("layers"):
+        shape = tuple(result["layers"][0]["shape"])
+        lines += [
+            f"**(b) ZCAWhitening2d vs nn.BatchNorm2d**, {shape} float32",
+            "",
+            "| method | group size | train fwd+bwd | eval fwd |",
+            "|---|---|---|---|",
+        ]
+        layers = result["layers"]
+        for row in layers:
+            if row["mode"] == "train":
+                other = next(
+                    r
+                    for r in layers
+                    if r["method"] == row["method"]
+                    and r["group_size"] == row["group_size"]
+                    and r["mode"] == "eval"
+                )
+                lines.append(
+                    f"| {row['method']} | {row['group_size']} | {_with_target(row)} | "
+                    f"{_with_target(other)} |"
+                )
+        lines.append("")
+    if result.get("pi_over_power"):
+        row = result["pi_over_power"]
+        lines += [
+            f"The paper's PI layer vs the `power` layer (train fwd+bwd, d={row['group_size']}): "
+            f"{row['pi_ms']} ms vs {row['power_ms']} ms, {_with_target(row)}",
+            "",
+        ]
+    if result.get("placement"):
+        lines += [
+            "**eigh on the device vs a host round trip** (float64)",
+            "",
+            "| n | batch | device ms | round trip ms | device / round trip | layers use |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['n']} | {r['batch']} | {r['device_ms']} | {r['round_trip_ms']} | "
+            f"{r['device_over_round_trip']:.2f}× | {r['layers_use']} |"
+            for r in result["placement"]
+        ]
+        lines.append("")
+    if result.get("training"):
+        batch = result["training"][0]["batch"]
+        lines += [
+            f"**(c) one SGD step, quick-preset ResNet-18 (batch {batch}, 1×28×28), "
+            "ZCA at the stem vs BN**",
+            "",
+            "| method | group size | ZCA step ms | BN step ms | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for row in result["training"]:
+            lines.append(
+                f"| {row['method']} | {row['group_size']} | {row['ours_ms']} | "
+                f"{row['batchnorm_ms']} | {_with_target(row)} |"
+            )
+    if result.get("compiled"):
+        first = result["compiled"][0]
+        lines += [
+            "",
+            f"**(d) the same SGD step with the model under `torch.compile` (backend "
+            f"`{first['backend']}`) vs eager, batch {first['batch']}**",
+            "",
+            "| stem | compiled step ms | eager step ms | compiled / eager | first call s "
+            "| first-step loss difference |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in result["compiled"]:
+            stem = (
+                "BatchNorm"
+                if row["method"] == "batchnorm"
+                else f"ZCA `{row['method']}`, d = {row['group_size']}"
+            )
+            lines.append(
+                f"| {stem} | {row['compiled_ms']} | {row['eager_ms']} | {_ratio(row)} | "
+                f"{row['first_call_s']} | {row['first_loss_difference']:.1e} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    """``1.23× [1.10–1.40]``: the median ratio and, when measured, its quartiles."""
+    if not row.get("ratio_quartiles"):
+        return f"{row['ratio']:.2f}×"
+    low, high = row["ratio_quartiles"]
+    return f"{row['ratio']:.2f}× [{low:.2f}–{high:.2f}]"
+
+
+def _with_target(row: dict[str, Any]) -> str:
+    target: Optional[float] = row.get("target")
+    text = _ratio(row)
+    if target is not None:
+        text += f" ({'≤' if row['ratio'] <= target else 'above'} {target}×)"
+    return text
+
+
+def plot_speed(result: dict[str, Any], path: Path) -> None:
+    figure, (left, right) = new_figure(2)
+    rows = [r for r in result.get("decomposition", []) if r["baseline"].endswith("float64")]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        points = [(r["n"], r["ratio"]) for r in rows if r["method"] == method]
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    left.axhline(1.0, color="gray", lw=0.8)
+    left.set_xscale("log", base=2)
+    left.set_xlabel("matrix size n (batch = 65536 / n²)")
+    left.set_ylabel("time / torch.linalg.eigh autograd (float64)")
+    left.set_title("(a) inv_sqrtm forward+backward")
+    left.legend()
+    layers = result.get("layers", [])
+    for mode, style in (("train", "-o"), ("eval", "--s")):
+        for method in ("loewner", "power"):
+            points = [
+                (r["group_size"], r["ratio"])
+                for r in layers
+                if r["mode"] == mode and r["method"] == method
+            ]
+            if points:
+                right.plot(
+                    [p[0] for p in points], [p[1] for p in points], style, label=f"{method} {mode}"
+                )
+    right.axhline(1.0, color="gray", lw=0.8)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("group size")
+    right.set_ylabel("time / nn.BatchNorm2d")
+    right.set_title(f"(b) ZCAWhitening2d, {tuple(layers[0]['shape']) if layers else ''}")
+    right.legend()
+    save_figure(figure, path)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The README's speed table: each of issue 9's CPU targets, its measurement and, for the
+    layer, the floor (:data:`FLOOR`, the same passes without the decomposition)."""
+    lines = [
+        "| measurement | ratio [quartiles] | passes alone (floor) | target |",
+        "|---|---|---|---|",
+    ]
+
+    def add(label: str, row: Optional[dict[str, Any]], floor: str = "") -> None:
+        if row is None:
+            return
+        target = row.get("target")
+        verdict = (
+            ""
+            if target is None
+            else f"≤ {target}×" + ("" if row["ratio"] <= target else " (not met)")
+        )
+        lines.append(f"| {label} | {_ratio(row)} | {floor} | {verdict} |")
+
+    decomposition = {
+        (r["n"], r["method"]): r
+        for r in result.get("decomposition", [])
+        if r["baseline"].endswith("float64")
+    }
+    if (64, "loewner") in decomposition:
+        row = dict(decomposition[64, "loewner"], target=1.2)
+        add(
+            '`inv_sqrtm(backward="loewner")` fwd+bwd, 16 × 64×64, vs `torch.linalg.eigh` '
+            "autograd in float64",
+            row,
+        )
+    for row in result.get("eigh_backward", []):
+        if row["rule"] == "power":
+            add(
+                '`eigh(backward="power")` backward vs `analytic`, 16 × 64×64',
+                {"ratio": row["ratio_to_analytic"], "target": 3.0},
+            )
+    layers = {(r["method"], r["group_size"], r["mode"]): r for r in result.get("layers", [])}
+    shape = tuple(result["layers"][0]["shape"]) if result.get("layers") else ()
+    for method, group_size, mode in (
+        ("loewner", 16, "train"),
+        ("loewner", 64, "train"),
+        ("power", 64, "train"),
+        ("loewner", 16, "eval"),
+        ("loewner", 64, "eval"),
+    ):
+        floor = layers.get((FLOOR, group_size, mode))
+        what = "train fwd+bwd" if mode == "train" else "eval forward"
+        add(
+            f"`ZCAWhitening2d` {what} vs `nn.BatchNorm2d`, {shape}, `{method}`, d = {group_size}",
+            layers.get((method, group_size, mode)),
+            _ratio(floor) if floor else "",
+        )
+    if result.get("pi_over_power"):
+        row = result["pi_over_power"]
+        add(f"the paper's PI layer vs the `power` layer, train, d = {row['group_size']}", row)
+    for row in result.get("training", []):
+        add(
+            f"one SGD step, quick-preset ResNet-18, ZCA (`{row['method']}`, d = "
+            f"{row['group_size']}) vs BatchNorm at the stem",
+            row,
+        )
+    for row in result.get("compiled", []):
+        stem = "BatchNorm" if row["method"] == "batchnorm" else f"ZCA (`{row['method']}`)"
+        add(f"the same SGD step, {stem} at the stem, `torch.compile` vs eager", row)
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], folder: Path, stem: str = "bench_speed") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / f"{stem}.md").write_text(speed_markdown(result))
+    (folder / f"{stem}_summary.md").write_text(summary_markdown(result))
+    plot_speed(result, folder / f"{stem}.png")
