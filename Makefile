@@ -10,7 +10,7 @@ STAMP := $(VENV)/.stableeig-installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet -c constraints-cpu.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[bench,dev]'
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[bench,dev,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

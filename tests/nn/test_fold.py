@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -104,6 +107,43 @@ def test_fx_trace_with_the_leaf_tracer_and_a_clear_error_without() -> None:
     torch.testing.assert_close(graph(x), model(x))
     with pytest.raises(se.DTypeError, match=r"LeafTracer .* or use torch\.export"):
         torch.fx.symbolic_trace(model)
+
+
+def test_quantize_fx_keeps_the_layer_in_float_between_quantized_convolutions() -> None:
+    """``prepare_fx``/``convert_fx`` with the layer marked non-traceable (as the error of a
+    plain trace says): the convolutions are quantized, the layer runs in float on their
+    dequantized output, and the result stays within the quantization error."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), se.nn.ZCAWhitening2d(8, group_size=4), nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+    )  # fmt: skip
+    for _ in range(3):
+        model(torch.randn(16, 3, 6, 6))
+    model.eval()
+    x = torch.randn(4, 3, 6, 6)
+    mapping = get_default_qconfig_mapping()
+    with pytest.raises(se.DTypeError, match="set_non_traceable_module_classes"):
+        prepare_fx(copy.deepcopy(model), mapping, (x,))
+    config = PrepareCustomConfig().set_non_traceable_module_classes([se.nn.ZCAWhitening2d])
+    prepared = prepare_fx(copy.deepcopy(model), mapping, (x,), prepare_custom_config=config)
+    with torch.no_grad():
+        for seed in range(4):  # calibration
+            prepared(torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(seed)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation of quantized tensor creation
+        quantized = convert_fx(prepared)
+        out = quantized(x)
+    kinds = {f"{type(m).__module__}.{type(m).__name__}" for m in quantized.modules()}
+    assert "torch.ao.nn.quantized.modules.conv.Conv2d" in kinds
+    assert "stableeig.nn.zca.ZCAWhitening2d" in kinds
+    expected = model(x)
+    error = (out - expected).abs().max() / expected.abs().max()
+    assert 1e-4 < error < 0.1  # quantized (not the float model), within its error
 
 
 @pytest.mark.parametrize("layer", [se.nn.ZCAWhitening2d, se.nn.PCADenoising2d])

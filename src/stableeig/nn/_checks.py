@@ -55,8 +55,9 @@ def check_input(name: str, x: object, num_features: Optional[int], dims: tuple[i
             raise DTypeError(
                 f"{name}: expected a torch.Tensor (got an FX Proxy: the layer's statistics "
                 "depend on values, which symbolic tracing cannot follow); trace with "
-                "stableeig.nn.LeafTracer (the layer stays one call_module node) or use "
-                "torch.export"
+                "stableeig.nn.LeafTracer (the layer stays one call_module node), for "
+                "quantize_fx pass PrepareCustomConfig().set_non_traceable_module_classes("
+                "[the layer's class]) to prepare_fx, or use torch.export"
             )
         raise DTypeError(f"{name}: expected a torch.Tensor (got {type(x).__name__})")
     if x.dim() not in dims:
