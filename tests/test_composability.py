@@ -196,3 +196,101 @@ def test_layers_under_jvp_jacfwd_vmap_and_vmap_grad(index: int) -> None:
         leaf = b.clone().requires_grad_(True)
         looped.append(torch.autograd.grad(loss(leaf), leaf)[0])
     torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(batches), torch.stack(looped))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: se.nn.ZCAWhitening2d(8, group_size=4),
+        lambda: se.nn.ZCAWhitening2d(8, group_size=4, method="power"),
+        lambda: se.nn.PCADenoising2d(8, group_size=4, n_components=2),
+    ],
+    ids=["zca-loewner", "zca-power", "pca"],
+)
+def test_layers_train_under_torch_func_with_their_buffers_as_inputs(make: object) -> None:
+    """``torch.func.grad`` over ``functional_call`` in training, the recipe BatchNorm needs
+    too (buffers passed in, so the running update mutates an input): parameter gradients
+    and running buffers equal eager; captured buffers fail as BatchNorm's do."""
+    import copy
+
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    layer = make()  # type: ignore[operator]
+    eager = copy.deepcopy(layer)
+    x = torch.randn(6, 8, 3, 3, dtype=torch.float32)
+    params = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    buffers = {k: v.clone() for k, v in layer.named_buffers()}
+
+    def loss(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(layer, {**p, **b}, (x,)).pow(3).sum()
+
+    grads = grad(loss)(params, buffers)
+    expected = torch.autograd.grad(eager(x).pow(3).sum(), list(eager.parameters()))
+    for (key, _), reference in zip(eager.named_parameters(), expected):
+        scale = float(reference.abs().max())
+        torch.testing.assert_close(grads[key], reference, rtol=1e-5, atol=1e-5 * scale)
+    for key, reference in eager.named_buffers():
+        torch.testing.assert_close(buffers[key], reference)
+    assert int(buffers["num_batches_tracked"]) == 1
+    with pytest.raises(RuntimeError, match="mutate a captured Tensor"):
+        grad(lambda p: functional_call(layer, p, (x,)).sum())(params)
+
+
+@pytest.mark.parametrize("method", ["loewner", "analytic"])  # the exact rules
+@pytest.mark.parametrize("kind", ["zca", "pca"])
+def test_layers_forward_ad_gradcheck_and_hessian(kind: str, method: str) -> None:
+    """Batch-statistics layers (``track_running_stats=False``) and eval layers under
+    ``gradcheck(check_forward_ad=True)``, and ``torch.func.hessian`` of a cubic loss
+    against central differences of the reverse-mode gradient (float64). (``power`` and
+    ``taylor`` are approximate gradients by design: their forward mode is the adjoint of
+    their backward, tested below.)"""
+    from torch.func import hessian
+
+    torch.manual_seed(0)
+    options = {"n_components": 2} if kind == "pca" else {}
+    layer_type = se.nn.PCADenoising1d if kind == "pca" else se.nn.ZCAWhitening1d
+    layer = layer_type(3, method=method, track_running_stats=False, dtype=torch.float64, **options)
+    x = (torch.randn(6, 3, dtype=torch.float64) * torch.tensor([1.0, 2.0, 4.0])).requires_grad_()
+    assert torch.autograd.gradcheck(layer, (x,), check_forward_ad=True)
+    tracked = layer_type(3, method=method, dtype=torch.float64, **options)
+    tracked(x.detach())
+    assert torch.autograd.gradcheck(tracked.eval(), (x,), check_forward_ad=True)
+
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return layer(z).pow(3).sum()
+
+    def gradient(z: torch.Tensor) -> torch.Tensor:
+        z = z.detach().requires_grad_(True)
+        return torch.autograd.grad(loss(z), z)[0]
+
+    H = hessian(loss)(x.detach())
+    step, columns = 1e-6, []
+    for index in range(x.numel()):
+        e = torch.zeros(x.numel(), dtype=torch.float64)
+        e[index] = step
+        e = e.view_as(x)
+        columns.append((gradient(x + e) - gradient(x - e)) / (2 * step))
+    reference = torch.stack(columns, dim=-1).view_as(H)
+    torch.testing.assert_close(H, reference, rtol=1e-5, atol=1e-6 * float(H.abs().max()))
+    assert H.abs().max() > 1.0
+
+
+@pytest.mark.parametrize("method", ["power", "taylor"])
+@pytest.mark.parametrize("kind", ["zca", "pca"])
+def test_layers_forward_mode_is_the_adjoint_of_the_backward(kind: str, method: str) -> None:
+    """``<J v, u> = <v, Jᵀ u>`` for the approximate rules' layers (jvp against vjp)."""
+    from torch.func import jvp, vjp
+
+    torch.manual_seed(1)
+    options = {"n_components": 2} if kind == "pca" else {}
+    layer_type = se.nn.PCADenoising1d if kind == "pca" else se.nn.ZCAWhitening1d
+    layer = layer_type(4, method=method, track_running_stats=False, dtype=torch.float64, **options)
+    x = torch.randn(8, 4, dtype=torch.float64) * torch.tensor([1.0, 2.0, 3.0, 5.0])
+    v, u = torch.randn_like(x), torch.randn_like(x)
+    _, forward = jvp(layer, (x,), (v,))
+    _, pullback = vjp(layer, x)
+    (backward,) = pullback(u)
+    left, right = float((forward * u).sum()), float((v * backward).sum())
+    assert abs(left - right) <= 1e-10 * max(1.0, abs(left))
+    assert abs(left) > 1e-3

@@ -324,10 +324,13 @@ def one_pass_gradient(x3: torch.Tensor) -> bool:
 
 
 def traced(x3: torch.Tensor) -> bool:
-    """Under torch.compile/export, a torch.func transform, or shape inference (meta device,
-    FakeTensor): the streamed, hand-written passes (an eager CPU optimization) give way to
-    plain operations."""
+    """Under torch.compile/export, a torch.func transform, forward-mode AD
+    (``torch.autograd.forward_ad``, ``gradcheck(check_forward_ad=True)``), or shape
+    inference (meta device, FakeTensor): the streamed, hand-written passes (an eager CPU
+    optimization, reverse mode only) give way to plain operations."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if torch.autograd.forward_ad._current_level >= 0:  # inside a dual_level
         return True
     return not readable(x3)
 
