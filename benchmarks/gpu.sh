@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a machine with torch + CUDA and no network (< 6 minutes on one
+# The prepared GPU check, for a machine with torch + CUDA and no network (< 10 minutes on one
 # H100/H200): the CUDA tests, the speed benchmark on the device, and a short training slice
 # of the long preset. Everything it writes goes under results/ with the device in the name.
 # Needs python with torch (CUDA), pytest, hypothesis and matplotlib; stableeig runs from src/.
@@ -15,6 +15,8 @@ echo "== $DEVICE: CUDA tests and the test suite's device-independent core"
 timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/bench/test_benchmarks.py tests/test_eigh.py tests/nn/test_zca.py tests/nn/test_statistics.py tests/nn/test_distributed.py 2>&1 | tail -5 | tee "$OUT/tests.txt"
 echo "== speed on the device (forward + y.backward(G), interleaved with BatchNorm)"
 timeout 180 "$PY" -m stableeig bench speed --device cuda --only decomposition,layers,placement,training --repeats 20 --results "$OUT" | tee "$OUT/speed.txt"
+echo "== the training step under torch.compile (inductor; default, and reduce-overhead = CUDA graphs with host checks off) vs eager"
+timeout 240 "$PY" -m stableeig bench speed --device cuda --only compiled --repeats 20 --results "$OUT/compiled" | tee "$OUT/compiled.txt"
 echo "== a training slice: long preset, d = 64, 300 steps, one seed per rule"
 timeout 150 "$PY" -m stableeig reproduce table1 --preset long --device cuda --group-sizes 64 --methods analytic,power,loewner --seeds 1 --steps 300 --dataset fashion-mnist-subset --quiet --results "$OUT" | tee "$OUT/training.txt"
 echo "wrote $OUT"

@@ -13,12 +13,13 @@ import copy
 import functools
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from .._autograd import HOST_EIGH_MAX_SIZE
+from .._validation import host_checks
 from ..nn import ZCAWhitening2d
 from ..nn._statistics import GradientLink, group_affine, group_moments
 from ..rules import RULES
@@ -340,11 +341,18 @@ def compiled_training_speed(
     device: str = "cpu",
     width: float = 0.125,
     backend: str = "inductor",
+    modes: Optional[tuple[str, ...]] = None,
 ) -> list[dict[str, Any]]:
     """One SGD step of the quick-preset ResNet-18 with the model under ``torch.compile``
     against the same step in eager mode (two copies of one initialization), for ZCA at
     the stem and, for scale, BatchNorm. Also records the first compiled call (the
-    compilation) and the first step's loss difference."""
+    compilation) and the first step's loss difference.
+
+    ``modes``: ``torch.compile`` modes; default ``("default",)`` on a CPU and
+    ``("default", "reduce-overhead")`` on CUDA, where ``"reduce-overhead"`` (CUDA graphs)
+    runs with ``se.host_checks(False)`` so that nothing synchronizes inside the step."""
+    if modes is None:
+        modes = ("default", "reduce-overhead") if device.startswith("cuda") else ("default",)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 1, 28, 28, generator=g).to(device)
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
@@ -362,7 +370,8 @@ def compiled_training_speed(
         return run
 
     rows = []
-    for method in (*methods, "batchnorm"):
+    for mode, method in ((m, r) for m in modes for r in (*methods, "batchnorm")):
+        checks = mode != "reduce-overhead"
         norm = "batchnorm" if method == "batchnorm" else "zca"
         options = {} if method == "batchnorm" else {"group_size": group_size, "method": method}
         torch.manual_seed(0)
@@ -371,15 +380,22 @@ def compiled_training_speed(
         eager_model.to(device)
         compiled_model.to(device)
         eager = step_of(eager_model)
-        compiled = step_of(torch.compile(compiled_model, backend=backend))  # type: ignore[arg-type]
-        start = time.perf_counter()
-        first_compiled = compiled()
-        sync(device)
-        compile_s = time.perf_counter() - start
-        first_eager = eager()
-        timed = paired(compiled, eager, repeats, device)  # type: ignore[arg-type]
+        compiled = step_of(
+            torch.compile(  # type: ignore[arg-type]
+                compiled_model, backend=backend, mode=None if mode == "default" else mode
+            )
+        )
+        with host_checks(checks):
+            start = time.perf_counter()
+            first_compiled = compiled()
+            sync(device)
+            compile_s = time.perf_counter() - start
+            first_eager = eager()
+            timed = paired(compiled, eager, repeats, device)  # type: ignore[arg-type]
         rows.append(
             {
+                "mode": mode,
+                "host_checks": checks,
                 "method": method,
                 "group_size": None if method == "batchnorm" else group_size,
                 "batch": batch,

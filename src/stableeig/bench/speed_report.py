@@ -117,9 +117,9 @@ def speed_markdown(result: dict[str, Any]) -> str:
             f"**(d) the same SGD step with the model under `torch.compile` (backend "
             f"`{first['backend']}`) vs eager, batch {first['batch']}**",
             "",
-            "| stem | compiled step ms | eager step ms | compiled / eager | first call s "
+            "| stem | mode | compiled step ms | eager step ms | compiled / eager | first call s "
             "| first-step loss difference |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in result["compiled"]:
             stem = (
@@ -128,10 +128,17 @@ def speed_markdown(result: dict[str, Any]) -> str:
                 else f"ZCA `{row['method']}`, d = {row['group_size']}"
             )
             lines.append(
-                f"| {stem} | {row['compiled_ms']} | {row['eager_ms']} | {_ratio(row)} | "
+                f"| {stem} | {_mode(row)} | {row['compiled_ms']} | {row['eager_ms']} | "
+                f"{_ratio(row)} | "
                 f"{row['first_call_s']} | {row['first_loss_difference']:.1e} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _mode(row: dict[str, Any]) -> str:
+    """``default`` or ``reduce-overhead, host checks off``."""
+    mode = row.get("mode", "default")
+    return mode if row.get("host_checks", True) else f"{mode}, host checks off"
 
 
 def _ratio(row: dict[str, Any]) -> str:
@@ -247,7 +254,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         )
     for row in result.get("compiled", []):
         stem = "BatchNorm" if row["method"] == "batchnorm" else f"ZCA (`{row['method']}`)"
-        add(f"the same SGD step, {stem} at the stem, `torch.compile` vs eager", row)
+        add(f"the same SGD step, {stem} at the stem, `torch.compile` ({_mode(row)}) vs eager", row)
     return "\n".join(lines) + "\n"
 
 
