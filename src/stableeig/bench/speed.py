@@ -214,10 +214,7 @@ def layer_speed(
                         "group_size": group_size,
                         "mode": mode,
                         "shape": list(shape),
-                        "ours_ms": round(timed.ours_s * 1e3, 2),
-                        "batchnorm_ms": round(timed.baseline_s * 1e3, 2),
-                        "ratio": round(timed.ratio, 3),
-                        "ratio_quartiles": timed.quartiles,
+                        **timed.fields("ours_ms", "batchnorm_ms"),
                         "target": target,
                     }
                 )
@@ -239,10 +236,7 @@ def pi_over_power(
     )
     return {
         "group_size": shape[1],
-        "pi_ms": round(timed.ours_s * 1e3, 2),
-        "power_ms": round(timed.baseline_s * 1e3, 2),
-        "ratio": round(timed.ratio, 3),
-        "ratio_quartiles": timed.quartiles,
+        **timed.fields("pi_ms", "power_ms"),
         "target": PI_OVER_POWER_TARGET,
     }
 
@@ -286,6 +280,33 @@ def placement_speed(
     return rows
 
 
+def _sgd_steps(batch: int, device: str) -> Callable[..., Callable[[], torch.Tensor]]:
+    """``step_of(model, wrap=None)``: one SGD step (zero_grad, cross-entropy forward,
+    backward, step) of ``model`` on ``device`` (called through ``wrap(model)`` when given, e.g.
+    ``torch.compile``) on a fixed Fashion-MNIST-sized batch; each call returns the loss."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 1, 28, 28, generator=g).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=g).to(device)
+
+    def step_of(
+        model: nn.Module, wrap: Optional[Callable[[nn.Module], Any]] = None
+    ) -> Callable[[], torch.Tensor]:
+        model.to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        forward = model if wrap is None else wrap(model)
+
+        def run() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(forward(images), labels)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        return run
+
+    return step_of
+
+
 def training_speed(
     methods: tuple[str, ...] = ("loewner", "power"),
     group_size: int = 64,
@@ -295,21 +316,7 @@ def training_speed(
     width: float = 0.125,
 ) -> list[dict[str, Any]]:
     """One SGD step of the quick-preset ResNet-18 (Fashion-MNIST-sized input), ZCA vs BN."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 1, 28, 28, generator=g).to(device)
-    labels = torch.randint(0, 10, (batch,), generator=g).to(device)
-
-    def step_of(model: nn.Module) -> Callable[[], None]:
-        model.to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def run() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-
-        return run
-
+    step_of = _sgd_steps(batch, device)
     reference = step_of(resnet("resnet18", in_channels=1, width=width, norm="batchnorm"))
     rows = []
     for method in methods:
@@ -323,10 +330,7 @@ def training_speed(
                 "group_size": group_size,
                 "batch": batch,
                 "width": width,
-                "ours_ms": round(timed.ours_s * 1e3, 1),
-                "batchnorm_ms": round(timed.baseline_s * 1e3, 1),
-                "ratio": round(timed.ratio, 3),
-                "ratio_quartiles": timed.quartiles,
+                **timed.fields("ours_ms", "batchnorm_ms", digits=1),
                 "target": 1.3,
             }
         )
@@ -353,22 +357,7 @@ def compiled_training_speed(
     runs with ``se.host_checks(False)`` so that nothing synchronizes inside the step."""
     if modes is None:
         modes = ("default", "reduce-overhead") if device.startswith("cuda") else ("default",)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 1, 28, 28, generator=g).to(device)
-    labels = torch.randint(0, 10, (batch,), generator=g).to(device)
-
-    def step_of(model: nn.Module) -> Callable[[], float]:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def run() -> float:
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach())
-
-        return run
-
+    step_of = _sgd_steps(batch, device)
     rows = []
     for mode, method in ((m, r) for m in modes for r in (*methods, "batchnorm")):
         checks = mode != "reduce-overhead"
@@ -377,21 +366,17 @@ def compiled_training_speed(
         torch.manual_seed(0)
         eager_model = resnet("resnet18", in_channels=1, width=width, norm=norm, **options)
         compiled_model = copy.deepcopy(eager_model)
-        eager_model.to(device)
-        compiled_model.to(device)
         eager = step_of(eager_model)
+        compile_mode = None if mode == "default" else mode
         compiled = step_of(
-            torch.compile(  # type: ignore[arg-type]
-                compiled_model, backend=backend, mode=None if mode == "default" else mode
-            )
+            compiled_model, functools.partial(torch.compile, backend=backend, mode=compile_mode)
         )
         with host_checks(checks):
             start = time.perf_counter()
-            first_compiled = compiled()
-            sync(device)
+            first_compiled = float(compiled())
             compile_s = time.perf_counter() - start
-            first_eager = eager()
-            timed = paired(compiled, eager, repeats, device)  # type: ignore[arg-type]
+            first_eager = float(eager())
+            timed = paired(compiled, eager, repeats, device)
         rows.append(
             {
                 "mode": mode,
@@ -401,10 +386,7 @@ def compiled_training_speed(
                 "batch": batch,
                 "width": width,
                 "backend": backend,
-                "compiled_ms": round(timed.ours_s * 1e3, 1),
-                "eager_ms": round(timed.baseline_s * 1e3, 1),
-                "ratio": round(timed.ratio, 3),
-                "ratio_quartiles": timed.quartiles,
+                **timed.fields("compiled_ms", "eager_ms", digits=1),
                 "first_call_s": round(compile_s, 1),
                 "first_loss_difference": abs(first_compiled - first_eager),
             }

@@ -51,9 +51,19 @@ class Paired(NamedTuple):
     ratio: float
     quartiles: list[float]
 
+    def fields(self, ours: str, baseline: str, digits: int = 2) -> dict[str, Any]:
+        """A result row's timing fields: both medians in ms (named ``ours``/``baseline``),
+        the ratio and its quartiles."""
+        return {
+            ours: round(self.ours_s * 1e3, digits),
+            baseline: round(self.baseline_s * 1e3, digits),
+            "ratio": round(self.ratio, 3),
+            "ratio_quartiles": self.quartiles,
+        }
+
 
 def paired(
-    ours: Callable[[], None], baseline: Callable[[], None], repeats: int, device: str = "cpu"
+    ours: Callable[[], object], baseline: Callable[[], object], repeats: int, device: str = "cpu"
 ) -> Paired:
     """Time ``ours`` against ``baseline``, after a warm-up of two calls each.
 
