@@ -24,10 +24,21 @@ from ._statistics import sync_enabled
 from .functional import group_transform
 from .transforms import GroupTransform, RunningValues
 
-__all__ = ["GroupLayer"]
+__all__ = ["GroupLayer", "RunningMatrix"]
 
 _VERSION1_MATRIX_NAMES = ("running_whitening", "running_projector", "running_covariance")
 _BASE_FIELDS = {f.name for f in dataclasses.fields(GroupTransform)}
+
+
+class RunningMatrix:
+    """``layer.running_<meaning>``: the layer's ``running_matrix`` (G, d, d) when it holds
+    ``meaning`` (``running=meaning``), else an AttributeError (the version-1 names)."""
+
+    def __init__(self, meaning: str) -> None:
+        self.meaning = meaning
+
+    def __get__(self, layer: Optional[GroupLayer], owner: type) -> Any:
+        return self if layer is None else layer._matrix_named(self.meaning)
 
 
 class GroupLayer(nn.Module):
@@ -136,10 +147,7 @@ class GroupLayer(nn.Module):
             )
         return self._buffer("running_matrix")
 
-    @property
-    def running_covariance(self) -> torch.Tensor:
-        """The running covariance (G, d, d), with ``running="covariance"``."""
-        return self._matrix_named("covariance")
+    running_covariance = RunningMatrix("covariance")
 
     def _running(self) -> Optional[RunningValues]:
         if not self.track_running_stats:
@@ -176,6 +184,7 @@ class GroupLayer(nn.Module):
             f"track_running_stats={self.track_running_stats}, method={self.rule.describe()}, "
             f"running={self.running!r}, convention={self.convention!r}"
             + (", sync_statistics=True" if self.sync_statistics else "")
+            + "".join(f", {key}={getattr(self, key)!r}" for key in self._settings)
         )
 
     def get_extra_state(self) -> dict[str, str]:

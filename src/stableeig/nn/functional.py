@@ -188,6 +188,18 @@ def _update(
                 buffer.lerp_(value.detach().to(buffer.dtype), momentum)
 
 
+def _matrix_mode(
+    name: str, kind: str, matrix: Optional[torch.Tensor], covariance: Optional[torch.Tensor]
+) -> tuple[str, Optional[torch.Tensor]]:
+    """The running mode and matrix from a functional form's ``running_<kind>`` and
+    ``running_covariance`` (at most one)."""
+    if matrix is not None and covariance is not None:
+        raise checks.ArgumentError(
+            f"{name}: expected running_{kind} or running_covariance, not both"
+        )
+    return (kind, matrix) if covariance is None else ("covariance", covariance)
+
+
 def zca_whitening(
     x: torch.Tensor,
     group_size: Optional[int] = None,
@@ -238,29 +250,16 @@ def zca_whitening(
         True
     """
     name = "zca_whitening"
-    if running_whitening is not None and running_covariance is not None:
-        raise checks.ArgumentError(
-            f"{name}: expected running_whitening or running_covariance, not both"
-        )
-    mode = "whitening" if running_covariance is None else "covariance"
+    mode, matrix = _matrix_mode(name, "whitening", running_whitening, running_covariance)
     transform = ZCATransform(
         eps, method, mode, convention, compute_dtype, where=name, truncation=truncation
     )
-    matrix = running_whitening if running_covariance is None else running_covariance
+    running = None if matrix is None else RunningValues(matrix)
     return group_transform(
-        x,
-        transform,
-        group_size,
-        running_mean=running_mean,
-        running=None if matrix is None else RunningValues(matrix),
-        weight=weight,
-        bias=bias,
-        training=training,
-        momentum=momentum,
-        sync_statistics=sync_statistics,
-        process_group=process_group,
-        name=name,
-    )
+        x, transform, group_size, running_mean=running_mean, running=running, weight=weight,
+        bias=bias, training=training, momentum=momentum, sync_statistics=sync_statistics,
+        process_group=process_group, name=name,
+    )  # fmt: skip
 
 
 def pca_denoising(
@@ -307,30 +306,16 @@ def pca_denoising(
         torch.Size([32, 8])
     """
     name = "pca_denoising"
-    if running_projector is not None and running_covariance is not None:
-        raise checks.ArgumentError(
-            f"{name}: expected running_projector or running_covariance, not both"
-        )
-    mode = "projector" if running_covariance is None else "covariance"
+    mode, matrix = _matrix_mode(name, "projector", running_projector, running_covariance)
     transform = PCATransform(
         eps, method, mode, convention, compute_dtype, where=name, n_components=n_components,
         energy=energy,
     )  # fmt: skip
-    matrix = running_projector if running_covariance is None else running_covariance
     running = None
     if matrix is not None or running_var is not None:
         running = RunningValues(matrix, running_var)  # type: ignore[arg-type]
     return group_transform(
-        x,
-        transform,
-        group_size,
-        running_mean=running_mean,
-        running=running,
-        weight=weight,
-        bias=bias,
-        training=training,
-        momentum=momentum,
-        sync_statistics=sync_statistics,
-        process_group=process_group,
-        name=name,
-    )
+        x, transform, group_size, running_mean=running_mean, running=running, weight=weight,
+        bias=bias, training=training, momentum=momentum, sync_statistics=sync_statistics,
+        process_group=process_group, name=name,
+    )  # fmt: skip

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-import torch
-
 from .._docs import fill_args
 from ..rules import Rule
-from ._base import GroupLayer
+from ._base import GroupLayer, RunningMatrix
 from .denoising import PCATransform, pca_transform, projector_function
 
 __all__ = [
@@ -44,14 +42,7 @@ class _PCADenoising(GroupLayer):
             **kwargs,
         )  # fmt: skip
 
-    def extra_repr(self) -> str:
-        kept = f"n_components={self.n_components}" if self.n_components else f"energy={self.energy}"
-        return f"{super().extra_repr()}, {kept}"
-
-    @property
-    def running_projector(self) -> torch.Tensor:
-        """The running projector (G, d, d), with ``running="projector"``."""
-        return self._matrix_named("projector")
+    running_projector = RunningMatrix("projector")  # with running="projector"
 
 
 _ARGS = """

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
-
 from .._docs import fill_args
-from ._base import GroupLayer
+from ._base import GroupLayer, RunningMatrix
 from .whitening import (
     TRUNCATIONS,
     ZCATransform,
@@ -43,13 +41,7 @@ class _ZCAWhitening(GroupLayer):
     ) -> None:
         super().__init__(num_features, *args, truncation=truncation, **kwargs)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, truncation={self.truncation!r}"
-
-    @property
-    def running_whitening(self) -> torch.Tensor:
-        """The running whitening matrix (G, d, d), with ``running="whitening"``."""
-        return self._matrix_named("whitening")
+    running_whitening = RunningMatrix("whitening")  # with running="whitening"
 
 
 _ARGS = """
