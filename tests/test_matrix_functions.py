@@ -234,3 +234,33 @@ def test_powm_gradient_with_respect_to_a_learned_exponent() -> None:
     torch.testing.assert_close(se.powm(A, p).detach(), se.powm(A, 0.4))
     with pytest.raises(se.ArgumentError, match="0-dim floating tensor"):
         se.powm(A, torch.tensor([0.5, 0.5]))
+
+
+@pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-3])
+def test_funm_in_float32_keeps_the_float32_floor_where_f_is_flat(gap: float) -> None:
+    """``tanh`` near saturation (eigenvalues 1.5 … 6): ``f(a) - f(b)`` cancels, so the
+    divided differences are taken in float64 from the float32 eigenpairs, and the gradient
+    stays within 2× of the floor (the exact Loewner matrix on those eigenpairs); 0.3's
+    float32 quotient was 3.4–5.7× off it."""
+    from stableeig.matrix_functions import divided_differences
+
+    g = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]
+    A = ((Q * torch.tensor([1.5, 3.0, 3.0 * (1 + gap), 6.0], dtype=torch.float64)) @ Q.T).float()
+    aimed = torch.outer(Q[:, 1], Q[:, 2])
+    G = (aimed + aimed.T).float()
+
+    def gradient(compute_dtype: torch.dtype) -> torch.Tensor:
+        leaf = A.clone().requires_grad_(True)
+        (se.funm(leaf, torch.tanh, compute_dtype=compute_dtype) * G).sum().backward()
+        assert leaf.grad is not None
+        return leaf.grad.double()
+
+    expected = gradient(torch.float64)  # float64 decomposition: far below the float32 floor
+    w, V = torch.linalg.eigh(A)
+    w, V = w.double(), V.double()
+    L = divided_differences(w, torch.tanh, lambda x: 1 - torch.tanh(x) ** 2)
+    floor = V @ (L * (V.T @ G.double() @ V)) @ V.T
+    ours = gradient(torch.float32)
+    ratio = (ours - expected).norm() / (floor - expected).norm()
+    assert ratio <= 2.0, float(ratio)

@@ -45,11 +45,9 @@ def prepare_symmetric(
     The symmetrization is differentiable, so gradients that reach ``A`` are symmetric.
     """
     A = checks.check_square_matrix(name, A)
-    checks.check_finite(name, A)
+    checks.check_finite_symmetric(name, A, check_symmetric)  # tolerance of the user's dtype
     work = A.to(working_dtype(A.dtype, compute_dtype))
-    if check_symmetric:
-        checks.check_symmetric(name, A)  # tolerance of the dtype the user gave
-    return work / 2 + work.mT / 2  # no overflow for entries near the dtype's maximum
+    return work * 0.5 + work.mT * 0.5  # no overflow for entries near the dtype's maximum
 
 
 def decompose(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,19 +167,29 @@ class _LoewnerReverse(torch.autograd.Function):
     def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
         function: SpectralFunction = ctx.function
-        inner = torch.zeros_like(V)
+        terms = []  # of Vᵀ grad_A V
         loewner = None
         if grad_F is not None:
             loewner = function.loewner(w)
-            inner = loewner * (V.mT @ grad_F @ V)
+            terms.append(loewner * (V.mT @ grad_F @ V))
         if grad_V is not None:  # only in double backward: exact eigenvector rule
-            inner = inner + Analytic().coefficients(w) * (V.mT @ grad_V)
+            terms.append(Analytic().coefficients(w) * (V.mT @ grad_V))
         if grad_w is not None:
-            inner = inner + torch.diag_embed(grad_w)
+            terms.append(torch.diag_embed(grad_w))
+        inner = sum(terms[1:], terms[0]) if terms else torch.zeros_like(V)
         grad_A = V @ inner @ V.mT
         if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
             # Infinite derivative, or a finite upstream gradient whose result overflows the
-            # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync.
+            # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync, on sums
+            # and a max (one pass each; a sum is finite only if every term is)
+            largest = torch.finfo(ctx.grad_dtype).max
+            fine = (
+                torch.isfinite(loewner.sum())
+                & torch.isfinite(grad_F.sum())
+                & (torch.linalg.vector_norm(grad_A, float("inf")) <= largest)
+            )
+            if bool(fine):
+                return grad_A, None, None
             overflow = (
                 torch.isfinite(grad_F).all() & ~torch.isfinite(grad_A.to(ctx.grad_dtype)).all()
             )

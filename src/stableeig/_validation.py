@@ -118,13 +118,19 @@ def check_square_matrix(name: str, tensor: object) -> torch.Tensor:
     return tensor
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite (one host sync), in one pass where it is: a sum is
+    finite only if every term is (NaN propagates, Inf stays or becomes NaN); a sum that
+    overflowed from finite terms falls back to the entrywise test."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or Inf (before LAPACK sees it)."""
     if not host_checks_enabled():
         return
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    if not all_finite(tensor):
+        bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(
             f"{name}: expected finite entries (got {bad} NaN/Inf of {tensor.numel()} "
             f"in a tensor of shape {_shape(tensor)})"
@@ -155,14 +161,31 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
     """
     if matrix.numel() == 0 or not host_checks_enabled():
         return
-    asym = (matrix - matrix.mT).abs().amax()
-    scale = matrix.abs().amax()
+    asym = torch.linalg.vector_norm(matrix - matrix.mT, float("inf"))  # max |entry|, one pass
+    scale = torch.linalg.vector_norm(matrix, float("inf"))
     tol = symmetry_tolerance(matrix.dtype)
     if bool(asym > tol * scale):
         raise NotSymmetricError(
             f"{name}: expected a symmetric matrix, max|A - Aᵀ| <= {tol:.2g} * max|A| "
             f"(got max|A - Aᵀ| = {float(asym):.3g} with max|A| = {float(scale):.3g})"
         )
+
+
+def check_finite_symmetric(name: str, matrix: torch.Tensor, symmetric: bool = True) -> None:
+    """:func:`check_finite` and (when ``symmetric``) :func:`check_symmetric` with one host
+    sync and three passes: the largest magnitude is finite only if every entry is, and it
+    is also the symmetry test's scale. The errors are theirs."""
+    if matrix.numel() == 0 or not host_checks_enabled():
+        return
+    largest = torch.linalg.vector_norm(matrix, float("inf"))
+    fine = torch.isfinite(largest)
+    if symmetric:
+        asym = torch.linalg.vector_norm(matrix - matrix.mT, float("inf"))
+        fine = fine & (asym <= symmetry_tolerance(matrix.dtype) * largest)
+    if not bool(fine):
+        check_finite(name, matrix)
+        if symmetric:
+            check_symmetric(name, matrix)
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:

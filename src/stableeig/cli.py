@@ -192,7 +192,7 @@ def _bench_spectral(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     data = spectral.run(Path(args.results), quick=args.quick)
-    print(spectral.render(data["summary"], data["skipped"]))
+    print(spectral.render_all(data))
     print(f"wrote {args.results}/bench_spectral.json, .md, .png")
     return 0
 

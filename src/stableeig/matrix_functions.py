@@ -80,20 +80,23 @@ def _ordered(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.minimum(a, b), (a - b).abs()
 
 
-def _ratio(numerator: torch.Tensor, gap: torch.Tensor, at_zero: torch.Tensor) -> torch.Tensor:
-    """``numerator / gap``, and ``at_zero`` where the gap is exactly 0."""
+def _ratio(
+    numerator: torch.Tensor, gap: torch.Tensor, at_zero: Union[torch.Tensor, float]
+) -> torch.Tensor:
+    """``numerator / gap``, and ``at_zero`` (broadcast: a number, or (..., n, 1) per row
+    ``i``, where a zero gap means ``λⱼ = λᵢ``) where the gap is exactly 0."""
     zero = gap == 0
-    return torch.where(zero, at_zero, numerator / torch.where(zero, torch.ones_like(gap), gap))
+    return torch.where(zero, at_zero, numerator / torch.where(zero, 1.0, gap))
 
 
 def _log_loewner(w: torch.Tensor) -> torch.Tensor:
     low, gap = _ordered(w)  # log(high) - log(low) = log1p(gap / low)
-    return _ratio(torch.log1p(gap / low), gap, 1 / low)
+    return _ratio(torch.log1p(gap / low), gap, w.reciprocal().unsqueeze(-1))
 
 
 def _exp_loewner(w: torch.Tensor) -> torch.Tensor:
     low, gap = _ordered(w)  # exp(high) - exp(low) = exp(low) expm1(gap)
-    return torch.exp(low) * _ratio(torch.expm1(gap), gap, torch.ones_like(gap))
+    return torch.exp(low) * _ratio(torch.expm1(gap), gap, 1.0)
 
 
 def _pow_loewner(p: float) -> Elementwise:
@@ -102,9 +105,7 @@ def _pow_loewner(p: float) -> Elementwise:
         positive = low > 0
         safe = torch.where(positive, low, torch.ones_like(low))
         relative = gap / safe
-        inside = safe.pow(p - 1) * _ratio(
-            torch.expm1(p * torch.log1p(relative)), relative, torch.full_like(gap, p)
-        )
+        inside = safe.pow(p - 1) * _ratio(torch.expm1(p * torch.log1p(relative)), relative, p)
         high = low + gap  # low == 0: the quotient is high^(p - 1); 0^(p-1) at a double zero
         at_zero = high.pow(p - 1) * torch.where(gap == 0, torch.full_like(gap, p), 1.0)
         return torch.where(positive, inside, at_zero)
@@ -125,7 +126,7 @@ def _softplus_loewner(w: torch.Tensor) -> torch.Tensor:
     small = gap <= 1
     difference = torch.log1p(torch.expm1(torch.where(small, gap, 0)) * torch.sigmoid(low))
     plain = _softplus(low + gap) - _softplus(low)
-    return _ratio(torch.where(small, difference, plain), gap, torch.sigmoid(low))
+    return _ratio(torch.where(small, difference, plain), gap, torch.sigmoid(w).unsqueeze(-1))
 
 
 def _clamp_loewner(low: Optional[float], high: Optional[float]) -> Elementwise:
@@ -184,12 +185,16 @@ def funm(
         >>> round(float(A.grad[0, 0]), 4)                    # tanh'(1) = 0.42
         0.42
     """
-    function = _function(
-        "funm",
-        f,
-        lambda w: divided_differences(w, f, df),
-        "f has no finite derivative at an eigenvalue of A",
-    )
+
+    def loewner(w: torch.Tensor) -> torch.Tensor:
+        # f(a) - f(b) cancels where f is flat (tanh near saturation): the quotient in float64
+        # from the working eigenvalues, so a float32 decomposition keeps its floor
+        wide = torch.float64 if w.dtype in (torch.float16, torch.bfloat16, torch.float32) else None
+        if wide is None or w.device.type == "mps":
+            return divided_differences(w, f, df)
+        return divided_differences(w.to(wide), f, df).to(w.dtype)
+
+    function = _function("funm", f, loewner, "f has no finite derivative at an eigenvalue of A")
     return _spectral(A, function, backward, compute_dtype, check_symmetric, _none)
 
 

@@ -115,5 +115,10 @@ def test_bench_spectral_quick_meets_the_accuracy_target(tmp_path: Path) -> None:
         assert methods["stableeig"]["nan_or_refused"] == 0
     eigh = [m["torch.linalg.eigh autograd"] for m in data["summary"].values()]
     assert any(m["nan_or_refused"] > 0 or m["worst"] > 1e-2 for m in eigh)  # the baseline fails
+    for function, ratio in data["over_floor"].items():  # compute_dtype=float32: at the floor
+        assert ratio <= 2.0, function
+    assert {row["function"] for row in data["speed"]} == {"logm", "expm"}
+    assert all(row["ratio"] > 0 for row in data["speed"])
     text = (tmp_path / "bench_spectral.md").read_text()
     assert "| log |" in text and (tmp_path / "bench_spectral.png").stat().st_size > 1000
+    assert "over the float32 floor" in text and "| logm | 4 × 16×16 |" in text

@@ -25,8 +25,9 @@ from .. import matrix_functions as mf
 from .._autograd import SpectralFunction
 from ..spectral import _spectral, inv_sqrtm, sqrtm
 from .plotting import new_figure, save_figure
+from .timing import environment, forward_backward, paired
 
-__all__ = ["CASES", "run"]
+__all__ = ["CASES", "PEERS", "over_floor", "render_all", "run", "speed"]
 
 Matrix = Callable[[torch.Tensor], torch.Tensor]
 GAPS = (0.0, 1e-9, 1e-6, 1e-3, 1.0)
@@ -42,7 +43,7 @@ class Case:
     torch_df: Callable[[torch.Tensor], torch.Tensor]
     mp_f: Callable[[Any], Any]
     scales: tuple[float, ...] = SCALES
-    peer: Optional[str] = None  # torchspd's function of the same name, if it has one
+    power: Optional[float] = None  # the exponent, for the peers' power functions
 
 
 def _mp() -> Any:
@@ -56,20 +57,19 @@ def _cases() -> dict[str, Case]:
     mp = _mp()
     half = mp.mpf(1) / 2
     return {
-        "log": Case(mf.logm, torch.log, torch.reciprocal, mp.log, peer="logm"),
-        "exp": Case(mf.expm, torch.exp, torch.exp, mp.exp, (1e-3, 1.0, 10.0), peer="expm"),
-        "sqrt": Case(sqrtm, torch.sqrt, lambda w: 0.5 * w.rsqrt(), mp.sqrt, peer="sqrtm"),
+        "log": Case(mf.logm, torch.log, torch.reciprocal, mp.log),
+        "exp": Case(mf.expm, torch.exp, torch.exp, mp.exp, (1e-3, 1.0, 10.0)),
+        "sqrt": Case(sqrtm, torch.sqrt, lambda w: 0.5 * w.rsqrt(), mp.sqrt),
         "inv_sqrt": Case(
             inv_sqrtm, torch.rsqrt, lambda w: -0.5 * w.pow(-1.5), lambda x: x**-half,
-            peer="invsqrtm",
         ),
         "pow 0.3": Case(
             lambda A, **k: mf.powm(A, 0.3, **k), lambda w: w.pow(0.3),
-            lambda w: 0.3 * w.pow(-0.7), lambda x: x ** (mp.mpf(3) / 10),
+            lambda w: 0.3 * w.pow(-0.7), lambda x: x ** (mp.mpf(3) / 10), power=0.3,
         ),
         "pow 2": Case(
             lambda A, **k: mf.powm(A, 2.0, **k), lambda w: w.pow(2), lambda w: 2 * w,
-            lambda x: x**2,
+            lambda x: x**2, power=2.0,
         ),
         "softplus": Case(
             mf.softplusm, torch.nn.functional.softplus, torch.sigmoid,
@@ -110,27 +110,113 @@ def _eigh_autograd(case: Case) -> Callable[..., torch.Tensor]:
     return apply
 
 
-def _peers(case: Case) -> dict[str, Any]:
-    """Peer implementations that import, else the reason they are skipped."""
-    found: dict[str, Any] = {}
-    try:
-        import torchspd  # type: ignore[import-not-found, import-untyped, unused-ignore]
+def _torchspd(name: str, case: Case) -> Optional[Matrix]:
+    import torchspd  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
-        if case.peer is not None:
-            found["torchspd"] = getattr(torchspd, case.peer)
-    except Exception as error:
-        found["torchspd"] = f"skipped: {type(error).__name__}: {error}"
+    named = {"log": "logm", "exp": "expm", "sqrt": "sqrtm", "inv_sqrt": "invsqrtm"}
+    if case.power is not None:
+        return lambda A: torchspd.powm(A, case.power)
+    return getattr(torchspd, named[name]) if name in named else None
+
+
+def _geoopt(name: str, case: Case) -> Optional[Matrix]:
+    from geoopt import linalg  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    named = {"log": linalg.sym_logm, "exp": linalg.sym_expm, "sqrt": linalg.sym_sqrtm,
+             "inv_sqrt": linalg.sym_inv_sqrtm1}  # fmt: skip
+    function: Matrix = named.get(name, lambda A: linalg.sym_funcm(A, case.torch_f))
+    return function  # sym_funcm: its generic eigh + autograd
+
+
+def _spd_learn(name: str, case: Case) -> Optional[Matrix]:
+    from spd_learn import functional  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    named = {"log": functional.matrix_log, "exp": functional.matrix_exp,
+             "sqrt": functional.matrix_sqrt, "inv_sqrt": functional.matrix_inv_sqrt,
+             "softplus": functional.matrix_softplus}  # fmt: skip
+    if case.power is not None:
+        return lambda A: functional.matrix_power.apply(A, case.power)
+    return named[name].apply if name in named else None
+
+
+def _pyriemann(name: str, case: Case) -> Optional[Matrix]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pyriemann.utils import base  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    named = {"log": base.logm, "exp": base.expm, "sqrt": base.sqrtm, "inv_sqrt": base.invsqrtm}
+    if case.power is not None:
+        return lambda A: base.powm(A, case.power)
+    return named.get(name)  # torch tensors: its eigh, autograd
+
+
+PEERS: dict[str, Callable[[str, Case], Optional[Matrix]]] = {
+    "torchspd": _torchspd,
+    "geoopt": _geoopt,
+    "spd_learn": _spd_learn,
+    "pyriemann": _pyriemann,
+}
+"""The peer packages, run from the packages themselves (each installs from PyPI with
+``--no-deps`` beside our torch; one that does not import is reported as skipped)."""
+
+
+def _peers(name: str, case: Case) -> dict[str, Any]:
+    """The peers' function for this case (None: they have none), or why a peer is skipped."""
+    found: dict[str, Any] = {}
+    for peer, lookup in PEERS.items():
+        try:
+            function = lookup(name, case)
+        except Exception as error:
+            found[peer] = f"skipped: {type(error).__name__}: {error}"
+            continue
+        if function is not None:
+            found[peer] = function
     return found
 
 
-def _methods(case: Case) -> dict[str, Any]:
+class _Float32Floor(torch.autograd.Function):
+    """The float32 floor: ``V f(Λ) Vᵀ`` from float32 eigenpairs, and the exact Loewner
+    matrix of those float32 eigenvalues (40-digit mpmath) in the backward, in float64: what
+    any method that decomposes in float32 can reach at best."""
+
+    @staticmethod
+    def forward(ctx: Any, A: torch.Tensor, case: Case) -> torch.Tensor:
+        w, V = torch.linalg.eigh(A.float())
+        ctx.save_for_backward(w, V)
+        ctx.case = case
+        return (V * case.torch_f(w).unsqueeze(-2)) @ V.mT
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor, None]:
+        w, V = ctx.saved_tensors
+        mp, case = _mp(), ctx.case
+        values = [mp.mpf(float(x)) for x in w.double()]
+        L = torch.tensor(
+            [[float(_divided(case, a, b)) for b in values] for a in values], dtype=torch.float64
+        )
+        V = V.double()
+        inner = V.mT @ ((G + G.mT) / 2).double() @ V
+        return (V @ (L * inner) @ V.mT).to(G.dtype), None
+
+
+def _divided(case: Case, a: Any, b: Any) -> Any:
+    mp = _mp()
+    return mp.diff(case.mp_f, a) if a == b else (case.mp_f(a) - case.mp_f(b)) / (a - b)
+
+
+FLOOR = "float32 floor (exact L on float32 eigenpairs)"
+
+
+def _methods(name: str, case: Case) -> dict[str, Any]:
     methods: dict[str, Any] = {
         "stableeig": lambda A: case.ours(A),
         "stableeig (compute_dtype=float32)": lambda A: case.ours(A, compute_dtype=torch.float32),
+        FLOOR: lambda A: _Float32Floor.apply(A, case),
         "torch.linalg.eigh autograd": _eigh_autograd(case),
         "Loewner, plain quotient (float64)": _plain(case),
     }
-    methods.update(_peers(case))
+    methods.update(_peers(name, case))
     return methods
 
 
@@ -144,8 +230,7 @@ def _reference(case: Case, A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     for i in range(n):
         for j in range(n):
             a, b = values[i], values[j]
-            divided = mp.diff(case.mp_f, a) if a == b else (case.mp_f(a) - case.mp_f(b)) / (a - b)
-            core[i, j] = inner[i, j] * divided
+            core[i, j] = inner[i, j] * _divided(case, a, b)
     return torch.tensor((vectors * core * vectors.T).tolist(), dtype=torch.float64)
 
 
@@ -186,7 +271,7 @@ def run(results: Path, quick: bool = False) -> dict[str, Any]:
                 A, random, aimed = _inputs(scale, gap, seed=len(rows))
                 for kind, G in (("random G", random), ("G on the pair", aimed)):
                     expected = _reference(case, A, G)
-                    for method, apply in _methods(case).items():
+                    for method, apply in _methods(name, case).items():
                         if isinstance(apply, str):
                             skipped[method] = apply
                             continue
@@ -195,12 +280,87 @@ def run(results: Path, quick: bool = False) -> dict[str, Any]:
                              "method": method, "error": _error(apply, A, G, expected)}
                         )  # fmt: skip
     summary = _summarize(rows)
+    speed_rows = speed(((4, 16, 3),) if quick else SPEED_SHAPES, repeats=2 if quick else 7)
     results.mkdir(parents=True, exist_ok=True)
-    data = {"rows": rows, "summary": summary, "skipped": skipped, "torch": torch.__version__}
+    data = {
+        "rows": rows, "summary": summary, "over_floor": over_floor(rows), "skipped": skipped,
+        "speed": speed_rows, "environment": environment(),
+    }  # fmt: skip
     (results / "bench_spectral.json").write_text(json.dumps(data, indent=1) + "\n")
-    (results / "bench_spectral.md").write_text(render(summary, skipped) + "\n")
+    (results / "bench_spectral.md").write_text(render_all(data) + "\n")
     _plot(rows, results / "bench_spectral.png")
     return data
+
+
+def over_floor(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per function, the worst ratio over the sweep of stableeig's error with
+    ``compute_dtype=float32`` to the float32 floor's on the same input (target: ≤ 2)."""
+    errors: dict[tuple[str, float, float, str], dict[str, float]] = {}
+    for row in rows:
+        key = (row["function"], row["scale"], row["gap"], row["G"])
+        errors.setdefault(key, {})[row["method"]] = row["error"]
+    worst: dict[str, float] = {}
+    for (function, *_), cell in errors.items():
+        ratio = cell["stableeig (compute_dtype=float32)"] / max(cell[FLOOR], 1e-300)
+        worst[function] = max(worst.get(function, 0.0), ratio)
+    return worst
+
+
+SPEED_SHAPES = ((16, 64, 20), (128, 256, 5))  # batch, n, pairs timed
+
+
+def speed(
+    shapes: tuple[tuple[int, int, int], ...] = SPEED_SHAPES, repeats: int = 7
+) -> list[dict[str, Any]]:
+    """``logm``/``expm`` forward + ``backward(G)`` (float32 input, float64 decomposition)
+    against ``torch.linalg.eigh`` autograd of the same function in float32 and in float64,
+    interleaved in pairs (the method of ``stableeig bench speed``)."""
+    rows = []
+    for batch, n, pairs in shapes:
+        g = torch.Generator().manual_seed(n)
+        X = torch.randn(batch, n, 2 * n, generator=g)
+        A = X @ X.mT / (2 * n) + 0.1 * torch.eye(n)  # SPD, eigenvalues ~0.1 … 3
+        G = torch.randn(A.shape, generator=g)
+        for name, ours, f in (("logm", mf.logm, torch.log), ("expm", mf.expm, torch.exp)):
+            for dtype in (torch.float32, torch.float64):
+
+                def baseline(M: torch.Tensor, f: Any = f, dtype: torch.dtype = dtype) -> Any:
+                    w, V = torch.linalg.eigh(M.to(dtype))
+                    return ((V * f(w).unsqueeze(-2)) @ V.mT).to(M.dtype)
+
+                timed = paired(
+                    forward_backward(ours, A, G), forward_backward(baseline, A, G),
+                    min(pairs, repeats),
+                )  # fmt: skip
+                rows.append(
+                    {"function": name, "batch": batch, "n": n,
+                     "baseline": f"torch.linalg.eigh autograd in {str(dtype)[6:]}",
+                     **timed.fields("ours_ms", "baseline_ms")}
+                )  # fmt: skip
+    return rows
+
+
+def render_all(data: dict[str, Any]) -> str:
+    """The accuracy table, the float32-floor ratios and the speed table."""
+    lines = [render(data["summary"], data["skipped"]), ""]
+    lines.append(
+        "stableeig with `compute_dtype=float32` over the float32 floor, worst over the "
+        "sweep (target ≤ 2×): " + ", ".join(f"{f} {r:.2f}×" for f, r in data["over_floor"].items())
+    )
+    if data.get("speed"):
+        lines += [
+            "",
+            "| function | batch × n × n | baseline | ours ms | baseline ms | ratio [quartiles] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in data["speed"]:
+            low, high = row["ratio_quartiles"]
+            lines.append(
+                f"| {row['function']} | {row['batch']} × {row['n']}×{row['n']} | "
+                f"{row['baseline']} | {row['ours_ms']} | {row['baseline_ms']} | "
+                f"{row['ratio']:.2f}× [{low:.2f}–{high:.2f}] |"
+            )
+    return "\n".join(lines)
 
 
 def _summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
