@@ -3,7 +3,7 @@
 Times ``ZCAWhitening2d`` (loewner) on (128, 64, 32, 32) float32, forward then
 ``y.backward(G)``, interleaved with ``nn.BatchNorm2d``, for blocks of 2^17 … 2^23 elements
 (the whole batch is 2^23), and prints the median per-pair ratio for each group size.
-``stableeig.nn._statistics.CPU_BLOCK_ELEMENTS`` is the best of these on the development
+``stableeig.nn.statistics.CPU_BLOCK_ELEMENTS`` is the best of these on the development
 machine. Run: ``python benchmarks/block_size.py`` on a quiet machine.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from stableeig.bench.timing import forward_backward, paired
 from stableeig.nn import ZCAWhitening2d
-from stableeig.nn import _statistics as statistics
+from stableeig.nn import statistics
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import torch
 from ._autograd import SpectralFunction
 from .exceptions import ArgumentError
 from .rules import Rule
-from .spectral import _spectral, require_positive, require_semidefinite
+from .spectral import apply_spectral, require_positive, require_semidefinite
 
 __all__ = [
     "clamp_eigenvalues",
@@ -195,7 +195,7 @@ def funm(
         return divided_differences(w.to(wide), f, df).to(w.dtype)
 
     function = _function("funm", f, loewner, "f has no finite derivative at an eigenvalue of A")
-    return _spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
 
 
 def logm(
@@ -215,7 +215,7 @@ def logm(
         [1.0, 1.0]
     """
     function = _function("logm", torch.log, _log_loewner, "an eigenvalue is not positive")
-    return _spectral(
+    return apply_spectral(
         A, function, backward, compute_dtype, check_symmetric, require_positive("logm")
     )
 
@@ -237,7 +237,7 @@ def expm(
         1.0
     """
     function = _function("expm", torch.exp, _exp_loewner, "the gradient overflows")
-    return _spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
 
 
 def powm(
@@ -285,7 +285,7 @@ def powm(
     function = _function(
         f"powm(p={p:g})", values, floored, "the derivative of λ^p is infinite at λ = 0 for p < 1"
     )
-    F = _spectral(A, function, backward, compute_dtype, check_symmetric, check)
+    F = apply_spectral(A, function, backward, compute_dtype, check_symmetric, check)
     if exponent is None or not exponent.requires_grad:
         return F
     with torch.no_grad():  # ∂F/∂p = V (Λ^p log Λ) Vᵀ, from a detached decomposition
@@ -310,7 +310,7 @@ def softplusm(
     Divided differences ``log1p(expm1(δ) σ(λ_low)) / δ``, ``σ`` the logistic function.
     """
     function = _function("softplusm", _softplus, _softplus_loewner, "the gradient overflows")
-    return _spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
 
 
 def clamp_eigenvalues(
@@ -350,4 +350,4 @@ def clamp_eigenvalues(
         _clamp_loewner(min, max),
         "unreachable: the clamp's divided differences are bounded by 1",
     )
-    return _spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)

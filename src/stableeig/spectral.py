@@ -50,6 +50,7 @@ __all__ = [
     "INV_SQRT",
     "SQRT",
     "SpectralFunction",
+    "apply_spectral",
     "energy_projector_function",
     "inv_sqrtm",
     "ridged_inv_sqrt",
@@ -214,19 +215,32 @@ def spectral_unchecked(
         return F, w
 
 
-def _spectral(
+def apply_spectral(
     A: torch.Tensor,
     function: SpectralFunction,
-    backward: Union[str, Rule],
-    compute_dtype: Optional[torch.dtype],
-    check_symmetric: bool,
-    eigenvalue_check: Callable[[torch.Tensor], None],
+    backward: Union[str, Rule] = "loewner",
+    compute_dtype: Optional[torch.dtype] = None,
+    check_symmetric: bool = True,
+    eigenvalue_check: Optional[Callable[[torch.Tensor], None]] = None,
 ) -> torch.Tensor:
+    """``F(A) = V f(Λ) Vᵀ`` (..., n, n) for a :class:`SpectralFunction` (its values and its
+    Loewner matrix), validated like the built-ins: what :func:`stableeig.funm` and every
+    built-in spectral function run.
+
+    Args:
+        A: real symmetric matrices, (..., n, n).
+        function: ``f`` and its Loewner matrix.
+        backward: ``"loewner"`` (the function's Loewner matrix) or an eigenvector rule.
+        compute_dtype: least working precision. Default: None (float64).
+        check_symmetric: raise if ``A`` is not symmetric within ``sqrt(eps)``.
+        eigenvalue_check: called with the eigenvalues (e.g. to require positivity).
+    """
     rule = resolve(backward, kinds=SPECTRAL_KINDS)
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
     F, w = spectral_unchecked(symmetric, function, rule, A.dtype)
     checks.check_eigenvalues_finite("A", w)
-    eigenvalue_check(w)
+    if eigenvalue_check is not None:
+        eigenvalue_check(w)
     return F.to(A.dtype)
 
 
@@ -301,7 +315,7 @@ def inv_sqrtm(
         >>> bool(torch.isfinite(A.grad).all())
         True
     """
-    return _spectral(
+    return apply_spectral(
         A,
         INV_SQRT,
         backward,
@@ -336,7 +350,7 @@ def sqrtm(
         >>> S.diagonal().tolist()
         [2.0, 2.0]
     """
-    return _spectral(
+    return apply_spectral(
         A,
         SQRT,
         backward,
@@ -372,7 +386,7 @@ def top_k_projector(
     """
     checks.check_square_matrix("A", A)
     checks.check_k("k", k, A.shape[-1])
-    return _spectral(
+    return apply_spectral(
         A,
         top_k_function(k),
         backward,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import stableeig as se
-from stableeig.nn import _statistics as statistics
-from stableeig.nn._statistics import GradientLink, group_affine, group_moments
+from stableeig.nn import statistics
+from stableeig.nn.statistics import GradientLink, group_affine, group_moments
 
 
 def _plain(

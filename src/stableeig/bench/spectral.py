@@ -22,8 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .. import matrix_functions as mf
-from .._autograd import SpectralFunction
-from ..spectral import _spectral, inv_sqrtm, sqrtm
+from ..spectral import SpectralFunction, apply_spectral, inv_sqrtm, sqrtm
 from .plotting import new_figure, save_figure
 from .timing import environment, forward_backward, paired
 
@@ -97,7 +96,7 @@ def _plain(case: Case) -> Callable[..., torch.Tensor]:
     function = SpectralFunction("plain", case.torch_f, loewner, lambda w: "plain quotient")
 
     def apply(A: torch.Tensor) -> torch.Tensor:
-        return _spectral(A, function, "loewner", None, True, lambda w: None)
+        return apply_spectral(A, function, "loewner", None, True, lambda w: None)
 
     return apply
 

@@ -21,7 +21,7 @@ from torch import nn
 from .._autograd import HOST_EIGH_MAX_SIZE
 from .._validation import host_checks
 from ..nn import ZCAWhitening2d
-from ..nn._statistics import GradientLink, group_affine, group_moments
+from ..nn.statistics import GradientLink, group_affine, group_moments
 from ..rules import RULES
 from ..rules import names as rule_names
 from ..spectral import inv_sqrtm

@@ -20,8 +20,8 @@ from .. import _validation as checks
 from ..exceptions import ArgumentError
 from ..rules import Rule
 from ._checks import check_input, check_momentum, warning_due
-from ._statistics import sync_enabled
 from .functional import group_transform
+from .statistics import sync_enabled
 from .transforms import GroupTransform, RunningValues
 
 __all__ = ["GroupLayer", "RunningMatrix"]

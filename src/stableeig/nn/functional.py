@@ -25,15 +25,15 @@ from ._checks import (
     warn_rank_deficient,
     warn_unsynchronized,
 )
-from ._statistics import (
+from .conventions import Convention
+from .denoising import PCATransform
+from .statistics import (
     GradientLink,
     finite_moments,
     group_affine,
     one_pass_gradient,
     sync_enabled,
 )
-from .conventions import Convention
-from .denoising import PCATransform
 from .transforms import GroupTransform, RunningValues
 from .whitening import ZCATransform
 
