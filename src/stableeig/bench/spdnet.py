@@ -23,11 +23,47 @@ import torch
 from torch import nn
 
 from .. import nn as se_nn
+from ..nn.spd import symmetric_to_vector
 from .data import Dataset
 
-__all__ = ["METHODS", "SPDNetConfig", "descriptors", "spdnet", "train_spdnet"]
+__all__ = ["METHODS", "PEERS", "SPDNetConfig", "available", "descriptors", "spdnet", "train_spdnet"]
 
 METHODS = ("analytic", "power", "loewner")
+PEERS = ("geoopt", "spd_learn")  # the same network with a peer's ReEig and LogEig
+
+
+class _PeerEig(nn.Module):
+    """ReEig (``log=False``) or vectorized LogEig (``log=True``) through a peer package:
+    geoopt's ``sym_funcm``/``sym_logm`` (eigh + autograd) or spd-learn's
+    ``clamp_eigvals``/``matrix_log`` (its tie-thresholded backward)."""
+
+    def __init__(self, peer: str, eps: float, log: bool) -> None:
+        super().__init__()
+        self.peer, self.eps, self.log = peer, eps, log
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.peer == "geoopt":
+            from geoopt import linalg  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+            if self.log:
+                return symmetric_to_vector(linalg.sym_logm(X))
+            return linalg.sym_funcm(X, lambda w: w.clamp_min(self.eps))
+        from spd_learn import functional  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+        if self.log:
+            return symmetric_to_vector(functional.matrix_log.apply(X))
+        return functional.clamp_eigvals.apply(X, self.eps)
+
+
+def available(method: str) -> Optional[str]:
+    """None if ``method`` can run here, else why not (a peer that does not import)."""
+    if method not in PEERS:
+        return None
+    try:
+        __import__("geoopt" if method == "geoopt" else "spd_learn")
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def descriptors(images: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -53,15 +89,19 @@ def descriptors(images: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 
 def spdnet(method: str, num_classes: int = 10, eps: float = 1e-4) -> nn.Module:
-    """BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → Linear(10, classes)."""
+    """BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → Linear(10, classes); ``method``
+    a rule of ours, or a peer (:data:`PEERS`) for the ReEig and LogEig layers."""
+    if method in PEERS:
+        reeig: Any = lambda: _PeerEig(method, eps, log=False)  # noqa: E731
+        logeig: nn.Module = _PeerEig(method, eps, log=True)
+    else:
+        reeig = lambda: se_nn.ReEig(eps, method=method)  # noqa: E731
+        logeig = se_nn.LogEig(method=method)
     return nn.Sequential(
-        se_nn.BiMap(8, 6, dtype=torch.float64),
-        se_nn.ReEig(eps, method=method),
-        se_nn.BiMap(6, 4, dtype=torch.float64),
-        se_nn.ReEig(eps, method=method),
-        se_nn.LogEig(method=method),
-        nn.Linear(10, num_classes, dtype=torch.float64),
-    )
+        se_nn.BiMap(8, 6, dtype=torch.float64), reeig(),
+        se_nn.BiMap(6, 4, dtype=torch.float64), reeig(),
+        logeig, nn.Linear(10, num_classes, dtype=torch.float64),
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,5 +189,9 @@ def run(
         config = SPDNetConfig(method=cell.method, seed=cell.seed, steps=steps)
         return train_spdnet(config, dataset, cache), dataclasses.asdict(config)
 
-    cells = rp.table_cells("spdnet", seeds, methods=methods)
+    for method in methods:
+        if (why := available(method)) is not None:
+            print(f"note: skipping {method}: {why}")
+    runnable = tuple(m for m in methods if available(m) is None)
+    cells = rp.table_cells("spdnet", seeds, methods=runnable)
     return rp.run_cells(cells, dataset, f"steps{steps}", results, progress=False, runner=runner)
