@@ -367,3 +367,25 @@ def test_spdnet_descriptors_and_a_short_run(tmp_path: Path) -> None:
     again = spdnet.run(data, tmp_path / "s.jsonl", seeds=1, steps=20, methods=("loewner",))
     assert again == rows  # resumed: nothing rerun
     assert "Fisher p vs loewner" in reproduce.render_table(rows, "spdnet")
+
+
+@pytest.mark.parametrize("peer", ["geoopt", "spd_learn"])
+def test_spdnet_peer_pipelines_compute_the_same_network(peer: str) -> None:
+    """The peer's ReEig/LogEig in the same network: equal outputs and gradients to ours on
+    well-separated descriptors (skipped, as the reproduction skips it, without the peer)."""
+    from stableeig.bench import spdnet
+
+    if (why := spdnet.available(peer)) is not None:
+        pytest.skip(why)
+    X = torch.randn(6, 8, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    spd = X @ X.mT / 20 + 0.1 * torch.eye(8, dtype=torch.float64)
+    outputs, grads = [], []
+    for method in ("loewner", peer):
+        torch.manual_seed(0)
+        model = spdnet.spdnet(method, eps=1e-3)
+        out = model(spd)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(grads[1], grads[0])  # through both ReEig and LogEig
