@@ -179,6 +179,10 @@ def test_low_precision_and_autocast() -> None:
     assert w.dtype == torch.bfloat16 and V.dtype == torch.bfloat16
     (w.float().sum() + V.float().abs().sum()).backward()
     assert A.grad is not None and A.grad.dtype == torch.bfloat16 and torch.isfinite(A.grad).all()
+    w64, V64 = torch.linalg.eigh(A.detach().double())  # the bfloat16 matrix, exactly
+    torch.testing.assert_close(w.double(), w64, rtol=1e-2, atol=1e-2)  # bfloat16 rounding
+    alignment = (V.double().mT @ V64).abs()  # eigenvectors up to sign
+    torch.testing.assert_close(alignment, torch.eye(6, dtype=torch.float64), atol=2e-2, rtol=0)
 
 
 def test_compute_dtype_float32_runs_in_float32() -> None:

@@ -175,10 +175,20 @@ def test_low_precision_input(dtype: torch.dtype) -> None:
 
 
 def test_autocast() -> None:
+    """Under bfloat16 autocast the layer sees the convolution's bfloat16 output, computes
+    its statistics in float32 (decomposition in float64) and returns bfloat16: equal to the
+    float32 layer on that same input, up to the output's rounding."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), ZCAWhitening2d(8, group_size=4))
+    reference = ZCAWhitening2d(8, group_size=4)
+    x = torch.randn(4, 3, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = model(torch.randn(4, 3, 8, 8))
-    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+        features = model[0](x)
+        y = model(x)
+    assert features.dtype == y.dtype == torch.bfloat16
+    expected = reference(features.float())
+    torch.testing.assert_close(y.float(), expected, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(model[1].running_whitening, reference.running_whitening)
     assert model[1].running_whitening.dtype == torch.float32
 
 
