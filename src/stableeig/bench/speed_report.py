@@ -12,7 +12,124 @@ from .speed import FLOOR
 __all__ = ["plot_speed", "speed_markdown", "summary_markdown", "write"]
 
 
+def _decomposition(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "**(a) inv_sqrtm forward+backward vs torch.linalg.eigh autograd** (float32 input)",
+        "",
+        "| n | batch | method | ours ms | vs eigh float32 | vs eigh float64 |",
+        "|---|---|---|---|---|---|",
+    ]
+    float64 = {(r["n"], r["method"]): r for r in rows if r["baseline"].endswith("float64")}
+    for row in rows:
+        if row["baseline"].endswith("float32"):
+            other = float64[row["n"], row["method"]]
+            lines.append(
+                f"| {row['n']} | {row['batch']} | {row['method']} | {row['ours_ms']} | "
+                f"{row['ratio']:.2f}× | {other['ratio']:.2f}× |"
+            )
+    return lines
+
+
+def _eigh_backward(rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        "**eigh backward alone vs the analytic rule** (16 × 64×64, float32)",
+        "",
+        "| rule | ratio |",
+        "|---|---|",
+        *(f"| {r['rule']} | {r['ratio_to_analytic']:.2f}× |" for r in rows),
+    ]
+
+
+def _layers(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        f"**(b) ZCAWhitening2d vs nn.BatchNorm2d**, {tuple(rows[0]['shape'])} float32",
+        "",
+        "| method | group size | train fwd+bwd | eval fwd |",
+        "|---|---|---|---|",
+    ]
+    evals = {(r["method"], r["group_size"]): r for r in rows if r["mode"] == "eval"}
+    for row in rows:
+        if row["mode"] == "train":
+            other = evals[row["method"], row["group_size"]]
+            lines.append(
+                f"| {row['method']} | {row['group_size']} | {_with_target(row)} | "
+                f"{_with_target(other)} |"
+            )
+    return lines
+
+
+def _pi_over_power(row: dict[str, Any]) -> list[str]:
+    return [
+        f"The paper's PI layer vs the `power` layer (train fwd+bwd, d={row['group_size']}): "
+        f"{row['pi_ms']} ms vs {row['power_ms']} ms, {_with_target(row)}"
+    ]
+
+
+def _placement(rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        "**eigh on the device vs a host round trip** (float64)",
+        "",
+        "| n | batch | device ms | round trip ms | device / round trip | layers use |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['n']} | {r['batch']} | {r['device_ms']} | {r['round_trip_ms']} | "
+            f"{r['device_over_round_trip']:.2f}× | {r['layers_use']} |"
+            for r in rows
+        ),
+    ]
+
+
+def _training(rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"**(c) one SGD step, quick-preset ResNet-18 (batch {rows[0]['batch']}, 1×28×28), "
+        "ZCA at the stem vs BN**",
+        "",
+        "| method | group size | ZCA step ms | BN step ms | ratio |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['method']} | {r['group_size']} | {r['ours_ms']} | {r['batchnorm_ms']} | "
+            f"{_with_target(r)} |"
+            for r in rows
+        ),
+    ]
+
+
+def _compiled(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        f"**(d) the same SGD step with the model under `torch.compile` (backend "
+        f"`{rows[0]['backend']}`) vs eager, batch {rows[0]['batch']}**",
+        "",
+        "| stem | mode | compiled step ms | eager step ms | compiled / eager | first call s "
+        "| first-step loss difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        stem = (
+            "BatchNorm"
+            if row["method"] == "batchnorm"
+            else f"ZCA `{row['method']}`, d = {row['group_size']}"
+        )
+        lines.append(
+            f"| {stem} | {_mode(row)} | {row['compiled_ms']} | {row['eager_ms']} | "
+            f"{_ratio(row)} | {row['first_call_s']} | {row['first_loss_difference']:.1e} |"
+        )
+    return lines
+
+
+SECTIONS = (
+    ("decomposition", _decomposition),
+    ("eigh_backward", _eigh_backward),
+    ("layers", _layers),
+    ("pi_over_power", _pi_over_power),
+    ("placement", _placement),
+    ("training", _training),
+    ("compiled", _compiled),
+)
+"""The result's parts in the order ``bench_speed.md`` shows them, each with its renderer."""
+
+
 def speed_markdown(result: dict[str, Any]) -> str:
+    """``bench_speed.md``: the environment, then one table per measured part."""
     env = result["environment"]
     lines = [
         f"Measured on {env['cpu']}, {env['threads']} threads, torch {env['torch']}, "
@@ -20,119 +137,10 @@ def speed_markdown(result: dict[str, Any]) -> str:
         "Training is timed as forward, then `y.backward(G)` with a fixed random G.",
         "",
     ]
-    if result.get("decomposition"):
-        lines += [
-            "**(a) inv_sqrtm forward+backward vs torch.linalg.eigh autograd** (float32 input)",
-            "",
-            "| n | batch | method | ours ms | vs eigh float32 | vs eigh float64 |",
-            "|---|---|---|---|---|---|",
-        ]
-        rows = result["decomposition"]
-        for row in rows:
-            if row["baseline"].endswith("float32"):
-                other = next(
-                    r
-                    for r in rows
-                    if r["n"] == row["n"]
-                    and r["method"] == row["method"]
-                    and r["baseline"].endswith("float64")
-                )
-                lines.append(
-                    f"| {row['n']} | {row['batch']} | {row['method']} | {row['ours_ms']} | "
-                    f"{row['ratio']:.2f}× | {other['ratio']:.2f}× |"
-                )
-        lines.append("")
-    if result.get("eigh_backward"):
-        lines += [
-            "**eigh backward alone vs the analytic rule** (16 × 64×64, float32)",
-            "",
-            "| rule | ratio |",
-            "|---|---|",
-        ]
-        lines += [
-            f"| {r['rule']} | {r['ratio_to_analytic']:.2f}× |" for r in result["eigh_backward"]
-        ]
-        lines.append("")
-    if result.get("layers"):
-        shape = tuple(result["layers"][0]["shape"])
-        lines += [
-            f"**(b) ZCAWhitening2d vs nn.BatchNorm2d**, {shape} float32",
-            "",
-            "| method | group size | train fwd+bwd | eval fwd |",
-            "|---|---|---|---|",
-        ]
-        layers = result["layers"]
-        for row in layers:
-            if row["mode"] == "train":
-                other = next(
-                    r
-                    for r in layers
-                    if r["method"] == row["method"]
-                    and r["group_size"] == row["group_size"]
-                    and r["mode"] == "eval"
-                )
-                lines.append(
-                    f"| {row['method']} | {row['group_size']} | {_with_target(row)} | "
-                    f"{_with_target(other)} |"
-                )
-        lines.append("")
-    if result.get("pi_over_power"):
-        row = result["pi_over_power"]
-        lines += [
-            f"The paper's PI layer vs the `power` layer (train fwd+bwd, d={row['group_size']}): "
-            f"{row['pi_ms']} ms vs {row['power_ms']} ms, {_with_target(row)}",
-            "",
-        ]
-    if result.get("placement"):
-        lines += [
-            "**eigh on the device vs a host round trip** (float64)",
-            "",
-            "| n | batch | device ms | round trip ms | device / round trip | layers use |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['n']} | {r['batch']} | {r['device_ms']} | {r['round_trip_ms']} | "
-            f"{r['device_over_round_trip']:.2f}× | {r['layers_use']} |"
-            for r in result["placement"]
-        ]
-        lines.append("")
-    if result.get("training"):
-        batch = result["training"][0]["batch"]
-        lines += [
-            f"**(c) one SGD step, quick-preset ResNet-18 (batch {batch}, 1×28×28), "
-            "ZCA at the stem vs BN**",
-            "",
-            "| method | group size | ZCA step ms | BN step ms | ratio |",
-            "|---|---|---|---|---|",
-        ]
-        for row in result["training"]:
-            lines.append(
-                f"| {row['method']} | {row['group_size']} | {row['ours_ms']} | "
-                f"{row['batchnorm_ms']} | {_with_target(row)} |"
-            )
-    if result.get("compiled"):
-        first = result["compiled"][0]
-        lines += [
-            "",
-            f"**(d) the same SGD step with the model under `torch.compile` (backend "
-            f"`{first['backend']}`) vs eager, batch {first['batch']}**",
-            "",
-            "| stem | mode | compiled step ms | eager step ms | compiled / eager | first call s "
-            "| first-step loss difference |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in result["compiled"]:
-            stem = (
-                "BatchNorm"
-                if row["method"] == "batchnorm"
-                else f"ZCA `{row['method']}`, d = {row['group_size']}"
-            )
-            lines.append(
-                f"| {stem} | {_mode(row)} | {row['compiled_ms']} | {row['eager_ms']} | "
-                f"{_ratio(row)} | "
-                f"{row['first_call_s']} | {row['first_loss_difference']:.1e} |"
-            )
-    return "\n".join(lines) + "\n"
+    for key, section in SECTIONS:
+        if result.get(key):
+            lines += [*section(result[key]), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _mode(row: dict[str, Any]) -> str:
