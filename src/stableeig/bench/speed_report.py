@@ -12,50 +12,51 @@ from .speed import FLOOR
 __all__ = ["plot_speed", "speed_markdown", "summary_markdown", "write"]
 
 
-def _decomposition(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "**(a) inv_sqrtm forward+backward vs torch.linalg.eigh autograd** (float32 input)",
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    """A bold title, a blank line and a Markdown table."""
+    return [
+        title,
         "",
-        "| n | batch | method | ours ms | vs eigh float32 | vs eigh float64 |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
     ]
+
+
+def _decomposition(rows: list[dict[str, Any]]) -> list[str]:
     float64 = {(r["n"], r["method"]): r for r in rows if r["baseline"].endswith("float64")}
-    for row in rows:
-        if row["baseline"].endswith("float32"):
-            other = float64[row["n"], row["method"]]
-            lines.append(
-                f"| {row['n']} | {row['batch']} | {row['method']} | {row['ours_ms']} | "
-                f"{row['ratio']:.2f}× | {other['ratio']:.2f}× |"
-            )
-    return lines
+    return _table(
+        "**(a) inv_sqrtm forward+backward vs torch.linalg.eigh autograd** (float32 input)",
+        ("n", "batch", "method", "ours ms", "vs eigh float32", "vs eigh float64"),
+        [
+            (r["n"], r["batch"], r["method"], r["ours_ms"], f"{r['ratio']:.2f}×",
+             f"{float64[r['n'], r['method']]['ratio']:.2f}×")
+            for r in rows
+            if r["baseline"].endswith("float32")
+        ],
+    )  # fmt: skip
 
 
 def _eigh_backward(rows: list[dict[str, Any]]) -> list[str]:
-    return [
+    return _table(
         "**eigh backward alone vs the analytic rule** (16 × 64×64, float32)",
-        "",
-        "| rule | ratio |",
-        "|---|---|",
-        *(f"| {r['rule']} | {r['ratio_to_analytic']:.2f}× |" for r in rows),
-    ]
+        ("rule", "ratio"),
+        [(r["rule"], f"{r['ratio_to_analytic']:.2f}×") for r in rows],
+    )
 
 
 def _layers(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        f"**(b) ZCAWhitening2d vs nn.BatchNorm2d**, {tuple(rows[0]['shape'])} float32",
-        "",
-        "| method | group size | train fwd+bwd | eval fwd |",
-        "|---|---|---|---|",
-    ]
     evals = {(r["method"], r["group_size"]): r for r in rows if r["mode"] == "eval"}
-    for row in rows:
-        if row["mode"] == "train":
-            other = evals[row["method"], row["group_size"]]
-            lines.append(
-                f"| {row['method']} | {row['group_size']} | {_with_target(row)} | "
-                f"{_with_target(other)} |"
-            )
-    return lines
+    return _table(
+        f"**(b) ZCAWhitening2d vs nn.BatchNorm2d**, {tuple(rows[0]['shape'])} float32",
+        ("method", "group size", "train fwd+bwd", "eval fwd"),
+        [
+            (r["method"], r["group_size"], _with_target(r),
+             _with_target(evals[r["method"], r["group_size"]]))
+            for r in rows
+            if r["mode"] == "train"
+        ],
+    )  # fmt: skip
 
 
 def _pi_over_power(row: dict[str, Any]) -> list[str]:
@@ -66,54 +67,46 @@ def _pi_over_power(row: dict[str, Any]) -> list[str]:
 
 
 def _placement(rows: list[dict[str, Any]]) -> list[str]:
-    return [
+    return _table(
         "**eigh on the device vs a host round trip** (float64)",
-        "",
-        "| n | batch | device ms | round trip ms | device / round trip | layers use |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {r['n']} | {r['batch']} | {r['device_ms']} | {r['round_trip_ms']} | "
-            f"{r['device_over_round_trip']:.2f}× | {r['layers_use']} |"
+        ("n", "batch", "device ms", "round trip ms", "device / round trip", "layers use"),
+        [
+            (r["n"], r["batch"], r["device_ms"], r["round_trip_ms"],
+             f"{r['device_over_round_trip']:.2f}×", r["layers_use"])
             for r in rows
-        ),
-    ]
+        ],
+    )  # fmt: skip
 
 
 def _training(rows: list[dict[str, Any]]) -> list[str]:
-    return [
+    return _table(
         f"**(c) one SGD step, quick-preset ResNet-18 (batch {rows[0]['batch']}, 1×28×28), "
         "ZCA at the stem vs BN**",
-        "",
-        "| method | group size | ZCA step ms | BN step ms | ratio |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {r['method']} | {r['group_size']} | {r['ours_ms']} | {r['batchnorm_ms']} | "
-            f"{_with_target(r)} |"
+        ("method", "group size", "ZCA step ms", "BN step ms", "ratio"),
+        [
+            (r["method"], r["group_size"], r["ours_ms"], r["batchnorm_ms"], _with_target(r))
             for r in rows
-        ),
-    ]
+        ],
+    )
 
 
 def _compiled(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
+    def stem(row: dict[str, Any]) -> str:
+        if row["method"] == "batchnorm":
+            return "BatchNorm"
+        return f"ZCA `{row['method']}`, d = {row['group_size']}"
+
+    return _table(
         f"**(d) the same SGD step with the model under `torch.compile` (backend "
         f"`{rows[0]['backend']}`) vs eager, batch {rows[0]['batch']}**",
-        "",
-        "| stem | mode | compiled step ms | eager step ms | compiled / eager | first call s "
-        "| first-step loss difference |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        stem = (
-            "BatchNorm"
-            if row["method"] == "batchnorm"
-            else f"ZCA `{row['method']}`, d = {row['group_size']}"
-        )
-        lines.append(
-            f"| {stem} | {_mode(row)} | {row['compiled_ms']} | {row['eager_ms']} | "
-            f"{_ratio(row)} | {row['first_call_s']} | {row['first_loss_difference']:.1e} |"
-        )
-    return lines
+        ("stem", "mode", "compiled step ms", "eager step ms", "compiled / eager",
+         "first call s", "first-step loss difference"),
+        [
+            (stem(r), _mode(r), r["compiled_ms"], r["eager_ms"], _ratio(r), r["first_call_s"],
+             f"{r['first_loss_difference']:.1e}")
+            for r in rows
+        ],
+    )  # fmt: skip
 
 
 SECTIONS = (
