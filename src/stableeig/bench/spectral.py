@@ -175,9 +175,10 @@ def _peers(name: str, case: Case) -> dict[str, Any]:
 
 
 class _Float32Floor(torch.autograd.Function):
-    """The float32 floor: ``V f(Λ) Vᵀ`` from float32 eigenpairs, and the exact Loewner
-    matrix of those float32 eigenvalues (40-digit mpmath) in the backward, in float64: what
-    any method that decomposes in float32 can reach at best."""
+    """The float32 floor: ``V f(Λ) Vᵀ`` from float32 eigenpairs, and in the backward the
+    exact Loewner matrix of those float32 eigenvalues (40-digit mpmath, rounded once to
+    float32) with the float32 products ``V (L ∘ Vᵀ Ḡ V) Vᵀ``: what a float32 decomposition
+    reaches when its divided differences add nothing."""
 
     @staticmethod
     def forward(ctx: Any, A: torch.Tensor, case: Case) -> torch.Tensor:
@@ -192,10 +193,9 @@ class _Float32Floor(torch.autograd.Function):
         mp, case = _mp(), ctx.case
         values = [mp.mpf(float(x)) for x in w.double()]
         L = torch.tensor(
-            [[float(_divided(case, a, b)) for b in values] for a in values], dtype=torch.float64
+            [[float(_divided(case, a, b)) for b in values] for a in values], dtype=torch.float32
         )
-        V = V.double()
-        inner = V.mT @ ((G + G.mT) / 2).double() @ V
+        inner = V.mT @ ((G + G.mT) / 2).float() @ V
         return (V @ (L * inner) @ V.mT).to(G.dtype), None
 
 
