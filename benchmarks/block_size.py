@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from stableeig.bench.timing import forward_backward, paired
-from stableeig.nn import ZCAWhitening2d
-from stableeig.nn import statistics
+from stableeig.nn import ZCAWhitening2d, statistics
 
 
 def main() -> None:
