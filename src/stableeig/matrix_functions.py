@@ -95,8 +95,11 @@ def _log_loewner(w: torch.Tensor) -> torch.Tensor:
 
 
 def _exp_loewner(w: torch.Tensor) -> torch.Tensor:
-    low, gap = _ordered(w)  # exp(high) - exp(low) = exp(low) expm1(gap)
-    return torch.exp(low) * _ratio(torch.expm1(gap), gap, 1.0)
+    # exp(high) - exp(low) = exp(low) expm1(gap), and exp(low) = min(exp λᵢ, exp λⱼ): n
+    # exponentials, not n²
+    a, b = _pairs(torch.exp(w))
+    gap = (w.unsqueeze(-1) - w.unsqueeze(-2)).abs()
+    return torch.minimum(a, b) * _ratio(torch.expm1(gap), gap, 1.0)
 
 
 def _pow_loewner(p: float) -> Elementwise:

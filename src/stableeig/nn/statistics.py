@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from .._validation import check_finite, host_checks_enabled, readable
+from .._validation import all_finite, check_finite, host_checks_enabled, readable
 
 __all__ = [
     "GradientLink",
@@ -300,7 +300,7 @@ def finite_moments(
     mean, covariance, count, used = group_moments(x3, group_size, sync, process_group, link=link)
     if not host_checks_enabled() or not readable(covariance):  # no sync
         return mean, covariance, count, used
-    if bool(torch.isfinite(covariance).all()):  # the forward's one host synchronization
+    if all_finite(covariance):  # the forward's one host synchronization
         return mean, covariance, count, used
     if x3.dtype == torch.float32:
         mean, covariance, count, used = group_moments(
