@@ -106,7 +106,7 @@ def _pow_loewner(p: float) -> Elementwise:
     def loewner(w: torch.Tensor) -> torch.Tensor:
         low, gap = _ordered(w)  # high^p - low^p = low^p expm1(p log1p(gap / low))
         positive = low > 0
-        safe = torch.where(positive, low, torch.ones_like(low))
+        safe = torch.where(positive, low, 1.0)
         relative = gap / safe
         inside = safe.pow(p - 1) * _ratio(torch.expm1(p * torch.log1p(relative)), relative, p)
         high = low + gap  # low == 0: the quotient is high^(p - 1); 0^(p-1) at a double zero
@@ -145,10 +145,6 @@ def _clamp_loewner(low: Optional[float], high: Optional[float]) -> Elementwise:
         return _ratio(fa - fb, a - b, slope)  # exact: differences of clamped values
 
     return loewner
-
-
-def _none(w: torch.Tensor) -> None:
-    return None
 
 
 Backward = Union[str, Rule]
@@ -198,7 +194,7 @@ def funm(
         return divided_differences(w.to(wide), f, df).to(w.dtype)
 
     function = _function("funm", f, loewner, "f has no finite derivative at an eigenvalue of A")
-    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric)
 
 
 def logm(
@@ -240,7 +236,7 @@ def expm(
         1.0
     """
     function = _function("expm", torch.exp, _exp_loewner, "the gradient overflows")
-    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric)
 
 
 def powm(
@@ -313,7 +309,7 @@ def softplusm(
     Divided differences ``log1p(expm1(δ) σ(λ_low)) / δ``, ``σ`` the logistic function.
     """
     function = _function("softplusm", _softplus, _softplus_loewner, "the gradient overflows")
-    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric)
 
 
 def clamp_eigenvalues(
@@ -353,4 +349,4 @@ def clamp_eigenvalues(
         _clamp_loewner(min, max),
         "unreachable: the clamp's divided differences are bounded by 1",
     )
-    return apply_spectral(A, function, backward, compute_dtype, check_symmetric, _none)
+    return apply_spectral(A, function, backward, compute_dtype, check_symmetric)

@@ -264,7 +264,7 @@ def require_semidefinite(name: str) -> Callable[[torch.Tensor], None]:
     def check(w: torch.Tensor) -> None:
         if w.numel() == 0 or not checks.host_checks_enabled():
             return
-        tolerance = checks.symmetry_tolerance(w.dtype) * w.abs().amax()
+        tolerance = checks.symmetry_tolerance(w.dtype) * checks.max_abs(w)
         if not bool((w >= -tolerance).all()):
             raise NotPositiveDefiniteError(
                 f"{name}: expected a positive semidefinite matrix, eigenvalues >= "

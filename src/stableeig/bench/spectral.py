@@ -96,7 +96,7 @@ def _plain(case: Case) -> Callable[..., torch.Tensor]:
     function = SpectralFunction("plain", case.torch_f, loewner, lambda w: "plain quotient")
 
     def apply(A: torch.Tensor) -> torch.Tensor:
-        return apply_spectral(A, function, "loewner", None, True, lambda w: None)
+        return apply_spectral(A, function)
 
     return apply
 

@@ -10,7 +10,6 @@ factor, calls :func:`stableeig.nn.functional.group_transform` and counts the bat
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar, Optional, Union
 
 import torch
@@ -27,7 +26,6 @@ from .transforms import GroupTransform, RunningValues
 __all__ = ["GroupLayer", "RunningMatrix"]
 
 _VERSION1_MATRIX_NAMES = ("running_whitening", "running_projector", "running_covariance")
-_BASE_FIELDS = {f.name for f in dataclasses.fields(GroupTransform)}
 
 
 class RunningMatrix:
