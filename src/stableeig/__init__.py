@@ -24,6 +24,7 @@ from .exceptions import (
     StableEigError,
 )
 from .matrix_functions import clamp_eigenvalues, expm, funm, logm, powm, softplusm
+from .means import airm_geodesic, airm_mean, log_euclidean_mean
 from .power_iteration import power_iteration_eigh
 from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
 from .spectral import inv_sqrtm, sqrtm, top_k_projector
@@ -48,6 +49,8 @@ __all__ = [
     "Taylor",
     "__version__",
     "airm_distance",
+    "airm_geodesic",
+    "airm_mean",
     "bures_wasserstein",
     "clamp_eigenvalues",
     "eigh",
@@ -58,6 +61,7 @@ __all__ = [
     "host_checks",
     "inv_sqrtm",
     "log_euclidean_distance",
+    "log_euclidean_mean",
     "logm",
     "nn",
     "power_iteration_eigh",

@@ -145,10 +145,78 @@ def test_spd_batchnorm_train_eval_state_dict() -> None:
         layer(X[:1])
 
 
+def _brooks_reference(X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Brooks et al.'s batch norm by plain eigh: one Karcher step from the arithmetic mean,
+    then ``B^{1/2} G^{-1/2} X G^{-1/2} B^{1/2}`` with ``B = exp(S)``."""
+    G = X.mean(0)
+    inverse = _eigh_function(G, torch.rsqrt)
+    tangent = _eigh_function(inverse @ X @ inverse, torch.log).mean(0)
+    root = _eigh_function(G, torch.sqrt)
+    G = root @ _eigh_function(tangent, torch.exp) @ root
+    C = _eigh_function(S / 2, torch.exp) @ _eigh_function(G, torch.rsqrt)
+    return C @ X @ C.mT
+
+
+def test_affine_invariant_batchnorm_equals_the_reference_and_centers_at_the_bias() -> None:
+    X = _spd(8, 4, 10)
+    layer = se.nn.SPDBatchNorm(4, mean="affine-invariant", momentum=0.5).double()
+    S = torch.randn(4, 4, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    with torch.no_grad():
+        layer.bias.copy_(0.3 * S)
+    S = 0.3 * (S + S.T) / 2
+    Y = layer(X)
+    torch.testing.assert_close(Y, _brooks_reference(X, S))
+    # with the flow converged the batch's Karcher mean lands on B = exp(S)
+    converged = se.nn.SPDBatchNorm(4, mean="affine-invariant", karcher_steps=30).double()
+    with torch.no_grad():
+        converged.bias.copy_(S)
+    torch.testing.assert_close(
+        se.airm_mean(converged(X), tolerance=1e-12), _eigh_function(S, torch.exp)
+    )
+    # the running mean walks the geodesic from I towards the batch mean: halfway = G^{1/2}
+    G = se.airm_mean(X, steps=1)
+    torch.testing.assert_close(layer.running_mean, _eigh_function(G, torch.sqrt))
+    assert int(layer.num_batches_tracked) == 1
+    assert "mean='affine-invariant', karcher_steps=1" in repr(layer)
+
+
+def test_affine_invariant_batchnorm_eval_state_dict_and_ties() -> None:
+    layer = se.nn.SPDBatchNorm(3, mean="affine-invariant")
+    assert torch.equal(layer.running_mean, torch.eye(3))
+    X = _spd(6, 3, 12).float()
+    for _ in range(3):
+        layer(X)
+    layer.eval()
+    one = layer(X[:1])
+    torch.testing.assert_close(one, layer(X)[:1])  # eval ignores batch composition
+    R = _eigh_function(layer.running_mean.double(), torch.rsqrt)
+    torch.testing.assert_close(one.double(), R @ X[:1].double() @ R, rtol=1e-5, atol=1e-5)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = se.nn.SPDBatchNorm(3, mean="affine-invariant").eval()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    torch.testing.assert_close(fresh(X[:1]), one)
+    # a batch of equal matrices ties every eigenvalue of G^{-1/2} X G^{-1/2} at 1
+    tied = torch.eye(3, dtype=torch.float64).repeat(4, 1, 1).requires_grad_(True)
+    G = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    train = se.nn.SPDBatchNorm(3, mean="affine-invariant").double()
+    (train(tied) * G).sum().backward()
+    assert tied.grad is not None and bool(torch.isfinite(tied.grad).all())
+    # centered output is I whatever the perturbation's mean: the gradient is G's
+    # symmetric part minus its batch mean
+    sym = (G + G.mT) / 2
+    torch.testing.assert_close(tied.grad, sym - sym.mean(0))
+    with pytest.raises(se.ArgumentError, match="mean: expected one of"):
+        se.nn.SPDBatchNorm(3, mean="riemann")
+    with pytest.raises(se.ArgumentError, match="karcher_steps"):
+        se.nn.SPDBatchNorm(3, mean="affine-invariant", karcher_steps=0)
+
+
 @pytest.mark.parametrize(
     "layer",
     [se.nn.BiMap(4, 3), se.nn.ReEig(0.5), se.nn.LogEig(), se.nn.ExpEig(),
-     se.nn.SPDBatchNorm(4)],
+     se.nn.SPDBatchNorm(4), se.nn.SPDBatchNorm(4, mean="affine-invariant", karcher_steps=2)],
 )  # fmt: skip
 def test_gradcheck_float64(layer: torch.nn.Module) -> None:
     layer = layer.double()
@@ -157,7 +225,12 @@ def test_gradcheck_float64(layer: torch.nn.Module) -> None:
 
 
 def test_spd_layers_refuse_bad_input() -> None:
-    for layer in (se.nn.ReEig(), se.nn.LogEig(), se.nn.SPDBatchNorm(3)):
+    for layer in (
+        se.nn.ReEig(),
+        se.nn.LogEig(),
+        se.nn.SPDBatchNorm(3),
+        se.nn.SPDBatchNorm(3, mean="affine-invariant"),
+    ):
         with pytest.raises(se.ShapeError):
             layer(torch.eye(3))  # no batch dimension
         with pytest.raises(se.NotSymmetricError):

@@ -1,5 +1,6 @@
 """Second-order layers: covariance pooling (MPN-COV / iSQRT-COV heads) and SPD-manifold
-layers (SPDNet's BiMap, ReEig, LogEig; ExpEig; a log-Euclidean batch normalization).
+layers (SPDNet's BiMap, ReEig, LogEig; ExpEig; a log-Euclidean or affine-invariant batch
+normalization).
 
 Every layer is batched (one decomposition call per batch, through the spectral functions
 of :mod:`stableeig`, so gradients are exact and finite at tied eigenvalues), takes
@@ -19,7 +20,9 @@ from torch.nn.utils.parametrizations import orthogonal
 from .. import _validation as checks
 from ..exceptions import ArgumentError, ShapeError
 from ..matrix_functions import clamp_eigenvalues, expm, logm, powm
+from ..means import airm_geodesic, airm_mean
 from ..rules import Rule, resolve
+from ..spectral import inv_sqrtm
 
 __all__ = [
     "BiMap",
@@ -33,6 +36,7 @@ __all__ = [
 
 Method = Union[str, Rule]
 FUNCTIONS = ("sqrt", "power", "log")
+MEANS = ("log-euclidean", "affine-invariant")
 
 
 def symmetric_to_vector(S: torch.Tensor) -> torch.Tensor:
@@ -297,13 +301,22 @@ class ExpEig(nn.Module):
 
 
 class SPDBatchNorm(nn.Module):
-    """Riemannian batch normalization with the log-Euclidean mean: in training
-    ``exp(log X - mean(log X) + B)`` with the batch mean of the logarithms (averaged into
-    ``running_mean`` for eval) and a learnable symmetric bias ``B`` (the log of the SPD
-    bias; starts at 0, i.e. the identity).
+    """Riemannian batch normalization of SPD matrices: center at the batch mean, then move
+    to a learnable SPD bias ``B = exp(S)`` (``S`` symmetric, the parameter ``bias``; starts
+    at 0, i.e. the identity). Two geometries:
+
+    - ``mean="log-euclidean"``: ``exp(log X - M + S)`` with ``M`` the batch mean of
+      ``log X``; ``running_mean`` averages ``M`` (a symmetric matrix) for eval.
+    - ``mean="affine-invariant"`` (Brooks et al., NeurIPS 2019): ``B^{1/2} G^{-1/2} X
+      G^{-1/2} B^{1/2}`` with ``G`` the Karcher mean of the batch after ``karcher_steps``
+      steps from the arithmetic mean (:func:`stableeig.airm_mean`; gradients flow through
+      it); ``running_mean`` (an SPD matrix, starts at the identity) moves along the
+      geodesic towards ``G`` by ``momentum`` (:func:`stableeig.airm_geodesic`).
 
     Args:
         n: matrix size. momentum: of the running mean, in [0, 1]. Default: 0.1.
+        mean: ``"log-euclidean"`` or ``"affine-invariant"``. Default: ``"log-euclidean"``.
+        karcher_steps: Karcher-flow steps per batch (affine-invariant), >= 1. Default: 1.
         method, compute_dtype: as the other layers.
 
     Shape:
@@ -318,34 +331,74 @@ class SPDBatchNorm(nn.Module):
         compute_dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        *,
+        mean: str = "log-euclidean",
+        karcher_steps: int = 1,
     ) -> None:
         super().__init__()
         self.n = checks.check_int_at_least("SPDBatchNorm: n", n, 1)
         self.momentum = float(checks.check_in_range("SPDBatchNorm: momentum", momentum, 0, 1))
+        self.mean = checks.check_choice("SPDBatchNorm: mean", mean, MEANS)
+        self.karcher_steps = checks.check_int_at_least(
+            "SPDBatchNorm: karcher_steps", karcher_steps, 1
+        )
         self.rule = resolve(method, argument="SPDBatchNorm: method")
         self.compute_dtype = compute_dtype
         self.bias = nn.Parameter(torch.zeros(n, n, device=device, dtype=dtype))
-        self.register_buffer("running_mean", torch.zeros(n, n, device=device))
+        initial = torch.zeros(n, n) if self.mean == "log-euclidean" else torch.eye(n)
+        self.register_buffer("running_mean", initial.to(device))
         self.register_buffer("num_batches_tracked", torch.tensor(0, device=device))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = _check_spd_input("SPDBatchNorm", X, self.n)
+        if self.training and X.shape[0] < 2:
+            raise ValueError(  # BatchNorm's words
+                f"Expected more than 1 value per channel when training, got input size {X.size()}"
+            )
+        symmetric_bias = (self.bias + self.bias.mT) / 2
+        if self.mean == "log-euclidean":
+            return self._log_euclidean(X, symmetric_bias)
+        return self._affine_invariant(X, symmetric_bias)
+
+    def _track(self, update: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.get_buffer("running_mean").copy_(update)
+            self.get_buffer("num_batches_tracked").add_(1)
+
+    def _log_euclidean(self, X: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         L = logm(X, self.rule, compute_dtype=self.compute_dtype)
+        running = self.get_buffer("running_mean")
         if self.training:
-            if X.shape[0] < 2:
-                raise ValueError(  # BatchNorm's words
-                    "Expected more than 1 value per channel when training, got input size "
-                    f"{X.size()}"
-                )
             mean = L.flatten(0, -3).mean(0)
-            running = self.get_buffer("running_mean")
-            with torch.no_grad():
-                running.lerp_(mean.detach().to(running.dtype), self.momentum)
-                self.get_buffer("num_batches_tracked").add_(1)
+            self._track(running.lerp(mean.detach().to(running.dtype), self.momentum))
         else:
-            mean = self.get_buffer("running_mean").to(L.dtype)
-        bias = ((self.bias + self.bias.mT) / 2).to(L.dtype)
-        return expm(L - mean + bias, self.rule, compute_dtype=self.compute_dtype)
+            mean = running.to(L.dtype)
+        return expm(L - mean + bias.to(L.dtype), self.rule, compute_dtype=self.compute_dtype)
+
+    def _affine_invariant(self, X: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        running = self.get_buffer("running_mean")
+        if self.training:
+            G = airm_mean(
+                X.flatten(0, -3),
+                backward=self.rule,
+                steps=self.karcher_steps,
+                compute_dtype=self.compute_dtype,
+            )
+            with torch.no_grad():
+                moved = airm_geodesic(
+                    running, G.detach(), self.momentum, compute_dtype=self.compute_dtype
+                )
+            self._track(moved.to(running.dtype))
+        else:
+            G = running.to(X.dtype)
+        half_bias = expm(bias.to(X.dtype) / 2, self.rule, compute_dtype=self.compute_dtype)
+        C = half_bias @ inv_sqrtm(G, self.rule, compute_dtype=self.compute_dtype)
+        Y = C @ X @ C.mT
+        return (Y + Y.mT) / 2
 
     def extra_repr(self) -> str:
-        return f"{self.n}, momentum={self.momentum}, method={self.rule.describe()}"
+        return (
+            f"{self.n}, momentum={self.momentum}, mean={self.mean!r}"
+            + (f", karcher_steps={self.karcher_steps}" if self.mean != "log-euclidean" else "")
+            + f", method={self.rule.describe()}"
+        )
