@@ -117,7 +117,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             rows = rp.unique_rows(rp.read_results(results))
         else:
             dataset = _dataset("fashion-mnist", args.data_dir)
-            methods = tuple(args.methods or (*spdnet.METHODS, *spdnet.PEERS))
+            methods = tuple(args.methods or rp.table_kind("spdnet").methods)
             rows = spdnet.run(dataset, results, seeds=args.seeds or 3, steps=steps, methods=methods)
         table = rp.render_table(rows, "spdnet")
         (folder / f"{results.stem}.md").write_text(table + "\n")
@@ -404,10 +404,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "--methods",
-        type=_comma_list(choices=(*RULES, "average", "newton-schulz", "geoopt", "spd_learn")),
+        type=_comma_list(
+            choices=(
+                *RULES,
+                "average",
+                "newton-schulz",
+                "spdbn-le",
+                "spdbn-ai",
+                "geoopt",
+                "spd_learn",
+            )
+        ),
         default=None,
         help="comma list of gradient rules (covpool also: average, newton-schulz; spdnet "
-        "also the peers geoopt, spd_learn; default: the table's)",
+        "also spdbn-le, spdbn-ai (loewner + SPDBatchNorm) and the peers geoopt, spd_learn; "
+        "default: the table's)",
     )
     reproduce.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"

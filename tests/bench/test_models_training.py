@@ -389,3 +389,26 @@ def test_spdnet_peer_pipelines_compute_the_same_network(peer: str) -> None:
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(outputs[1], outputs[0])
     torch.testing.assert_close(grads[1], grads[0])  # through both ReEig and LogEig
+
+
+@pytest.mark.parametrize("method", ["spdbn-le", "spdbn-ai"])
+def test_spdnet_with_spd_batchnorm_places_it_after_each_bimap_and_runs(
+    method: str, tmp_path: Path
+) -> None:
+    from stableeig.bench import spdnet
+
+    model = spdnet.spdnet(method)
+    norms = [m for m in model if isinstance(m, se.nn.SPDBatchNorm)]
+    assert [type(m).__name__ for m in model][:3] == ["ParametrizedBiMap", "SPDBatchNorm", "ReEig"]
+    assert [(m.n, m.mean) for m in norms] == [(n, spdnet.BATCHNORMS[method]) for n in (6, 4)]
+    data = tiny_dataset()
+    rows = spdnet.run(data, tmp_path / "s.jsonl", seeds=1, steps=12, methods=(method,))
+    assert rows[0]["success"] and rows[0]["method"] == method
+    assert all(int(m.num_batches_tracked) == 0 for m in norms)  # run builds its own model
+    config = spdnet.SPDNetConfig(method=method, steps=12, test_subset=20)
+    trained, row = spdnet.fit_spdnet(config, data)
+    assert not trained.training and row["success"]
+    tracked = [m for m in trained.modules() if isinstance(m, se.nn.SPDBatchNorm)]
+    assert [int(m.num_batches_tracked) for m in tracked] == [12, 12]
+    descriptors = spdnet.descriptors(data.test_images)[:20]
+    assert row["test_error"] == spdnet.error_rate(trained, descriptors, data.test_labels[:20])

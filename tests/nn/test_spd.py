@@ -213,6 +213,27 @@ def test_affine_invariant_batchnorm_eval_state_dict_and_ties() -> None:
         se.nn.SPDBatchNorm(3, mean="affine-invariant", karcher_steps=0)
 
 
+@pytest.mark.parametrize("mean", ["log-euclidean", "affine-invariant"])
+def test_spd_batchnorm_cumulative_momentum_and_reset(mean: str) -> None:
+    # momentum=None: BatchNorm's cumulative average (factor 1/k at the k-th batch)
+    layer = se.nn.SPDBatchNorm(4, momentum=None, mean=mean).double()
+    batches = [_spd(6, 4, 20 + k) for k in range(3)]
+    for batch in batches:
+        layer(batch)
+    assert int(layer.num_batches_tracked) == 3
+    if mean == "log-euclidean":
+        expected = torch.stack([_eigh_function(b, torch.log).mean(0) for b in batches]).mean(0)
+    else:  # the inductive mean: G₁, then G₁ #_{1/2} G₂, then that #_{1/3} G₃
+        means = [se.airm_mean(b, steps=1) for b in batches]
+        expected = se.airm_geodesic(se.airm_geodesic(means[0], means[1], 0.5), means[2], 1 / 3)
+    torch.testing.assert_close(layer.running_mean, expected)
+    assert "momentum=None" in repr(layer)
+    layer.reset_running_stats()
+    assert int(layer.num_batches_tracked) == 0
+    identity = torch.eye(4, dtype=torch.float64)
+    assert torch.equal(layer.running_mean, identity if mean != "log-euclidean" else 0 * identity)
+
+
 @pytest.mark.parametrize(
     "layer",
     [se.nn.BiMap(4, 3), se.nn.ReEig(0.5), se.nn.LogEig(), se.nn.ExpEig(),

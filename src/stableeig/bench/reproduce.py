@@ -201,7 +201,9 @@ TABLES: dict[str, TableKind] = {
     "covpool": TableKind(COVPOOL_METHODS, (None,), stem="covpool", anchor="loewner"),
     "demo": TableKind(("analytic", "power", "loewner")),
     "spdnet": TableKind(
-        ("analytic", "power", "loewner", "geoopt", "spd_learn"), (None,), anchor="loewner"
+        ("analytic", "power", "loewner", "spdbn-le", "spdbn-ai", "geoopt", "spd_learn"),
+        (None,),
+        anchor="loewner",
     ),
     **{  # the ablations: one kind each, run by ablation_cells, rendered by render_ablations
         f"ablation_{name}": TableKind(("power",), stem="zca" if name == "eps" else "pca")

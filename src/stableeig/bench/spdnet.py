@@ -26,9 +26,24 @@ from .. import nn as se_nn
 from ..nn.spd import symmetric_to_vector
 from .data import Dataset
 
-__all__ = ["METHODS", "PEERS", "SPDNetConfig", "available", "descriptors", "spdnet", "train_spdnet"]
+__all__ = [
+    "BATCHNORMS",
+    "METHODS",
+    "PEERS",
+    "SPDNetConfig",
+    "available",
+    "descriptors",
+    "error_rate",
+    "fit_spdnet",
+    "spdnet",
+    "train_spdnet",
+]
 
 METHODS = ("analytic", "power", "loewner")
+BATCHNORMS = {  # loewner with SPDBatchNorm after each BiMap (Brooks et al.'s placement)
+    "spdbn-le": "log-euclidean",
+    "spdbn-ai": "affine-invariant",
+}
 PEERS = ("geoopt", "spd_learn")  # the same network with a peer's ReEig and LogEig
 
 
@@ -90,16 +105,25 @@ def descriptors(images: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 def spdnet(method: str, num_classes: int = 10, eps: float = 1e-4) -> nn.Module:
     """BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → Linear(10, classes); ``method``
-    a rule of ours, or a peer (:data:`PEERS`) for the ReEig and LogEig layers."""
+    a rule of ours, a peer (:data:`PEERS`) for the ReEig and LogEig layers, or a
+    :data:`BATCHNORMS` name (``loewner`` with an ``SPDBatchNorm`` after each BiMap)."""
+    rule = "loewner" if method in BATCHNORMS else method
     if method in PEERS:
         reeig: Any = lambda: _PeerEig(method, eps, log=False)  # noqa: E731
         logeig: nn.Module = _PeerEig(method, eps, log=True)
     else:
-        reeig = lambda: se_nn.ReEig(eps, method=method)  # noqa: E731
-        logeig = se_nn.LogEig(method=method)
+        reeig = lambda: se_nn.ReEig(eps, method=rule)  # noqa: E731
+        logeig = se_nn.LogEig(method=rule)
+
+    def bimap(n_in: int, n_out: int) -> list[nn.Module]:
+        layers: list[nn.Module] = [se_nn.BiMap(n_in, n_out, dtype=torch.float64)]
+        if method in BATCHNORMS:
+            mean = BATCHNORMS[method]
+            layers.append(se_nn.SPDBatchNorm(n_out, mean=mean, dtype=torch.float64).double())
+        return layers
+
     return nn.Sequential(
-        se_nn.BiMap(8, 6, dtype=torch.float64), reeig(),
-        se_nn.BiMap(6, 4, dtype=torch.float64), reeig(),
+        *bimap(8, 6), reeig(), *bimap(6, 4), reeig(),
         logeig, nn.Linear(10, num_classes, dtype=torch.float64),
     )  # fmt: skip
 
@@ -122,6 +146,13 @@ def train_spdnet(
     """One run: ``{"success", "test_error", "failure_step", "failure_reason", "seconds",
     "losses"}`` (a failure is a non-finite loss, gradient or parameter, or a refused
     backward; recorded, never raised). ``cache`` keeps the descriptors between runs."""
+    return fit_spdnet(config, dataset, cache)[1]
+
+
+def fit_spdnet(
+    config: SPDNetConfig, dataset: Dataset, cache: Optional[dict[str, torch.Tensor]] = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`train_spdnet`'s run, and the trained model (in eval mode)."""
     cache = {} if cache is None else cache
     if "train" not in cache:
         cache["train"] = descriptors(dataset.train_images, config.ridge)
@@ -144,29 +175,34 @@ def train_spdnet(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         except (ValueError, RuntimeError) as error:
-            return _failed(
-                step, f"raised {type(error).__name__}: {str(error)[:120]}", start, losses
-            )
+            why = f"raised {type(error).__name__}: {str(error)[:120]}"
+            return model.eval(), _failed(step, why, start, losses)
         grads_finite = all(
             p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
         )
         if not math.isfinite(float(loss.detach())) or not grads_finite:
-            return _failed(step, "non-finite loss or gradient", start, losses)
+            return model.eval(), _failed(step, "non-finite loss or gradient", start, losses)
         optimizer.step()
         epoch.append(float(loss.detach()))
         if (step + 1) % 100 == 0:
             losses.append(sum(epoch) / len(epoch))
             epoch = []
     model.eval()
+    return model, {
+        "success": True, "test_error": error_rate(model, test, test_labels),
+        "failure_step": None, "failure_reason": None,
+        "seconds": time.perf_counter() - start, "losses": losses,
+    }  # fmt: skip
+
+
+def error_rate(model: nn.Module, descriptors: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percentage of ``labels`` that ``model`` gets wrong, in batches of 1000, no grad."""
     with torch.no_grad():
         wrong = sum(
-            int((model(test[i : i + 1000]).argmax(1) != test_labels[i : i + 1000]).sum())
-            for i in range(0, len(test), 1000)
+            int((model(descriptors[i : i + 1000]).argmax(1) != labels[i : i + 1000]).sum())
+            for i in range(0, len(descriptors), 1000)
         )
-    return {
-        "success": True, "test_error": 100.0 * wrong / max(len(test), 1), "failure_step": None,
-        "failure_reason": None, "seconds": time.perf_counter() - start, "losses": losses,
-    }  # fmt: skip
+    return 100.0 * wrong / max(len(descriptors), 1)
 
 
 def _failed(step: int, why: str, start: float, losses: list[float]) -> dict[str, Any]:

@@ -313,8 +313,12 @@ class SPDBatchNorm(nn.Module):
       it); ``running_mean`` (an SPD matrix, starts at the identity) moves along the
       geodesic towards ``G`` by ``momentum`` (:func:`stableeig.airm_geodesic`).
 
+    ``momentum=None`` averages cumulatively as BatchNorm does (factor ``1/k`` at the ``k``-th
+    batch: the arithmetic mean of the batch means of the logs, or the inductive geodesic mean);
+    with :meth:`reset_running_stats` this recalibrates the running mean on frozen weights.
+
     Args:
-        n: matrix size. momentum: of the running mean, in [0, 1]. Default: 0.1.
+        n: matrix size. momentum: of the running mean, in [0, 1], or None. Default: 0.1.
         mean: ``"log-euclidean"`` or ``"affine-invariant"``. Default: ``"log-euclidean"``.
         karcher_steps: Karcher-flow steps per batch (affine-invariant), >= 1. Default: 1.
         method, compute_dtype: as the other layers.
@@ -326,7 +330,7 @@ class SPDBatchNorm(nn.Module):
     def __init__(
         self,
         n: int,
-        momentum: float = 0.1,
+        momentum: Optional[float] = 0.1,
         method: Method = "loewner",
         compute_dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
@@ -337,7 +341,11 @@ class SPDBatchNorm(nn.Module):
     ) -> None:
         super().__init__()
         self.n = checks.check_int_at_least("SPDBatchNorm: n", n, 1)
-        self.momentum = float(checks.check_in_range("SPDBatchNorm: momentum", momentum, 0, 1))
+        self.momentum = (
+            None
+            if momentum is None
+            else float(checks.check_in_range("SPDBatchNorm: momentum", momentum, 0, 1))
+        )
         self.mean = checks.check_choice("SPDBatchNorm: mean", mean, MEANS)
         self.karcher_steps = checks.check_int_at_least(
             "SPDBatchNorm: karcher_steps", karcher_steps, 1
@@ -345,9 +353,22 @@ class SPDBatchNorm(nn.Module):
         self.rule = resolve(method, argument="SPDBatchNorm: method")
         self.compute_dtype = compute_dtype
         self.bias = nn.Parameter(torch.zeros(n, n, device=device, dtype=dtype))
-        initial = torch.zeros(n, n) if self.mean == "log-euclidean" else torch.eye(n)
-        self.register_buffer("running_mean", initial.to(device))
+        self.register_buffer("running_mean", torch.empty(n, n, device=device))
         self.register_buffer("num_batches_tracked", torch.tensor(0, device=device))
+        self.reset_running_stats()
+
+    def reset_running_stats(self) -> None:
+        """The running mean back to the identity (0 in the log domain), no batches tracked."""
+        running = self.get_buffer("running_mean")
+        with torch.no_grad():
+            running.copy_(torch.eye(self.n) if self.mean != "log-euclidean" else torch.zeros(1))
+            self.get_buffer("num_batches_tracked").zero_()
+
+    def _factor(self) -> float:
+        """The running mean's update factor for this batch (BatchNorm's rule)."""
+        if self.momentum is not None:
+            return self.momentum
+        return 1.0 / (float(self.get_buffer("num_batches_tracked")) + 1)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = _check_spd_input("SPDBatchNorm", X, self.n)
@@ -370,7 +391,7 @@ class SPDBatchNorm(nn.Module):
         running = self.get_buffer("running_mean")
         if self.training:
             mean = L.flatten(0, -3).mean(0)
-            self._track(running.lerp(mean.detach().to(running.dtype), self.momentum))
+            self._track(running.lerp(mean.detach().to(running.dtype), self._factor()))
         else:
             mean = running.to(L.dtype)
         return expm(L - mean + bias.to(L.dtype), self.rule, compute_dtype=self.compute_dtype)
@@ -386,7 +407,7 @@ class SPDBatchNorm(nn.Module):
             )
             with torch.no_grad():
                 moved = airm_geodesic(
-                    running, G.detach(), self.momentum, compute_dtype=self.compute_dtype
+                    running, G.detach(), self._factor(), compute_dtype=self.compute_dtype
                 )
             self._track(moved.to(running.dtype))
         else:
