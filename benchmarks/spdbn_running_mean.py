@@ -8,9 +8,11 @@ For each ``spdbn-*`` method and seed of ``stableeig reproduce spdnet`` (the same
 same seed, data and steps), prints and writes ``results/spdnet_batchnorm_eval.md``: the test
 error (%) with the running means as trained, with each test batch's own statistics (1000
 images per batch), and with the running means recalibrated on the frozen weights: reset,
-then BatchNorm's cumulative average (``momentum=None``) over 100 random training batches of
-128 (no gradient). A gap between the first and the last
-is the running mean lagging the moving weights, not the layer's arithmetic.
+then BatchNorm's cumulative average (momentum ``1/k`` at the ``k``-th batch, what
+``momentum=None`` does) over 100 random training batches of 128, no gradient. The peer
+pipeline ``spd_learn-bn`` (spd-learn's SPDBatchNormMean) runs where spd-learn imports. A
+gap between the first and the last is the running mean lagging the moving weights, not the
+layer's arithmetic.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def main() -> None:
         "weights frozen |",
         "|---|---|---|---|---|",
     ]
-    for method in spdnet.BATCHNORMS:
+    methods = [*spdnet.BATCHNORMS, *spdnet.PEER_BATCHNORMS]
+    for method in [m for m in methods if spdnet.available(m) is None]:
         for seed in range(args.seeds):
             config = spdnet.SPDNetConfig(method=method, seed=seed)
             model, row = spdnet.fit_spdnet(config, dataset, cache)
@@ -49,14 +52,20 @@ def main() -> None:
             as_trained = spdnet.error_rate(model, test, labels)
             assert row["test_error"] == as_trained
             batch = spdnet.error_rate(copy.deepcopy(model).train(), test, labels)
-            for layer in model.modules():
-                if isinstance(layer, se_nn.SPDBatchNorm):
-                    layer.reset_running_stats()
-                    layer.momentum = None
+            norms = [m for m in model.modules() if hasattr(m, "running_mean")]
+            with torch.no_grad():
+                for layer in norms:  # ours by its method; spd-learn's to the identity
+                    if isinstance(layer, se_nn.SPDBatchNorm):
+                        layer.reset_running_stats()
+                    else:
+                        eye = torch.eye(layer.running_mean.shape[-1], dtype=torch.float64)
+                        layer.running_mean = eye.expand_as(layer.running_mean).clone()
             model.train()
             generator = torch.Generator().manual_seed(1000 + seed)
             with torch.no_grad():
-                for _ in range(100):
+                for k in range(100):
+                    for layer in norms:
+                        layer.momentum = 1 / (k + 1)
                     index = torch.randint(0, len(cache["train"]), (128,), generator=generator)
                     model(cache["train"][index])
             recalibrated = spdnet.error_rate(model.eval(), test, labels)

@@ -19,6 +19,8 @@ SECTIONS = {  # README marker -> results file
     "speed summary": "results/bench_speed_summary.md",
     "spectral bench": "results/bench_spectral.md",
     "covpool quick": "results/covpool_quick_fashion-mnist.md",
+    "covpool long": "results/covpool_long_fashion-mnist.md",
+    "spdnet batchnorm eval": "results/spdnet_batchnorm_eval.md",
     "spdnet": "results/spdnet_steps1000_fashion-mnist.md",
 }
 

@@ -71,3 +71,12 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_reproduce_accepts_every_method_of_every_table() -> None:
+    from stableeig.bench.reproduce import TABLES
+
+    for name in ("table1", "table2", "covpool", "spdnet"):
+        methods = ",".join(TABLES[name].methods)
+        args = build_parser().parse_args(["reproduce", name, "--methods", methods])
+        assert tuple(args.methods) == TABLES[name].methods

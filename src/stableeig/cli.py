@@ -413,12 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "spdbn-ai",
                 "geoopt",
                 "spd_learn",
+                "spd_learn-bn",
             )
         ),
         default=None,
         help="comma list of gradient rules (covpool also: average, newton-schulz; spdnet "
-        "also spdbn-le, spdbn-ai (loewner + SPDBatchNorm) and the peers geoopt, spd_learn; "
-        "default: the table's)",
+        "also spdbn-le, spdbn-ai (loewner + SPDBatchNorm) and the peers geoopt, spd_learn, "
+        "spd_learn-bn; default: the table's)",
     )
     reproduce.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"

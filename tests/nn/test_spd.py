@@ -263,3 +263,27 @@ def test_spd_layers_refuse_bad_input() -> None:
         se.nn.BiMap(6, 4), se.nn.ReEig(), se.nn.LogEig(), torch.nn.Linear(10, 2)
     )
     assert net(X).dtype == torch.float32 and net(X).shape == (4, 2)
+
+
+def test_affine_invariant_batchnorm_against_spd_learn_where_it_is_installed() -> None:
+    """spd-learn's SPDBatchNormMean computes the same output and running mean; its gradient
+    treats the batch mean as a constant (it detaches the batch), ours differentiates it."""
+    modules = pytest.importorskip("spd_learn.modules")  # optional peer (pip --no-deps)
+    X = _spd(8, 5, 30)
+    G = torch.randn(8, 5, 5, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    ours = se.nn.SPDBatchNorm(5, mean="affine-invariant").double()
+    peer = modules.SPDBatchNormMean(5, dtype=torch.float64)
+    grads = []
+    for layer in (ours, lambda x: peer(x.unsqueeze(1)).squeeze(1)):
+        x = X.clone().requires_grad_(True)
+        y = layer(x)
+        (y * G).sum().backward()
+        grads.append(x.grad)
+        outputs = y.detach()
+        torch.testing.assert_close(outputs, _brooks_reference(X, torch.zeros(5, 5).double()))
+    torch.testing.assert_close(ours.running_mean, peer.running_mean.reshape(5, 5))
+    x = X.clone().requires_grad_(True)  # ours with the mean held constant = spd-learn's
+    root = se.inv_sqrtm(se.airm_mean(X, steps=1))
+    ((root @ x @ root) * G).sum().backward()
+    torch.testing.assert_close(grads[1], x.grad)
+    assert float((grads[0] - grads[1]).norm() / grads[0].norm()) > 0.1  # the mean's term

@@ -187,6 +187,7 @@ class TableKind:
     paper_label: str = "paper"
 
 
+SPDNET_PEERS = ("geoopt", "spd_learn", "spd_learn-bn")
 TABLES: dict[str, TableKind] = {
     "table1": TableKind(
         TABLE1_METHODS, GROUP_SIZES, batchnorm=True, layout="grid", paper=PAPER_TABLE1
@@ -201,7 +202,7 @@ TABLES: dict[str, TableKind] = {
     "covpool": TableKind(COVPOOL_METHODS, (None,), stem="covpool", anchor="loewner"),
     "demo": TableKind(("analytic", "power", "loewner")),
     "spdnet": TableKind(
-        ("analytic", "power", "loewner", "spdbn-le", "spdbn-ai", "geoopt", "spd_learn"),
+        ("analytic", "power", "loewner", "spdbn-le", "spdbn-ai", *SPDNET_PEERS),
         (None,),
         anchor="loewner",
     ),

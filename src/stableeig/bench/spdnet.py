@@ -30,6 +30,7 @@ __all__ = [
     "BATCHNORMS",
     "METHODS",
     "PEERS",
+    "PEER_BATCHNORMS",
     "SPDNetConfig",
     "available",
     "descriptors",
@@ -45,6 +46,7 @@ BATCHNORMS = {  # loewner with SPDBatchNorm after each BiMap (Brooks et al.'s pl
     "spdbn-ai": "affine-invariant",
 }
 PEERS = ("geoopt", "spd_learn")  # the same network with a peer's ReEig and LogEig
+PEER_BATCHNORMS = ("spd_learn-bn",)  # spd_learn's whole pipeline incl. its SPDBatchNormMean
 
 
 class _PeerEig(nn.Module):
@@ -70,9 +72,23 @@ class _PeerEig(nn.Module):
         return functional.clamp_eigvals.apply(X, self.eps)
 
 
+class _PeerBatchNorm(nn.Module):
+    """spd-learn's ``SPDBatchNormMean`` (affine-invariant, one Karcher step, the batch mean
+    detached from the gradient) on ``(N, n, n)``."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        from spd_learn.modules import SPDBatchNormMean  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+        self.norm = SPDBatchNormMean(n, dtype=torch.float64)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.norm(X.unsqueeze(1)).squeeze(1)
+
+
 def available(method: str) -> Optional[str]:
     """None if ``method`` can run here, else why not (a peer that does not import)."""
-    if method not in PEERS:
+    if method not in (*PEERS, *PEER_BATCHNORMS):
         return None
     try:
         __import__("geoopt" if method == "geoopt" else "spd_learn")
@@ -105,10 +121,11 @@ def descriptors(images: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 def spdnet(method: str, num_classes: int = 10, eps: float = 1e-4) -> nn.Module:
     """BiMap(8→6) → ReEig → BiMap(6→4) → ReEig → LogEig → Linear(10, classes); ``method``
-    a rule of ours, a peer (:data:`PEERS`) for the ReEig and LogEig layers, or a
-    :data:`BATCHNORMS` name (``loewner`` with an ``SPDBatchNorm`` after each BiMap)."""
+    a rule of ours, a peer (:data:`PEERS`) for the ReEig and LogEig layers, a
+    :data:`BATCHNORMS` name (``loewner`` with an ``SPDBatchNorm`` after each BiMap), or
+    ``spd_learn-bn`` (spd-learn's layers and its batch norm in the same places)."""
     rule = "loewner" if method in BATCHNORMS else method
-    if method in PEERS:
+    if method in (*PEERS, *PEER_BATCHNORMS):
         reeig: Any = lambda: _PeerEig(method, eps, log=False)  # noqa: E731
         logeig: nn.Module = _PeerEig(method, eps, log=True)
     else:
@@ -120,6 +137,8 @@ def spdnet(method: str, num_classes: int = 10, eps: float = 1e-4) -> nn.Module:
         if method in BATCHNORMS:
             mean = BATCHNORMS[method]
             layers.append(se_nn.SPDBatchNorm(n_out, mean=mean, dtype=torch.float64).double())
+        if method in PEER_BATCHNORMS:
+            layers.append(_PeerBatchNorm(n_out))
         return layers
 
     return nn.Sequential(
