@@ -175,6 +175,7 @@ class TableKind:
         paper: the paper's numbers: per method (``"list"``), or per method and group size
             (``"grid"``, as (success rate, error) pairs).
         paper_label: the paper column's header (``"list"``).
+        timed: a column of seconds per step (``"list"``), the median over finished runs.
     """
 
     methods: tuple[str, ...]
@@ -185,6 +186,7 @@ class TableKind:
     anchor: str = ANCHOR
     paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     paper_label: str = "paper"
+    timed: bool = False
 
 
 SPDNET_PEERS = ("geoopt", "spd_learn", "spd_learn-bn")
@@ -199,12 +201,13 @@ TABLES: dict[str, TableKind] = {
         paper=PAPER_TABLE2,
         paper_label="paper (CIFAR-10)",
     ),
-    "covpool": TableKind(COVPOOL_METHODS, (None,), stem="covpool", anchor="loewner"),
+    "covpool": TableKind(COVPOOL_METHODS, (None,), stem="covpool", anchor="loewner", timed=True),
     "demo": TableKind(("analytic", "power", "loewner")),
     "spdnet": TableKind(
         ("analytic", "power", "loewner", "spdbn-le", "spdbn-ai", *SPDNET_PEERS),
         (None,),
         anchor="loewner",
+        timed=True,
     ),
     **{  # the ablations: one kind each, run by ablation_cells, rendered by render_ablations
         f"ablation_{name}": TableKind(("power",), stem="zca" if name == "eps" else "pca")
@@ -518,6 +521,12 @@ def _p(p: float) -> str:
     return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
+def _seconds_per_step(rows: list[dict[str, Any]]) -> str:
+    """Median wall seconds per training step of the finished runs (``—`` if none)."""
+    per_step = [r["seconds"] / r["config"]["steps"] for r in rows if r["success"]]
+    return f"{statistics.median(per_step):.3g}" if per_step else "—"
+
+
 def render_table(rows: list[dict[str, Any]], table: str) -> str:
     """Markdown in the paper's layout: success rate and (min, mean ± std) test error %, the
     "trained" rate (below ``TRAINED_FACTOR`` × the BatchNorm mean) and, per cell, two-sided
@@ -532,10 +541,11 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
     if kind.layout == "list":
         sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
         paper_label = kind.paper_label
+        timing = " s/step (median) |" if kind.timed else ""
         lines = [
             "| method | group size | success | test error % (min, mean±std) "
-            f"| trained ({limit}) | {p_label} | {paper_label} |",
-            "|---|---|---|---|---|---|---|",
+            f"| trained ({limit}) | {p_label} |{timing} {paper_label} |",
+            "|---|---|---|---|---|---|---|" + ("---|" if kind.timed else ""),
         ]
         for method in methods:
             for size in [None] if method in ("batchnorm", "average") or not sizes else sizes:
@@ -546,8 +556,10 @@ def render_table(rows: list[dict[str, Any]], table: str) -> str:
                 rate, error = _summary(cell)
                 good, p = _versus(cell, anchor if method != anchor_method else cell, threshold)
                 paper = kind.paper.get(method, "—")
+                seconds = f" {_seconds_per_step(cell)} |" if kind.timed else ""
                 lines.append(
-                    f"| {method} | {size or '-'} | {rate} | {error} | {good} | {p} | {paper} |"
+                    f"| {method} | {size or '-'} | {rate} | {error} | {good} | {p} |{seconds}"
+                    f" {paper} |"
                 )
         return "\n".join(lines)
     sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
