@@ -258,6 +258,15 @@ def test_spd_layers_refuse_bad_input() -> None:
             layer(torch.tensor([[[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2))
     with pytest.raises(se.NotPositiveDefiniteError):
         se.nn.LogEig()(-torch.eye(3).expand(2, 3, 3))
+    evaluating = se.nn.SPDBatchNorm(3, mean="affine-invariant").eval()  # no logm of X in eval
+    indefinite = torch.eye(3).repeat(2, 1, 1)
+    indefinite[1, 2, 2] = -1.0
+    with pytest.raises(se.NotPositiveDefiniteError, match="fails for matrix 1 of the 2"):
+        evaluating(indefinite)
+    with pytest.raises(se.NotSymmetricError):
+        evaluating(torch.tensor([[[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]] * 2))
+    with pytest.raises(se.NonFiniteError):
+        evaluating(torch.full((2, 3, 3), float("nan")))
     X = _spd(4, 6, 9).float()
     net = torch.nn.Sequential(
         se.nn.BiMap(6, 4), se.nn.ReEig(), se.nn.LogEig(), torch.nn.Linear(10, 2)

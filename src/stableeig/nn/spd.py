@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from .. import _validation as checks
-from ..exceptions import ArgumentError, ShapeError
+from ..exceptions import ArgumentError, NotPositiveDefiniteError, ShapeError
 from ..matrix_functions import clamp_eigenvalues, expm, logm, powm
 from ..means import airm_geodesic, airm_mean
 from ..rules import Rule, resolve
@@ -57,6 +57,19 @@ def _check_spd_input(name: str, X: object, size: Optional[int] = None) -> torch.
     if size is not None and X.shape[-1] != size:
         raise ShapeError(f"{name}: expected {size}×{size} matrices (got shape {tuple(X.shape)})")
     return X
+
+
+def _check_positive_definite(name: str, X: torch.Tensor) -> None:
+    """Finite, symmetric (the library's tolerance) and positive definite (by Cholesky)."""
+    checks.check_finite_symmetric(name, X)
+    if checks.host_checks_enabled():
+        info = torch.linalg.cholesky_ex((X + X.mT) / 2).info
+        if bool((info != 0).any()):
+            first = int(torch.nonzero(info.flatten())[0])
+            raise NotPositiveDefiniteError(
+                f"{name}: expected positive definite matrices (the Cholesky factorization "
+                f"fails for matrix {first} of the {info.numel()} in shape {tuple(X.shape)})"
+            )
 
 
 class CovariancePooling2d(nn.Module):
@@ -410,7 +423,8 @@ class SPDBatchNorm(nn.Module):
                     running, G.detach(), self._factor(), compute_dtype=self.compute_dtype
                 )
             self._track(moved.to(running.dtype))
-        else:
+        else:  # no decomposition of X below: check what logm would have checked
+            _check_positive_definite("SPDBatchNorm: input", X)
             G = running.to(X.dtype)
         half_bias = expm(bias.to(X.dtype) / 2, self.rule, compute_dtype=self.compute_dtype)
         C = half_bias @ inv_sqrtm(G, self.rule, compute_dtype=self.compute_dtype)
