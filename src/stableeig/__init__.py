@@ -29,7 +29,7 @@ from .power_iteration import power_iteration_eigh
 from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
 from .spectral import inv_sqrtm, sqrtm, top_k_projector
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "RULES",
