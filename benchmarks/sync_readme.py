@@ -21,6 +21,7 @@ SECTIONS = {  # README marker -> results file
     "covpool quick": "results/covpool_quick_fashion-mnist.md",
     "covpool long": "results/covpool_long_fashion-mnist.md",
     "spdnet batchnorm eval": "results/spdnet_batchnorm_eval.md",
+    "spd batchnorm speed": "results/bench_spd_batchnorm.md",
     "spdnet": "results/spdnet_steps1000_fashion-mnist.md",
 }
 

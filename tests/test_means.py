@@ -129,6 +129,15 @@ def test_errors_name_what_was_expected() -> None:
         se.airm_mean(X, steps=-1)
     with pytest.raises(se.NotPositiveDefiniteError):
         se.airm_mean(-X)
+    skewed = X.clone()
+    skewed[0, 0, 1] += 1.0  # the congruences symmetrize: checked once, on entry
+    for function in (se.airm_mean, se.log_euclidean_mean):
+        with pytest.raises(se.NotSymmetricError, match="X: expected a symmetric matrix"):
+            function(skewed)
+    with pytest.raises(se.NotSymmetricError, match="B: expected a symmetric matrix"):
+        se.airm_geodesic(X[1], skewed[0], 0.5)
+    with pytest.raises(se.NonFiniteError):
+        se.airm_mean(torch.full_like(X, float("inf")))
     with pytest.raises(se.ShapeError, match="A's size 3"):
         se.airm_geodesic(X[0], torch.eye(4, dtype=torch.float64), 0.5)
     spread = _spd(6, 4, 9, low=1e-3, high=1e3)

@@ -26,8 +26,11 @@ Backward = Union[str, Rule]
 
 
 def _samples(name: str, X: object, dim: int) -> tuple[torch.Tensor, int]:
-    """``X`` checked, and ``dim`` as a non-negative axis that is not a matrix axis."""
+    """``X`` checked (square, finite, symmetric: once here, so the steps below skip the
+    symmetry test of matrices they symmetrize themselves), and ``dim`` as a non-negative
+    axis that is not a matrix axis."""
     X = checks.check_square_matrix(f"{name}: X", X)
+    checks.check_finite_symmetric(f"{name}: X", X)
     batch = X.dim() - 2
     if isinstance(dim, bool) or not isinstance(dim, int) or not -batch <= dim < batch:
         raise ArgumentError(
@@ -63,8 +66,8 @@ def log_euclidean_mean(
     """
     X, dim = _samples("log_euclidean_mean", X, dim)
     work = X.to(working_dtype(X.dtype, compute_dtype))
-    logs = logm(work, backward).mean(dim)
-    return expm((logs + logs.mT) / 2, backward).to(X.dtype)
+    logs = logm(work, backward, check_symmetric=False).mean(dim)
+    return expm((logs + logs.mT) / 2, backward, check_symmetric=False).to(X.dtype)
 
 
 def _karcher_step(
@@ -73,10 +76,13 @@ def _karcher_step(
     """One Karcher-flow step from ``G`` (…, n, n) over ``X`` (…, N, n, n): the new iterate
     ``G^{1/2} exp(T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})``, the Riemannian
     gradient at ``G`` seen from the identity (0 at the mean)."""
-    root, inverse_root = sqrtm(G, backward), inv_sqrtm(G, backward)
-    logs = logm(_congruence(inverse_root.unsqueeze(-3), X), backward).mean(-3)
+    # every matrix below is symmetric by construction: no symmetry tests (X was checked)
+    root = sqrtm(G, backward, check_symmetric=False)
+    inverse_root = inv_sqrtm(G, backward, check_symmetric=False)
+    centered = _congruence(inverse_root.unsqueeze(-3), X)
+    logs = logm(centered, backward, check_symmetric=False).mean(-3)
     tangent = (logs + logs.mT) / 2  # exactly symmetric also where it is round-off near 0
-    return _congruence(root, expm(tangent, backward)), tangent
+    return _congruence(root, expm(tangent, backward, check_symmetric=False)), tangent
 
 
 def airm_mean(
@@ -159,8 +165,9 @@ def airm_geodesic(
         >>> se.airm_geodesic(torch.eye(2), 4 * torch.eye(2), 0.5).diagonal().tolist()
         [2.0, 2.0]
     """
-    checks.check_square_matrix("airm_geodesic: A", A)
-    checks.check_square_matrix("airm_geodesic: B", B)
+    for name, M in (("A", A), ("B", B)):
+        checks.check_square_matrix(f"airm_geodesic: {name}", M)
+        checks.check_finite_symmetric(f"airm_geodesic: {name}", M)
     if A.shape[-1] != B.shape[-1]:
         raise ShapeError(
             f"airm_geodesic: B: expected matrices of A's size {A.shape[-1]} (got shape "
@@ -169,5 +176,7 @@ def airm_geodesic(
     result = torch.promote_types(A.dtype, B.dtype)
     work = working_dtype(result, compute_dtype)
     A, B = A.to(work), B.to(work)
-    inner = powm(_congruence(inv_sqrtm(A, backward), B), t, backward)
-    return _congruence(sqrtm(A, backward), inner).to(result)
+    A = (A + A.mT) / 2
+    inverse_root = inv_sqrtm(A, backward, check_symmetric=False)
+    inner = powm(_congruence(inverse_root, B), t, backward, check_symmetric=False)
+    return _congruence(sqrtm(A, backward, check_symmetric=False), inner).to(result)

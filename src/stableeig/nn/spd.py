@@ -426,8 +426,9 @@ class SPDBatchNorm(nn.Module):
         else:  # no decomposition of X below: check what logm would have checked
             _check_positive_definite("SPDBatchNorm: input", X)
             G = running.to(X.dtype)
-        half_bias = expm(bias.to(X.dtype) / 2, self.rule, compute_dtype=self.compute_dtype)
-        C = half_bias @ inv_sqrtm(G, self.rule, compute_dtype=self.compute_dtype)
+        work = self.compute_dtype  # bias and G are symmetric by construction
+        half_bias = expm(bias.to(X.dtype) / 2, self.rule, compute_dtype=work, check_symmetric=False)
+        C = half_bias @ inv_sqrtm(G, self.rule, compute_dtype=work, check_symmetric=False)
         Y = C @ X @ C.mT
         return (Y + Y.mT) / 2
 
