@@ -214,6 +214,14 @@ def test_affine_invariant_batchnorm_eval_state_dict_and_ties() -> None:
 
 
 @pytest.mark.parametrize("mean", ["log-euclidean", "affine-invariant"])
+def test_spd_batchnorm_buffers_take_the_factory_dtype(mean: str) -> None:
+    layer = se.nn.SPDBatchNorm(3, mean=mean, dtype=torch.float64)  # as BatchNorm's buffers
+    assert layer.running_mean.dtype == layer.bias.dtype == torch.float64
+    layer(_spd(4, 3, 40))
+    assert layer.running_mean.dtype == torch.float64
+
+
+@pytest.mark.parametrize("mean", ["log-euclidean", "affine-invariant"])
 def test_spd_batchnorm_cumulative_momentum_and_reset(mean: str) -> None:
     # momentum=None: BatchNorm's cumulative average (factor 1/k at the k-th batch)
     layer = se.nn.SPDBatchNorm(4, momentum=None, mean=mean).double()

@@ -366,7 +366,7 @@ class SPDBatchNorm(nn.Module):
         self.rule = resolve(method, argument="SPDBatchNorm: method")
         self.compute_dtype = compute_dtype
         self.bias = nn.Parameter(torch.zeros(n, n, device=device, dtype=dtype))
-        self.register_buffer("running_mean", torch.empty(n, n, device=device))
+        self.register_buffer("running_mean", torch.empty(n, n, device=device, dtype=dtype))
         self.register_buffer("num_batches_tracked", torch.tensor(0, device=device))
         self.reset_running_stats()
 
