@@ -82,6 +82,32 @@ def test_dim_batches_and_dtype() -> None:
     torch.testing.assert_close(single.double(), per_row, rtol=1e-6, atol=1e-6)
 
 
+def test_weights_are_repetitions_and_equal_weights_the_plain_mean() -> None:
+    X = _spd(4, 3, 15)
+    repeated = torch.cat([X, X[:1], X[:1]])  # weight 3 on the first matrix
+    weights = torch.tensor([3.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    for mean in (se.airm_mean, se.log_euclidean_mean):
+        torch.testing.assert_close(mean(X, weights=weights), mean(repeated))
+        torch.testing.assert_close(mean(X, weights=torch.full((4,), 0.5)), mean(X))
+    torch.testing.assert_close(  # a weight of 0 drops the matrix
+        se.airm_mean(X, weights=torch.tensor([0.0, 1.0, 1.0, 1.0])), se.airm_mean(X[1:])
+    )
+    torch.testing.assert_close(  # weights t, 1 - t on two matrices: the geodesic at 1 - t
+        se.airm_mean(X[:2], weights=torch.tensor([0.7, 0.3])), se.airm_geodesic(X[0], X[1], 0.3)
+    )
+    batched = X.reshape(2, 2, 3, 3)
+    torch.testing.assert_close(
+        se.airm_mean(batched, dim=1, weights=torch.tensor([0.2, 0.8])),
+        torch.stack([se.airm_mean(b, weights=torch.tensor([0.2, 0.8])) for b in batched]),
+    )
+    with pytest.raises(se.ShapeError, match=r"weights: expected shape \(4,\)"):
+        se.airm_mean(X, weights=torch.ones(3))
+    with pytest.raises(se.ArgumentError, match="weights: expected finite values >= 0"):
+        se.log_euclidean_mean(X, weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(se.ArgumentError, match="positive sum"):
+        se.airm_mean(X, weights=torch.zeros(4))
+
+
 def test_gradcheck_float64() -> None:
     X = _spd(3, 3, 5).requires_grad_(True)
     sym = lambda X: (X + X.mT) / 2  # noqa: E731
@@ -157,4 +183,12 @@ def test_equal_to_pyriemann_where_it_is_installed() -> None:
     )
     torch.testing.assert_close(
         se.log_euclidean_mean(X), torch.from_numpy(mean.mean_logeuclid(X.numpy()))
+    )
+    w = torch.linspace(0.1, 2.0, 10, dtype=torch.float64)
+    weighted = mean.mean_riemann(X.numpy(), tol=1e-13, maxiter=500, sample_weight=w.numpy())
+    torch.testing.assert_close(
+        se.airm_mean(X, weights=w, tolerance=1e-13),
+        torch.from_numpy(weighted),
+        rtol=1e-10,
+        atol=1e-10,
     )

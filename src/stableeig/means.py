@@ -43,6 +43,32 @@ def _samples(name: str, X: object, dim: int) -> tuple[torch.Tensor, int]:
     return X, dim
 
 
+def _weights(name: str, weights: Optional[torch.Tensor], count: int) -> Optional[torch.Tensor]:
+    """``weights`` checked (``count`` finite values >= 0, not all 0) and normalized to sum 1,
+    as a (count, 1, 1) tensor; None stays None (equal weights)."""
+    if weights is None:
+        return None
+    if not isinstance(weights, torch.Tensor) or weights.shape != (count,):
+        shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else weights
+        raise ShapeError(
+            f"{name}: weights: expected shape ({count},), one per matrix (got {shape!r})"
+        )
+    if checks.host_checks_enabled() and not bool(
+        (torch.isfinite(weights) & (weights >= 0)).all() & (weights.sum() > 0)
+    ):
+        raise ArgumentError(
+            f"{name}: weights: expected finite values >= 0 with a positive sum (got "
+            f"{weights.tolist() if count <= 8 else 'other values'})"
+        )
+    return (weights / weights.sum()).view(count, 1, 1)
+
+
+def _average(T: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """The (weighted) mean of (..., N, n, n) over N, symmetrized exactly."""
+    mean = T.mean(-3) if weights is None else (T * weights.to(T.dtype)).sum(-3)
+    return (mean + mean.mT) / 2
+
+
 def _congruence(C: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``C X Cᵀ`` for symmetric ``C``, symmetrized exactly."""
     Y = C @ X @ C
@@ -54,9 +80,12 @@ def log_euclidean_mean(
     dim: int = 0,
     backward: Backward = "loewner",
     *,
+    weights: Optional[torch.Tensor] = None,
     compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """``exp(mean log X)`` along ``dim``: the mean in the log-Euclidean metric.
+
+    ``weights`` (one per matrix along ``dim``, >= 0) give ``exp(Σ wᵢ log Xᵢ / Σ wᵢ)``.
 
     Example:
         >>> import torch, stableeig as se
@@ -65,23 +94,23 @@ def log_euclidean_mean(
         [2.7183, 2.7183]
     """
     X, dim = _samples("log_euclidean_mean", X, dim)
-    work = X.to(working_dtype(X.dtype, compute_dtype))
-    logs = logm(work, backward, check_symmetric=False).mean(dim)
-    return expm((logs + logs.mT) / 2, backward, check_symmetric=False).to(X.dtype)
+    w = _weights("log_euclidean_mean", weights, X.shape[dim])
+    work = X.to(working_dtype(X.dtype, compute_dtype)).movedim(dim, -3)
+    logs = _average(logm(work, backward, check_symmetric=False), w)
+    return expm(logs, backward, check_symmetric=False).to(X.dtype)
 
 
 def _karcher_step(
-    G: torch.Tensor, X: torch.Tensor, backward: Backward
+    G: torch.Tensor, X: torch.Tensor, weights: Optional[torch.Tensor], backward: Backward
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Karcher-flow step from ``G`` (…, n, n) over ``X`` (…, N, n, n): the new iterate
-    ``G^{1/2} exp(T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})``, the Riemannian
-    gradient at ``G`` seen from the identity (0 at the mean)."""
+    ``G^{1/2} exp(T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})`` (weighted), the
+    Riemannian gradient at ``G`` seen from the identity (0 at the mean)."""
     # every matrix below is symmetric by construction: no symmetry tests (X was checked)
     root = sqrtm(G, backward, check_symmetric=False)
     inverse_root = inv_sqrtm(G, backward, check_symmetric=False)
     centered = _congruence(inverse_root.unsqueeze(-3), X)
-    logs = logm(centered, backward, check_symmetric=False).mean(-3)
-    tangent = (logs + logs.mT) / 2  # exactly symmetric also where it is round-off near 0
+    tangent = _average(logm(centered, backward, check_symmetric=False), weights)
     return _congruence(root, expm(tangent, backward, check_symmetric=False)), tangent
 
 
@@ -93,6 +122,7 @@ def airm_mean(
     steps: Optional[int] = None,
     tolerance: Optional[float] = None,
     max_steps: int = 100,
+    weights: Optional[torch.Tensor] = None,
     compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """The affine-invariant Riemannian (Karcher, Fréchet) mean along ``dim``: the SPD ``G``
@@ -110,6 +140,9 @@ def airm_mean(
             ``tolerance`` (one synchronization per step).
         tolerance: > 0. Default: ``sqrt(eps)`` of the working precision (1.5e-8 in float64).
         max_steps: with ``steps=None``, raise if not converged within this many. Default: 100.
+        weights: (N,) values >= 0, one per matrix along ``dim``: the weighted mean, the zero
+            of ``Σ wᵢ log(G^{-1/2} Xᵢ G^{-1/2})`` (from the weighted arithmetic mean).
+            Default: None (equal weights).
         backward, compute_dtype: as :func:`stableeig.logm`.
 
     Raises:
@@ -126,15 +159,16 @@ def airm_mean(
     if steps is not None:
         steps = checks.check_int_at_least("airm_mean: steps", steps, 0)
     max_steps = checks.check_int_at_least("airm_mean: max_steps", max_steps, 1)
+    w = _weights("airm_mean", weights, X.shape[dim])
     work = X.to(working_dtype(X.dtype, compute_dtype)).movedim(dim, -3)
     limit = (
         torch.finfo(work.dtype).eps ** 0.5
         if tolerance is None
         else checks.check_positive("airm_mean: tolerance", tolerance)
     )
-    G = work.mean(-3)
+    G = _average(work, w)
     for step in range(steps if steps is not None else max_steps):
-        G, tangent = _karcher_step(G, work, backward)
+        G, tangent = _karcher_step(G, work, w, backward)
         if steps is None:
             residual = float(torch.linalg.matrix_norm(tangent.detach()).amax())
             if residual <= limit:
