@@ -65,7 +65,7 @@ def _weights(name: str, weights: Optional[torch.Tensor], count: int) -> Optional
 
 def _average(T: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
     """The (weighted) mean of (..., N, n, n) over N, symmetrized exactly."""
-    mean = T.mean(-3) if weights is None else (T * weights.to(T.dtype)).sum(-3)
+    mean = T.mean(-3) if weights is None else (T * weights.to(T.device, T.dtype)).sum(-3)
     return (mean + mean.mT) / 2
 
 
