@@ -159,6 +159,41 @@ def test_fullgraph_compiles_functions_and_a_training_step_without_graph_breaks()
         torch.compile(se.inv_sqrtm, fullgraph=True, backend="eager")(A)
 
 
+TIED: dict[str, Function] = {  # every eigenvalue of the identity is tied
+    "expm": se.expm,
+    "logm": se.logm,
+    "sqrtm": se.sqrtm,
+    "inv_sqrtm": se.inv_sqrtm,
+    "powm": lambda A: se.powm(A, 0.3),
+    "funm": lambda A: se.funm(A, torch.tanh),
+    "eigh/analytic w": lambda A: se.eigh(A, backward="analytic")[0],
+    "eigh/power V|V|": lambda A: se.eigh(A)[1].abs(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("name", sorted(TIED))
+def test_compiled_gradients_at_exactly_tied_eigenvalues_equal_eager(
+    name: str, checks: bool
+) -> None:
+    """AOTAutograd passes zeros, not None, for an output's unused gradient: with an infinite
+    eigenvector coefficient at a tie that was Inf · 0 = NaN in every compiled gradient at
+    the identity with host checks off (0.4.0), while eager was exact."""
+    f = TIED[name]
+    torch._dynamo.reset()
+    G = torch.randn(5, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    results = []
+    with se.host_checks(checks):
+        for g in (f, torch.compile(f, backend="aot_eager")):
+            A = torch.eye(5, dtype=torch.float64).requires_grad_(True)
+            y = g(A)
+            y.backward(G[0] if y.dim() == 1 else G)
+            results.append(A.grad)
+    assert results[0] is not None and bool(torch.isfinite(results[0]).all())
+    torch.testing.assert_close(results[1], results[0])
+
+
 def _eval_layers() -> list[torch.nn.Module]:
     layers: list[torch.nn.Module] = []
     for track in (True, False):  # eval with running statistics, and batch statistics

@@ -64,6 +64,14 @@ def compose(V: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return (V * values.unsqueeze(-2)) @ V.mT
 
 
+def _unused_is_zero(coefficients: torch.Tensor, rotated: torch.Tensor) -> torch.Tensor:
+    """``C ∘ rotated`` with the entries where ``rotated`` is exactly 0 set to 0, not
+    ``Inf · 0 = NaN`` (an infinite coefficient at a tie): what eager autograd does for an
+    output that is not used (its gradient is None). Needed where the gradient is
+    materialized as zeros: AOTAutograd (``torch.compile``) passes zeros, not None."""
+    return torch.where(rotated == 0, torch.zeros_like(rotated), coefficients * rotated)
+
+
 def eigenvector_backward(
     w: torch.Tensor,
     V: torch.Tensor,
@@ -78,7 +86,7 @@ def eigenvector_backward(
     """
     inner = torch.zeros_like(V)
     if grad_V is not None:
-        inner = rule.coefficients(w) * (V.mT @ grad_V)
+        inner = _unused_is_zero(rule.coefficients(w), V.mT @ grad_V)
     if grad_w is not None:
         inner = inner + torch.diag_embed(grad_w)
     return V @ inner @ V.mT
@@ -173,7 +181,7 @@ class _LoewnerReverse(torch.autograd.Function):
             loewner = function.loewner(w)
             terms.append(loewner * (V.mT @ grad_F @ V))
         if grad_V is not None:  # only in double backward: exact eigenvector rule
-            terms.append(Analytic().coefficients(w) * (V.mT @ grad_V))
+            terms.append(_unused_is_zero(Analytic().coefficients(w), V.mT @ grad_V))
         if grad_w is not None:
             terms.append(torch.diag_embed(grad_w))
         inner = sum(terms[1:], terms[0]) if terms else torch.zeros_like(V)

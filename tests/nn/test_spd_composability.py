@@ -88,3 +88,17 @@ def test_forward_mode_is_the_adjoint_of_the_backward_and_vmap_is_a_loop(
     torch.testing.assert_close((U * forward).sum(), (pullback(U)[0] * T).sum())
     batches = _spd(15, 4, 9).reshape(3, 5, 4, 4)
     torch.testing.assert_close(vmap(layer)(batches), torch.stack([layer(b) for b in batches]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_graph_with_host_checks_off(case: str) -> None:
+    """``fullgraph=True`` (no graph break) once the host-synchronizing checks are off."""
+    make, data = CASES[case]
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    eager = make()
+    compiled = torch.compile(copy.deepcopy(eager), backend="aot_eager", fullgraph=True)
+    with se.host_checks(False):
+        for a, e in zip(_step(compiled, data()), _step(eager, data())):
+            torch.testing.assert_close(a, e, rtol=2e-4, atol=1e-5)
