@@ -352,7 +352,16 @@ def test_covpool_cells_configs_and_table(tmp_path: Path, monkeypatch: pytest.Mon
     rows = reproduce.run_cells(cells, tiny_dataset(), "quick", tmp_path / "c.jsonl", progress=False)
     table = reproduce.render_table(rows, "covpool")
     assert "Fisher p vs loewner" in table and "| average | - | 100% (2/2;" in table
-    assert "| analytic | - | 0% (0/2; CI 0–66%) | - | 0% (0/2; CI 0–66%) | 0.33; 0.33 |" in table
+    assert (
+        "| analytic | - | 0% (0/2; CI 0–66%) | - | 0% (0/2; CI 0–66%) | 0.33; 0.33 | — |" in table
+    )
+    # s/step: the median of seconds / steps over the finished runs only
+    steps = rows[0]["config"]["steps"]
+    timed = [dict(r, seconds=s * steps) for r, s in zip(rows, [0.1, 0.3, 9.0, 9.0] * 99)]
+    assert "| s/step (median) |" in table
+    line = next(x for x in reproduce.render_table(timed, "covpool").splitlines() if "average" in x)
+    assert line.endswith("| 0.2 | — |")  # median of 0.1 and 0.3
+    assert "s/step" not in reproduce.render_table([dict(r, table="table2") for r in rows], "table2")
 
 
 def test_spdnet_descriptors_and_a_short_run(tmp_path: Path) -> None:
