@@ -121,6 +121,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             rows = spdnet.run(dataset, results, seeds=args.seeds or 3, steps=steps, methods=methods)
         table = rp.render_table(rows, "spdnet")
         (folder / f"{results.stem}.md").write_text(table + "\n")
+        rp.plot(rows, "spdnet", folder / f"{results.stem}.png")
         print(table)
         return 0
     preset = rp.PRESETS[args.preset]

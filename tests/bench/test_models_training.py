@@ -362,6 +362,13 @@ def test_covpool_cells_configs_and_table(tmp_path: Path, monkeypatch: pytest.Mon
     line = next(x for x in reproduce.render_table(timed, "covpool").splitlines() if "average" in x)
     assert line.endswith("| 0.2 | — |")  # median of 0.1 and 0.3
     assert "s/step" not in reproduce.render_table([dict(r, table="table2") for r in rows], "table2")
+    figures: list[object] = []  # a table without group sizes: finished and trained bars
+    monkeypatch.setattr(reproduce, "save_figure", lambda figure, path: figures.append(figure))
+    reproduce.plot(rows, "covpool", tmp_path / "c.png")
+    left = figures[0].axes[0]  # type: ignore[attr-defined]
+    heights = [bar.get_height() for bar in left.patches]
+    methods = len(reproduce.COVPOOL_METHODS)
+    assert len(heights) == 2 * methods and heights[1] == 0 and heights[0] == 100  # analytic 0
 
 
 def test_spdnet_descriptors_and_a_short_run(tmp_path: Path) -> None:

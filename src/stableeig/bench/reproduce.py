@@ -744,38 +744,47 @@ def _interval(successes: int, runs: int) -> str:
     return f"{100 * low:.0f}–{100 * high:.0f}%"
 
 
+def _rates(cell: list[dict[str, Any]], threshold: Optional[float]) -> tuple[float, float]:
+    """Finished and trained rates (%) of a cell's runs (NaN for an empty cell)."""
+    if not cell:
+        return float("nan"), float("nan")
+    finished = 100 * sum(r["success"] for r in cell) / len(cell)
+    return finished, 100 * sum(trained(r, threshold) for r in cell) / len(cell)
+
+
 def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
-    """Success rate vs group size per method, and mean training-loss curves at the largest d."""
+    """Success rate vs group size per method (bars per method where a table has no group
+    sizes), and mean training-loss curves at the largest d."""
     figure, (left, right) = new_figure(2)
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "batchnorm"]
     sizes = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
     threshold = trained_threshold(rows)
-    for method in methods:
-        rates, good = [], []
-        for d in sizes:
-            cell = [r for r in rows if r["method"] == method and r["group_size"] == d]
-            rates.append(
-                100 * sum(r["success"] for r in cell) / len(cell) if cell else float("nan")
+    if sizes:
+        for method in methods:
+            cells = [
+                [r for r in rows if r["method"] == method and r["group_size"] == d] for d in sizes
+            ]
+            finished, good = zip(*(_rates(cell, threshold) for cell in cells))
+            line = left.plot(sizes, finished, marker="o", label=f"{method}: finished")
+            color = line[0].get_color()
+            left.plot(
+                sizes, good, marker="x", linestyle="--", color=color, label=f"{method}: trained"
             )
-            good.append(
-                100 * sum(trained(r, threshold) for r in cell) / len(cell) if cell else float("nan")
-            )
-        line = left.plot(sizes, rates, marker="o", label=f"{method}: finished")
-        left.plot(
-            sizes,
-            good,
-            marker="x",
-            linestyle="--",
-            color=line[0].get_color(),
-            label=f"{method}: trained",
+        left.set_xscale("log", base=2)
+        left.set_xticks(sizes, [str(d) for d in sizes])
+        left.set_xlabel("group size d")
+    else:  # one cell per method: grouped bars
+        finished, good = zip(
+            *(_rates([r for r in rows if r["method"] == m], threshold) for m in methods)
         )
-    left.set_xscale("log", base=2)
-    left.set_xticks(sizes, [str(d) for d in sizes])
-    left.set_xlabel("group size d")
+        places = list(range(len(methods)))
+        left.bar([p - 0.2 for p in places], finished, width=0.4, label="finished")
+        left.bar([p + 0.2 for p in places], good, width=0.4, hatch="//", label="trained")
+        left.set_xticks(places, methods, rotation=30, ha="right")
     left.set_ylabel("success rate (%)")
-    left.set_ylim(-5, 105)
+    left.set_ylim(-5, 105 if sizes else 130)  # room above the bars for the legend
     left.set_title(f"{table}: finished (no NaN/divergence) and trained")
-    left.legend()
+    left.legend(loc="best" if sizes else "upper center", ncol=1 if sizes else 2)
     largest = max(sizes) if sizes else None
     for method in dict.fromkeys(r["method"] for r in rows):
         curves = [
@@ -788,6 +797,6 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
             right.plot(range(1, len(longest) + 1), longest, marker=".", label=method)
     right.set_xlabel("epoch")
     right.set_ylabel("training loss (one seed)")
-    right.set_title(f"training curves at d={largest}")
+    right.set_title(f"training curves at d={largest}" if sizes else "training curves")
     right.legend()
     save_figure(figure, path)
