@@ -145,6 +145,8 @@ def test_errors_name_what_was_expected() -> None:
         se.airm_mean(X, dim=1)
     with pytest.raises(se.ArgumentError, match="dim"):
         se.log_euclidean_mean(X, dim=True)  # type: ignore[arg-type]
+    with pytest.raises(se.ShapeError, match=r"expected matrices to average, \(N, n, n\)"):
+        se.airm_mean(X[0])
     with pytest.raises(se.ShapeError, match="at least one matrix"):
         se.airm_mean(X[:0])
     with pytest.raises(se.ShapeError):

@@ -32,6 +32,11 @@ def _samples(name: str, X: object, dim: int) -> tuple[torch.Tensor, int]:
     X = checks.check_square_matrix(f"{name}: X", X)
     checks.check_finite_symmetric(f"{name}: X", X)
     batch = X.dim() - 2
+    if batch == 0:
+        raise ShapeError(
+            f"{name}: X: expected matrices to average, (N, n, n) or (..., N, ..., n, n) (got "
+            f"one matrix of shape {tuple(X.shape)})"
+        )
     if isinstance(dim, bool) or not isinstance(dim, int) or not -batch <= dim < batch:
         raise ArgumentError(
             f"{name}: dim: expected an axis of the batch dimensions of X, in "
