@@ -197,3 +197,15 @@ def test_loewner_with_a_truncation_is_refused_not_substituted() -> None:
             make()
     assert se.nn.ZCAWhitening2d(8, method="power").truncation == "paper"  # the class default
     assert se.nn.ZCAWhitening2d(8, method="taylor", truncation="paper").truncation == "paper"
+
+
+def test_every_python_example_in_the_readme_runs() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 5
+    for index, block in enumerate(blocks):
+        namespace: dict[str, object] = {}
+        exec(compile(block, f"README.md python block {index}", "exec"), namespace)
