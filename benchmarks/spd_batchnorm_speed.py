@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 import stableeig as se
+from stableeig.bench import spdnet
 from stableeig.bench.timing import environment, forward_backward, paired
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +28,6 @@ SHAPES = ((128, 6), (128, 32))
 def _spd(N: int, n: int, dtype: torch.dtype) -> torch.Tensor:
     A = torch.randn(N, n, 2 * n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
     return (A @ A.mT / (2 * n) + 1e-3 * torch.eye(n, dtype=torch.float64)).to(dtype)
-
-
-def _peer(n: int, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    try:
-        from spd_learn.modules import SPDBatchNormMean  # type: ignore[import-not-found, import-untyped, unused-ignore]
-    except Exception:
-        return None
-    layer = SPDBatchNormMean(n, dtype=dtype)
-    return lambda X: layer(X.unsqueeze(1)).squeeze(1)
 
 
 def main() -> None:
@@ -56,8 +47,8 @@ def main() -> None:
             ai = se.nn.SPDBatchNorm(n, mean="affine-invariant", dtype=dtype).to(dtype)
             le = se.nn.SPDBatchNorm(n, dtype=dtype).to(dtype)
             pairs = [("affine-invariant", ai, "log-euclidean", le)]
-            peer = _peer(n, dtype)
-            if peer is not None:
+            if spdnet.available("spd_learn-bn") is None:
+                peer = spdnet.PeerBatchNorm(n, dtype)
                 pairs.insert(0, ("affine-invariant", ai, "spd-learn SPDBatchNormMean", peer))
             for ours_name, ours, base_name, base in pairs:
                 result = paired(

@@ -111,10 +111,11 @@ def _karcher_step(
     """One Karcher-flow step from ``G`` (…, n, n) over ``X`` (…, N, n, n): the new iterate
     ``G^{1/2} exp(T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})`` (weighted), the
     Riemannian gradient at ``G`` seen from the identity (0 at the mean)."""
-    # every matrix below is symmetric by construction: no symmetry tests (X was checked)
+    # every matrix below is symmetric up to round-off (X was checked): no symmetry tests,
+    # and no symmetrization before a spectral function, which symmetrizes its input itself
     root = sqrtm(G, backward, check_symmetric=False)
-    inverse_root = inv_sqrtm(G, backward, check_symmetric=False)
-    centered = _congruence(inverse_root.unsqueeze(-3), X)
+    inverse_root = inv_sqrtm(G, backward, check_symmetric=False).unsqueeze(-3)
+    centered = inverse_root @ X @ inverse_root
     tangent = _average(logm(centered, backward, check_symmetric=False), weights)
     return _congruence(root, expm(tangent, backward, check_symmetric=False)), tangent
 
@@ -214,8 +215,7 @@ def airm_geodesic(
         )
     result = torch.promote_types(A.dtype, B.dtype)
     work = working_dtype(result, compute_dtype)
-    A, B = A.to(work), B.to(work)
-    A = (A + A.mT) / 2
+    A, B = A.to(work), B.to(work)  # checked; the spectral functions symmetrize their inputs
     inverse_root = inv_sqrtm(A, backward, check_symmetric=False)
-    inner = powm(_congruence(inverse_root, B), t, backward, check_symmetric=False)
+    inner = powm(inverse_root @ B @ inverse_root, t, backward, check_symmetric=False)
     return _congruence(sqrtm(A, backward, check_symmetric=False), inner).to(result)

@@ -45,16 +45,23 @@ def _step(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [y.detach(), *torch.autograd.grad((G * y.pow(3)).sum(), [x, *module.parameters()])]
 
 
+def _eager_and_compiled(
+    case: str, fullgraph: bool = False
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """The case's layer, a copy of it, and that copy under ``aot_eager``."""
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    eager = CASES[case][0]()
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=fullgraph)
+    return eager, compiled_module, compiled
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_compiled_second_order_layers_equal_eager(case: str) -> None:
-    make, data = CASES[case]
-    torch._dynamo.reset()
-    torch.manual_seed(5)
-    eager = make()
-    compiled_module = copy.deepcopy(eager)
-    compiled = torch.compile(compiled_module, backend="aot_eager")
-    x = data()
+    eager, compiled_module, compiled = _eager_and_compiled(case)
+    x = CASES[case][1]()
     for _ in range(2):  # the second call sees the updated running mean
         for a, e in zip(_step(compiled, x), _step(eager, x)):
             torch.testing.assert_close(a, e, rtol=2e-4, atol=1e-5)
@@ -94,11 +101,8 @@ def test_forward_mode_is_the_adjoint_of_the_backward_and_vmap_is_a_loop(
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_graph_with_host_checks_off(case: str) -> None:
     """``fullgraph=True`` (no graph break) once the host-synchronizing checks are off."""
-    make, data = CASES[case]
-    torch._dynamo.reset()
-    torch.manual_seed(5)
-    eager = make()
-    compiled = torch.compile(copy.deepcopy(eager), backend="aot_eager", fullgraph=True)
+    eager, _, compiled = _eager_and_compiled(case, fullgraph=True)
+    data = CASES[case][1]
     with se.host_checks(False):
         for a, e in zip(_step(compiled, data()), _step(eager, data())):
             torch.testing.assert_close(a, e, rtol=2e-4, atol=1e-5)

@@ -31,6 +31,7 @@ __all__ = [
     "METHODS",
     "PEERS",
     "PEER_BATCHNORMS",
+    "PeerBatchNorm",
     "SPDNetConfig",
     "available",
     "descriptors",
@@ -72,15 +73,15 @@ class _PeerEig(nn.Module):
         return functional.clamp_eigvals.apply(X, self.eps)
 
 
-class _PeerBatchNorm(nn.Module):
+class PeerBatchNorm(nn.Module):
     """spd-learn's ``SPDBatchNormMean`` (affine-invariant, one Karcher step, the batch mean
     detached from the gradient) on ``(N, n, n)``."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         from spd_learn.modules import SPDBatchNormMean  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
-        self.norm = SPDBatchNormMean(n, dtype=torch.float64)
+        self.norm = SPDBatchNormMean(n, dtype=dtype)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.norm(X.unsqueeze(1)).squeeze(1)
@@ -136,9 +137,9 @@ def spdnet(method: str, num_classes: int = 10, eps: float = 1e-4) -> nn.Module:
         layers: list[nn.Module] = [se_nn.BiMap(n_in, n_out, dtype=torch.float64)]
         if method in BATCHNORMS:
             mean = BATCHNORMS[method]
-            layers.append(se_nn.SPDBatchNorm(n_out, mean=mean, dtype=torch.float64).double())
+            layers.append(se_nn.SPDBatchNorm(n_out, mean=mean, dtype=torch.float64))
         if method in PEER_BATCHNORMS:
-            layers.append(_PeerBatchNorm(n_out))
+            layers.append(PeerBatchNorm(n_out))
         return layers
 
     return nn.Sequential(
