@@ -97,10 +97,10 @@ def test_layer_cpu_blocks_equal_the_whole_batch_path(
 ) -> None:
     """The GPU's one-block path and the CPU's cache-sized blocks, both forced on the CPU."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(9, 8, 4, 4, generator=g, dtype=torch.float64)
-    upstream = torch.randn(9, 8, 4, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(9, 8, 5, 5, generator=g, dtype=torch.float64)  # 25 > 16: streamed
+    upstream = torch.randn(9, 8, 5, 5, generator=g, dtype=torch.float64)
     results = []
-    for elements in (1, 8 * 16 * 2, 1 << 30):  # one sample, two samples, the whole batch
+    for elements in (1, 8 * 25 * 2, 1 << 30):  # one sample, two samples, the whole batch
         monkeypatch.setattr(statistics, "CPU_BLOCK_ELEMENTS", elements)
         layer = se.nn.ZCAWhitening2d(8, group_size=4, method=method).double()
         with torch.no_grad():
@@ -141,12 +141,38 @@ def test_affine_streams_only_when_a_backward_follows(monkeypatch: pytest.MonkeyP
     """Eval (no graph): one whole-batch call; training: cache-sized blocks."""
     seen: list[int] = []
     apply = statistics._GroupAffine.apply
-    monkeypatch.setattr(statistics, "CPU_BLOCK_ELEMENTS", 2 * 6 * 5)
+    monkeypatch.setattr(statistics, "CPU_BLOCK_ELEMENTS", 2 * 6 * 17)
     monkeypatch.setattr(
         statistics._GroupAffine, "apply", lambda *args: seen.append(args[3]) or apply(*args)
     )
-    x3, transform, shift = _leaves(5, (7, 6, 5), 3)
+    x3, transform, shift = _leaves(5, (7, 6, 17), 3)  # L = 17 > 16: streamed
     with torch.no_grad():
         group_affine(x3, transform, shift)
     group_affine(x3, transform, shift)
     assert seen == [7, 2]
+
+
+@pytest.mark.parametrize("shape", [(33, 12), (9, 12, 5), (9, 12, 4, 4), (9, 12, 1, 1)])
+@pytest.mark.parametrize("method", ["loewner", "power"])
+def test_whole_tensor_path_equals_the_streamed_passes(
+    shape: tuple[int, ...], method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(N, C) embeddings and maps up to 4×4 take whole-tensor GEMMs; same values, gradients
+    (input, weight, bias) and running statistics as the streamed passes forced on them."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 1
+    upstream = torch.randn(shape, generator=g, dtype=torch.float64)
+    cls = se.nn.ZCAWhitening1d if len(shape) < 4 else se.nn.ZCAWhitening2d
+    assert statistics.whole_tensor(x.reshape(shape[0], 12, -1))
+    results = []
+    for limit in (statistics.WHOLE_TENSOR_MAX_LENGTH, 0):  # chosen, then streamed forced
+        monkeypatch.setattr(statistics, "WHOLE_TENSOR_MAX_LENGTH", limit)
+        layer = cls(12, group_size=4, method=method).double()
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(0))
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(upstream)
+        results.append((y, xi.grad, layer.weight.grad, layer.bias.grad, layer.running_matrix))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -31,6 +31,9 @@ __all__ = [
     "traced",
 ]
 
+WHOLE_TENSOR_MAX_LENGTH = 16  # (N, C) embeddings and maps up to 4×4: whole-tensor GEMMs (one
+# per group) beat the streamed per-sample products, 35–94× at (512..4096, 256), ≈ 1× at 4×4,
+# 1.2–3.8× slower from 8×8 up (`python benchmarks/layer_paths.py`)
 CPU_BLOCK_ELEMENTS = 1 << 20  # ~4 MiB (float32) per operand: fits the last-level cache; best of
 # 2^17…2^23 for training at d = 16 and 64 (`python benchmarks/block_size.py`)
 
@@ -271,17 +274,23 @@ def group_moments(
         link: shared with the :func:`group_affine` that consumes the returned ``x3`` (an
             alias), so that the whole input gradient is written once. Default: None.
     """
-    if traced(x3) and link is None and block is None and not sync:
-        # torch.compile / torch.export / torch.func: plain operations, which every
-        # transform differentiates (jvp, vmap, hessian) and which keep the batch symbolic
-        N, C, L = x3.shape
-        count = torch.tensor(float(N * L), dtype=x3.dtype, device=x3.device)
-        mean = x3.mean(dim=(0, 2))
-        centered = (x3 - mean.view(1, C, 1)).view(N, C // group_size, group_size, L)
-        outer = (centered @ centered.mT).sum(0)
-        return mean, outer / count, count, x3
+    if whole_tensor(x3) and link is None and block is None and not sync:
+        return _whole_tensor_moments(x3, group_size)
     block = samples_per_block(x3, block)
     return _GroupMoments.apply(x3, group_size, sync, process_group, block, link)
+
+
+def _whole_tensor_moments(
+    x3: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`group_moments` as plain operations: one GEMM per group over all ``N·L``
+    samples, differentiated by autograd (and by every torch.func transform)."""
+    N, C, L = x3.shape
+    count = torch.tensor(float(N * L), dtype=x3.dtype, device=x3.device)
+    mean = x3.mean(dim=(0, 2))
+    centered = (x3 - mean.view(1, C, 1)).view(N, C // group_size, group_size, L)
+    outer = torch.einsum("ngdl,ngel->gde", centered, centered)
+    return mean, outer / count, count, x3
 
 
 def finite_moments(
@@ -310,6 +319,14 @@ def finite_moments(
     return mean, covariance, count, used
 
 
+def whole_tensor(x3: torch.Tensor) -> bool:
+    """Whether the statistics and the affine map of (N, C, L) activations are plain
+    whole-tensor operations rather than the streamed passes: under tracing
+    (:func:`traced`), and for (N, C) embeddings and small maps (``L <= 16``), where the
+    streamed per-sample products are slow."""
+    return x3.shape[2] <= WHOLE_TENSOR_MAX_LENGTH or traced(x3)
+
+
 def one_pass_gradient(x3: torch.Tensor) -> bool:
     """Whether the moments backward may write the whole input gradient (:class:`GradientLink`).
 
@@ -320,7 +337,7 @@ def one_pass_gradient(x3: torch.Tensor) -> bool:
     affine map are plain operations (same values; tested against eager for every layer,
     rule and backend).
     """
-    return not traced(x3)
+    return not whole_tensor(x3)
 
 
 def traced(x3: torch.Tensor) -> bool:
@@ -349,13 +366,13 @@ def group_affine(
     backward to come (eval, ``no_grad``) the default block is the whole batch: one pass has
     nothing to keep in cache, and one call measured ~8 % faster on the CPU (d = 4…64).
     """
-    if traced(x3) and link is None and block is None:
-        # traced (torch.compile, torch.export, torch.func): one broadcast product, no
-        # blocks, no out=, so the batch stays symbolic (export with a dynamic batch) and
-        # every transform differentiates it
+    if whole_tensor(x3) and link is None and block is None:
+        # one broadcast product, no blocks, no out=, so the batch stays symbolic (export
+        # with a dynamic batch) and every transform differentiates it
         N, C, L = x3.shape
         G, d, _ = transform.shape
-        return (transform @ x3.view(N, G, d, L) + shift).view(N, C, L)
+        y = torch.einsum("gde,ngel->ngdl", transform, x3.view(N, G, d, L))
+        return (y + shift).view(N, C, L)
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x3, transform, shift)
     )
