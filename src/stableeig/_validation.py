@@ -137,6 +137,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or Inf (before LAPACK sees it)."""
     if not host_checks_enabled():
         return
+    tensor = tensor.detach()
     if not all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(
@@ -169,6 +170,7 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
     """
     if matrix.numel() == 0 or not host_checks_enabled():
         return
+    matrix = matrix.detach()  # reading values for a message touches no graph
     asym = max_abs(matrix - matrix.mT)
     scale = max_abs(matrix)
     tol = symmetry_tolerance(matrix.dtype)
@@ -185,6 +187,7 @@ def check_finite_symmetric(name: str, matrix: torch.Tensor, symmetric: bool = Tr
     is also the symmetry test's scale. The errors are theirs."""
     if matrix.numel() == 0 or not host_checks_enabled():
         return
+    matrix = matrix.detach()
     largest = max_abs(matrix)
     fine = torch.isfinite(largest)
     if symmetric:

@@ -13,10 +13,18 @@ from typing import Optional
 import torch
 
 from . import _validation as checks
+from ._autograd import SpectralFunction
 from ._precision import working_dtype
-from .exceptions import ShapeError
-from .matrix_functions import logm
-from .spectral import inv_sqrtm, sqrtm
+from .exceptions import DTypeError, ShapeError
+from .matrix_functions import LOG
+from .spectral import (
+    INV_SQRT,
+    SQRT,
+    EigenvalueCheck,
+    apply_spectral,
+    require_positive,
+    require_semidefinite,
+)
 
 __all__ = [
     "airm_distance",
@@ -28,16 +36,30 @@ __all__ = [
 
 
 def _pair(
-    A: torch.Tensor, B: torch.Tensor, compute_dtype: Optional[torch.dtype]
+    where: str,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    compute_dtype: Optional[torch.dtype],
+    names: tuple[str, str] = ("A", "B"),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    """``A``, ``B`` checked and cast to the working precision, and the result's dtype (the
-    intermediate products are formed in the working precision too)."""
-    checks.check_square_matrix("A", A)
-    checks.check_square_matrix("B", B)
+    """``A``, ``B`` checked in the dtype the user passed (finite, symmetric to that dtype's
+    round-off, matching sizes, broadcastable batches), then cast to the working precision;
+    and the result's dtype. Errors name the argument (``where: B: ...``)."""
+    for name, matrix in zip(names, (A, B)):
+        checks.check_square_matrix(f"{where}: {name}", matrix)
+        checks.check_finite_symmetric(f"{where}: {name}", matrix)
     if A.shape[-1] != B.shape[-1]:
         raise ShapeError(
-            f"B: expected matrices of A's size {A.shape[-1]} (got shape {tuple(B.shape)})"
+            f"{where}: {names[1]}: expected matrices of {names[0]}'s size {A.shape[-1]} "
+            f"(got shape {tuple(B.shape)})"
         )
+    try:
+        torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    except RuntimeError:
+        raise ShapeError(
+            f"{where}: expected batch shapes of {names[0]} and {names[1]} that broadcast (got "
+            f"{tuple(A.shape)} and {tuple(B.shape)})"
+        ) from None
     result = torch.promote_types(A.dtype, B.dtype)
     work = working_dtype(result, compute_dtype)
     return A.to(work), B.to(work), result
@@ -56,12 +78,60 @@ def _resolution(n: int, dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor
     return (100 * max(n, 1) * torch.finfo(dtype).eps) ** 2 * scale.square()
 
 
+def _identical(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Per matrix pair (broadcast batch), whether the two are bit-identical: (...)."""
+    return (A == B).all(-1).all(-1)
+
+
+def _fidelity(
+    where: str, A: torch.Tensor, B: torch.Tensor, judged: torch.dtype, names: tuple[str, str]
+) -> torch.Tensor:
+    """``tr √(A^{1/2} B A^{1/2})`` of working-precision ``A``, ``B``, kept in that precision.
+    With ``A`` positive semidefinite, the inner matrix is indefinite exactly where ``B`` is
+    (on the range of ``A``): its check names ``B``."""
+    root = _checked(SQRT, require_semidefinite(), where, names[0], A, judged)
+    inner = root @ B @ root
+    value = _checked(SQRT, require_semidefinite(), where, names[1], (inner + inner.mT) / 2, judged)
+    return value.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def _checked(
+    function: SpectralFunction, check: EigenvalueCheck, where: str, name: str,
+    matrix: torch.Tensor, judged: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """``function`` of a working-precision matrix derived from the user's argument ``name``
+    (already checked symmetric): errors name it, round-off is judged at the user's dtype."""
+    return apply_spectral(
+        matrix, function, check_symmetric=False, eigenvalue_check=check, name=name,
+        where=where, judged_dtype=judged,
+    )  # fmt: skip
+
+
+def _bures_squared(
+    where: str, A: torch.Tensor, B: torch.Tensor, compute_dtype: Optional[torch.dtype],
+    names: tuple[str, str] = ("A", "B"),
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:  # fmt: skip
+    """``(d², floor, result dtype)``: ``d² = tr A + tr B - 2 tr √(A^{1/2} B A^{1/2})`` formed
+    in the working precision, clamped at 0, exactly 0 for bit-identical inputs; ``floor``
+    the round-off of its trace terms, ``n · eps · (tr A + tr B)``."""
+    A_in, B_in = A, B
+    A, B, result = _pair(where, A, B, compute_dtype, names)
+    fidelity = _fidelity(where, A, B, result, names)
+    traces = A.diagonal(dim1=-2, dim2=-1).sum(-1) + B.diagonal(dim1=-2, dim2=-1).sum(-1)
+    d2 = (traces - 2 * fidelity).clamp_min(0)
+    d2 = torch.where(_identical(A_in, B_in), torch.zeros_like(d2), d2)
+    floor = A.shape[-1] * torch.finfo(A.dtype).eps * traces.detach().abs()
+    return d2, floor, result
+
+
 def trace_sqrt_product(
     A: torch.Tensor, B: torch.Tensor, *, compute_dtype: Optional[torch.dtype] = None
 ) -> torch.Tensor:
     """``tr √(A^{1/2} B A^{1/2})`` of positive semidefinite ``A``, ``B`` (the fidelity term of
     the Bures and Fréchet distances): (...).
 
+    Both are checked in the dtype given (symmetric and positive semidefinite to its
+    round-off: a float32 covariance of fewer samples than dimensions passes).
     Its gradient needs the square roots' derivatives: where ``A`` or ``A^{1/2} B A^{1/2}``
     has two zero eigenvalues (rank-deficient covariances) it is infinite, and the backward
     raises :class:`NotDifferentiableError` (add ``eps·I``) rather than return NaN.
@@ -71,10 +141,9 @@ def trace_sqrt_product(
         >>> round(float(se.trace_sqrt_product(torch.eye(3), 4 * torch.eye(3))), 4)
         6.0
     """
-    A, B, result = _pair(A, B, compute_dtype)
-    root = sqrtm(A)
-    inner = root @ B @ root
-    return sqrtm((inner + inner.mT) / 2).diagonal(dim1=-2, dim2=-1).sum(-1).to(result)
+    where = "trace_sqrt_product"
+    A, B, result = _pair(where, A, B, compute_dtype)
+    return _fidelity(where, A, B, result, ("A", "B")).to(result)
 
 
 def bures_wasserstein(
@@ -87,8 +156,15 @@ def bures_wasserstein(
     """Bures–Wasserstein distance ``√(tr A + tr B - 2 tr √(A^{1/2} B A^{1/2}))`` between
     positive semidefinite matrices (the 2-Wasserstein distance of zero-mean Gaussians): (...).
 
+    ``A`` and ``B`` are checked in the dtype given (symmetric and positive semidefinite to
+    its round-off), the whole sum is formed in the working precision and rounded once: 0
+    exactly for bit-identical inputs in every dtype, never negative. The unsquared distance
+    reads ``d² <= n · eps · (tr A + tr B)`` (``eps`` of the working precision: the round-off
+    of the trace terms alone) as 0, with gradient 0 there (the subgradient at the minimum).
+
     Args:
-        A, B: (..., n, n). squared: return the square (smooth at ``A == B``). Default: False.
+        A, B: (..., n, n), broadcastable batches.
+        squared: return the square (smooth at ``A == B``). Default: False.
         compute_dtype: least working precision. Default: None (float64).
 
     Example:
@@ -96,15 +172,8 @@ def bures_wasserstein(
         >>> round(float(se.bures_wasserstein(torch.eye(2), 4 * torch.eye(2))), 4)
         1.4142
     """
-    fidelity = trace_sqrt_product(A, B, compute_dtype=compute_dtype)
-    A, B, result = _pair(A, B, compute_dtype)
-    traces = A.diagonal(dim1=-2, dim2=-1).sum(-1) + B.diagonal(dim1=-2, dim2=-1).sum(-1)
-    d2 = traces - 2 * fidelity.to(A.dtype)
-    if squared:
-        return d2.to(result)
-    # d² = tr A + tr B - 2 tr √(·) cancels to ~ n · eps · (tr A + tr B) at A == B
-    floor = 100 * A.shape[-1] * torch.finfo(A.dtype).eps * traces.abs()
-    return _root(d2, floor).to(result)
+    d2, floor, result = _bures_squared("bures_wasserstein", A, B, compute_dtype)
+    return (d2 if squared else _root(d2, floor)).to(result)
 
 
 def frechet_distance(
@@ -116,19 +185,31 @@ def frechet_distance(
     compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Fréchet distance between Gaussians, ``‖μ₁ - μ₂‖² + BW²(Σ₁, Σ₂)`` — the FID formula:
-    (...). Means (..., n), covariances (..., n, n).
+    (...). Means (..., n), covariances (..., n, n), checked as in :func:`bures_wasserstein`;
+    the sum is formed in the working precision and rounded once to the promoted dtype of
+    all four arguments: 0 exactly for bit-identical statistics, never negative.
 
     Example:
         >>> import torch, stableeig as se
         >>> float(se.frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(3)))
         0.0
     """
+    where = "frechet_distance"
     for name, mean, sigma in (("mu1", mu1, sigma1), ("mu2", mu2, sigma2)):
+        if not isinstance(sigma, torch.Tensor):
+            continue  # _pair names it
         if not isinstance(mean, torch.Tensor) or mean.shape[-1:] != sigma.shape[-1:]:
             shape = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
-            raise ShapeError(f"{name}: expected a mean of size {sigma.shape[-1]} (got {shape})")
-    d2 = bures_wasserstein(sigma1, sigma2, squared=True, compute_dtype=compute_dtype)
-    return ((mu1 - mu2).to(torch.float64).square().sum(-1) + d2).to(d2.dtype)
+            raise ShapeError(
+                f"{where}: {name}: expected a mean of size {sigma.shape[-1]} (got {shape})"
+            )
+        if mean.dtype not in checks.FLOATING_DTYPES:
+            raise DTypeError(f"{where}: {name}: expected a real floating dtype (got {mean.dtype})")
+        checks.check_finite(f"{where}: {name}", mean)
+    d2, _, result = _bures_squared(where, sigma1, sigma2, compute_dtype, ("sigma1", "sigma2"))
+    result = torch.promote_types(result, torch.promote_types(mu1.dtype, mu2.dtype))
+    means = (mu1.to(d2.dtype) - mu2.to(d2.dtype)).square().sum(-1)
+    return (means + d2).to(result)
 
 
 def log_euclidean_distance(
@@ -141,10 +222,15 @@ def log_euclidean_distance(
         >>> round(float(se.log_euclidean_distance(torch.eye(2), torch.e * torch.eye(2))), 4)
         1.4142
     """
-    A, B, result = _pair(A, B, compute_dtype)
-    logs = logm(A), logm(B)
+    where = "log_euclidean_distance"
+    A_in, B_in = A, B
+    A, B, result = _pair(where, A, B, compute_dtype)
+    logs = _checked(LOG, require_positive(), where, "A", A, result), _checked(
+        LOG, require_positive(), where, "B", B, result
+    )
     scale = torch.maximum(logs[0].abs().amax((-2, -1)), logs[1].abs().amax((-2, -1))) + 1
     d2 = (logs[0] - logs[1]).square().sum((-2, -1))
+    d2 = torch.where(_identical(A_in, B_in), torch.zeros_like(d2), d2)
     return _root(d2, _resolution(A.shape[-1], A.dtype, scale)).to(result)
 
 
@@ -159,10 +245,14 @@ def airm_distance(
         >>> round(float(se.airm_distance(2 * torch.eye(2), 2 * torch.e * torch.eye(2))), 4)
         1.4142
     """
-    A, B, result = _pair(A, B, compute_dtype)
-    root = inv_sqrtm(A)
+    where = "airm_distance"
+    A_in, B_in = A, B
+    A, B, result = _pair(where, A, B, compute_dtype)
+    root = _checked(INV_SQRT, require_positive(), where, "A", A, result)
     inner = root @ B @ root
-    d2 = logm((inner + inner.mT) / 2).square().sum((-2, -1))
+    log = _checked(LOG, require_positive(), where, "B", (inner + inner.mT) / 2, result)
+    d2 = log.square().sum((-2, -1))
+    d2 = torch.where(_identical(A_in, B_in), torch.zeros_like(d2), d2)
     condition = (
         torch.linalg.matrix_norm(A.detach(), 2) * torch.linalg.matrix_norm(root.detach(), 2) ** 2
     )

@@ -24,6 +24,7 @@ from .rules import Rule
 from .spectral import apply_spectral, require_positive, require_semidefinite
 
 __all__ = [
+    "LOG",
     "clamp_eigenvalues",
     "divided_differences",
     "expm",
@@ -114,6 +115,9 @@ def _pow_loewner(p: float) -> Elementwise:
         return torch.where(positive, inside, at_zero)
 
     return loewner
+
+
+LOG = _function("logm", torch.log, _log_loewner, "an eigenvalue is not positive")
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -213,9 +217,8 @@ def logm(
         >>> [round(v, 6) for v in se.logm(torch.eye(2) * torch.e).diagonal().tolist()]
         [1.0, 1.0]
     """
-    function = _function("logm", torch.log, _log_loewner, "an eigenvalue is not positive")
     return apply_spectral(
-        A, function, backward, compute_dtype, check_symmetric, require_positive("logm")
+        A, LOG, backward, compute_dtype, check_symmetric, require_positive()
     )
 
 
@@ -276,10 +279,10 @@ def powm(
     p = float(p)
     if p <= 0:
         values: Elementwise = lambda w: w.pow(p)  # noqa: E731
-        check = require_positive("powm")
+        check = require_positive()
     else:
         values = lambda w: w.clamp_min(0).pow(p)  # noqa: E731
-        check = require_semidefinite("powm")
+        check = require_semidefinite()
     floored = _pow_loewner(p) if p <= 0 else (lambda w: _pow_loewner(p)(w.clamp_min(0)))
     function = _function(
         f"powm(p={p:g})", values, floored, "the derivative of λ^p is infinite at λ = 0 for p < 1"

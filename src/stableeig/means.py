@@ -106,18 +106,24 @@ def log_euclidean_mean(
 
 
 def _karcher_step(
-    G: torch.Tensor, X: torch.Tensor, weights: Optional[torch.Tensor], backward: Backward
+    G: torch.Tensor,
+    X: torch.Tensor,
+    weights: Optional[torch.Tensor],
+    backward: Backward,
+    step_size: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Karcher-flow step from ``G`` (…, n, n) over ``X`` (…, N, n, n): the new iterate
-    ``G^{1/2} exp(T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})`` (weighted), the
-    Riemannian gradient at ``G`` seen from the identity (0 at the mean)."""
+    ``G^{1/2} exp(ν T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})`` (weighted), the
+    Riemannian gradient at ``G`` seen from the identity (0 at the mean); ``ν`` (…) the
+    step size, 1 when None."""
     # every matrix below is symmetric up to round-off (X was checked): no symmetry tests,
     # and no symmetrization before a spectral function, which symmetrizes its input itself
     root = sqrtm(G, backward, check_symmetric=False)
     inverse_root = inv_sqrtm(G, backward, check_symmetric=False).unsqueeze(-3)
     centered = inverse_root @ X @ inverse_root
     tangent = _average(logm(centered, backward, check_symmetric=False), weights)
-    return _congruence(root, expm(tangent, backward, check_symmetric=False)), tangent
+    scaled = tangent if step_size is None else tangent * step_size[..., None, None]
+    return _congruence(root, expm(scaled, backward, check_symmetric=False)), tangent
 
 
 def airm_mean(
@@ -133,7 +139,11 @@ def airm_mean(
 ) -> torch.Tensor:
     """The affine-invariant Riemannian (Karcher, Fréchet) mean along ``dim``: the SPD ``G``
     with ``Σᵢ log(G^{-1/2} Xᵢ G^{-1/2}) = 0``, by the Karcher flow
-    ``G ← G^{1/2} exp(mean log(G^{-1/2} X G^{-1/2})) G^{1/2}`` from the arithmetic mean.
+    ``G ← G^{1/2} exp(ν · mean log(G^{-1/2} X G^{-1/2})) G^{1/2}`` from the arithmetic mean,
+    with pyRiemann's step-size control per matrix (``ν = 1`` first; then ``ν ← 0.95 ν`` while
+    the step ``ν ‖T‖`` keeps shrinking, else ``ν ← ν / 2``), so dispersed data (condition
+    numbers 1e3…1e8) converge where the unit-step flow diverges. The control is tensor
+    arithmetic: ``steps=`` still needs no host synchronization.
 
     Every iterate is affine-equivariant (``mean(M X Mᵀ) = M mean(X) Mᵀ`` for invertible
     ``M``), also after a fixed number of steps; for commuting matrices one step is exact.
@@ -142,6 +152,9 @@ def airm_mean(
     Args:
         steps: run exactly this many steps (no host synchronization: the form for layers,
             ``torch.compile`` and ``torch.func``; Brooks et al.'s SPD batch norm uses 1).
+            What it guarantees: the first step is the unit step (exact for commuting
+            matrices); every iterate is affine-equivariant and SPD; the gradient norm is
+            not guaranteed to be small (check it, or use ``steps=None``).
             Default: None — iterate until the gradient norm ``‖mean log(…)‖_F`` is at most
             ``tolerance`` (one synchronization per step).
         tolerance: > 0. Default: ``sqrt(eps)`` of the working precision (1.5e-8 in float64).
@@ -173,19 +186,78 @@ def airm_mean(
         else checks.check_positive("airm_mean: tolerance", tolerance)
     )
     G = _average(work, w)
-    for step in range(steps if steps is not None else max_steps):
-        G, tangent = _karcher_step(G, work, w, backward)
-        if steps is None:
-            residual = float(torch.linalg.matrix_norm(tangent.detach()).amax())
-            if residual <= limit:
-                break
-            if step == max_steps - 1:
-                raise StableEigError(
-                    f"airm_mean: the Karcher flow did not converge in max_steps={max_steps} "
-                    f"steps (gradient norm {residual:.3g} > tolerance {limit:.3g}); raise "
-                    f"max_steps or tolerance, or pass steps= for a fixed number of steps"
-                )
-    return G.to(X.dtype)
+    if steps is not None:
+        return _fixed_steps(G, work, w, backward, steps).to(X.dtype)
+    return _converged(G, work, w, backward, limit, max_steps).to(X.dtype)
+
+
+def _fixed_steps(
+    G: torch.Tensor, X: torch.Tensor, weights: Optional[torch.Tensor], backward: Backward,
+    steps: int,
+) -> torch.Tensor:  # fmt: skip
+    """``steps`` Karcher steps with pyRiemann's step-size control, as tensor arithmetic per
+    matrix (no host synchronization): ``ν = 1`` first, then ``0.95 ν`` while the step
+    ``ν ‖T‖`` shrinks, else ``ν / 2``."""
+    step_size = torch.ones(G.shape[:-2], dtype=G.dtype, device=G.device)
+    previous = torch.full_like(step_size, torch.finfo(G.dtype).max)
+    for _ in range(steps):
+        G, tangent = _karcher_step(G, X, weights, backward, step_size)
+        moved = step_size * torch.linalg.matrix_norm(tangent.detach())
+        shrinking = moved < previous
+        step_size = torch.where(shrinking, 0.95 * step_size, 0.5 * step_size)
+        previous = torch.where(shrinking, moved, previous)
+    return G
+
+
+def _tangent(
+    G: torch.Tensor, X: torch.Tensor, weights: Optional[torch.Tensor], backward: Backward
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(G^{1/2}, T, f)``: ``T = mean log(G^{-1/2} X G^{-1/2})`` the Riemannian gradient at
+    ``G`` seen from the identity, ``f = mean ‖log(G^{-1/2} Xᵢ G^{-1/2})‖²_F`` the Karcher
+    objective (detached; weighted means where ``weights`` are given)."""
+    root = sqrtm(G, backward, check_symmetric=False)
+    inverse_root = inv_sqrtm(G, backward, check_symmetric=False).unsqueeze(-3)
+    logs = logm(inverse_root @ X @ inverse_root, backward, check_symmetric=False)
+    squares = logs.detach().square().sum((-2, -1))
+    objective = squares.mean(-1) if weights is None else (squares * weights[:, 0, 0]).sum(-1)
+    return root, _average(logs, weights), objective
+
+
+def _converged(
+    G: torch.Tensor, X: torch.Tensor, weights: Optional[torch.Tensor], backward: Backward,
+    limit: float, max_steps: int,
+) -> torch.Tensor:  # fmt: skip
+    """Riemannian gradient descent with backtracking per matrix until ``max ‖T‖_F <= limit``:
+    a step ``G^{1/2} exp(ν T) G^{1/2}`` is kept only where it lowers the Karcher objective or
+    the gradient norm (then ``ν`` grows by 10 % toward 1, the Karcher flow's unit step), else
+    ``ν`` halves and the step is retried from ``G``."""
+    root, tangent, objective = _tangent(G, X, weights, backward)
+    step_size = torch.ones_like(objective)
+    for _ in range(max_steps):
+        residual = float(torch.linalg.matrix_norm(tangent.detach()).amax())
+        if residual <= limit:
+            return G
+        scaled = tangent * step_size[..., None, None]
+        candidate = _congruence(root, expm(scaled, backward, check_symmetric=False))
+        root_c, tangent_c, objective_c = _tangent(candidate, X, weights, backward)
+        # lower objective, or (near the mean, where the objective's changes ~‖T‖² sink
+        # below its round-off) a smaller gradient
+        norm, norm_c = (torch.linalg.matrix_norm(t.detach()) for t in (tangent, tangent_c))
+        better = (objective_c < objective) | (norm_c < norm)
+        keep = better[..., None, None]
+        G = torch.where(keep, candidate, G)
+        root = torch.where(keep, root_c, root)
+        tangent = torch.where(keep, tangent_c, tangent)
+        objective = torch.where(better, objective_c, objective)
+        step_size = torch.where(better, (1.1 * step_size).clamp_max(1), step_size / 2)
+    residual = float(torch.linalg.matrix_norm(tangent.detach()).amax())
+    if residual <= limit:
+        return G
+    raise StableEigError(
+        f"airm_mean: the Karcher flow did not converge in max_steps={max_steps} "
+        f"steps (gradient norm {residual:.3g} > tolerance {limit:.3g}); raise "
+        f"max_steps or tolerance, or pass steps= for a fixed number of steps"
+    )
 
 
 def airm_geodesic(

@@ -121,7 +121,8 @@ def power_iteration_unchecked(
             else:
                 for _ in range(num_iters):
                     v = _iterate(deflated, v)[0]
-            quotient = (deflated @ v).mT @ v / (v.mT @ v)  # the reference's Rayleigh quotient
+            # the reference's Rayleigh quotient; 0 (not 0/0) where the iterate vanished
+            quotient = (deflated @ v).mT @ v / (v.mT @ v).clamp_min(torch.finfo(v.dtype).tiny)
             values.append(quotient[..., 0, 0])
             vectors.append(v[..., 0])
             if stop_below is not None:
@@ -149,7 +150,9 @@ def power_iteration_eigh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` eigenpairs by power iteration and deflation: the paper's "PI" baseline.
 
-    For each of ``k`` eigenvectors: start from a random unit vector, iterate
+    For each of ``k`` eigenvectors of ``M = A / max|A|`` (per matrix; the eigenvalues are
+    scaled back, so the floor below is relative to ``A``'s scale and a zero matrix gives
+    eigenvalues 0, not NaN): start from a random unit vector, iterate
     ``v <- M̃ v / max(‖M̃ v‖, 1e-5)`` ``num_iters`` times, take the Rayleigh quotient
     ``λ = vᵀ M̃ v / vᵀ v`` and deflate ``M̃ <- M̃ - M̃ v vᵀ`` (the reference code's steps).
     Batched over the leading dimensions; the loops run over ``k`` and ``num_iters`` only.
@@ -189,5 +192,9 @@ def power_iteration_eigh(
     checks.check_int_at_least("num_iters", num_iters, 1)
     checks.check_choice("backward", backward, ("reference", "exact"))
     symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    w, V = power_iteration_unchecked(symmetric, count, num_iters, generator, backward)
-    return w.to(A.dtype), V.to(A.dtype)
+    # scale-relative: iterate on A / max|A| (the norm floor 1e-5 is then relative, so tiny
+    # matrices are not read as zero), eigenvalues scaled back; a zero matrix gives w = 0
+    scale = symmetric.detach().abs().amax((-2, -1), keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    w, V = power_iteration_unchecked(symmetric / scale, count, num_iters, generator, backward)
+    return (w * scale[..., 0]).to(A.dtype), V.to(A.dtype)

@@ -42,7 +42,7 @@ from ._autograd import (
 )
 from ._docs import fill_args
 from ._precision import autocast_off
-from .exceptions import ArgumentError, NotPositiveDefiniteError
+from .exceptions import ArgumentError, NonFiniteError, NotPositiveDefiniteError
 from .power_iteration import power_iteration_unchecked
 from .rules import EigenvectorRule, PowerIteration, Rule, resolve
 
@@ -51,6 +51,7 @@ __all__ = [
     "SQRT",
     "SpectralFunction",
     "apply_spectral",
+    "check_values_finite",
     "energy_projector_function",
     "inv_sqrtm",
     "ridged_inv_sqrt",
@@ -215,13 +216,24 @@ def spectral_unchecked(
         return F, w
 
 
+EigenvalueCheck = Callable[[torch.Tensor, str, torch.dtype], None]
+"""A check of decomposed eigenvalues: ``check(w, name, dtype)`` raises naming the user's
+argument ``name``, judging round-off at the precision of ``dtype`` (the dtype the user
+passed, whatever the working precision)."""
+
+
 def apply_spectral(
     A: torch.Tensor,
     function: SpectralFunction,
     backward: Union[str, Rule] = "loewner",
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
-    eigenvalue_check: Optional[Callable[[torch.Tensor], None]] = None,
+    eigenvalue_check: Optional[EigenvalueCheck] = None,
+    *,
+    name: str = "A",
+    where: Optional[str] = None,
+    judged_dtype: Optional[torch.dtype] = None,
+    result_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """``F(A) = V f(Λ) Vᵀ`` (..., n, n) for a :class:`SpectralFunction` (its values and its
     Loewner matrix), validated like the built-ins: what :func:`stableeig.funm` and every
@@ -234,51 +246,87 @@ def apply_spectral(
         compute_dtype: least working precision. Default: None (float64).
         check_symmetric: raise if ``A`` is not symmetric within ``sqrt(eps)``.
         eigenvalue_check: called with the eigenvalues (e.g. to require positivity).
+        name: ``A``'s name in error messages. Default: ``"A"``.
+        where: the public function in error messages. Default: ``function.name``.
+        judged_dtype: the precision whose round-off the eigenvalue check allows (for a
+            matrix the caller already cast from the user's dtype). Default: ``A``'s dtype.
+        result_dtype: the dtype of the result and of ``A``'s gradient. Default: ``A``'s.
     """
     rule = resolve(backward, kinds=SPECTRAL_KINDS)
-    symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    F, w = spectral_unchecked(symmetric, function, rule, A.dtype)
-    checks.check_eigenvalues_finite("A", w)
+    label = f"{where or function.name}: {name}"
+    symmetric = prepare_symmetric(label, A, compute_dtype, check_symmetric)
+    result_dtype = result_dtype or A.dtype
+    F, w = spectral_unchecked(symmetric, function, rule, result_dtype)
+    checks.check_eigenvalues_finite(label, w)
     if eigenvalue_check is not None:
-        eigenvalue_check(w)
-    return F.to(A.dtype)
+        eigenvalue_check(w, label, judged_dtype or A.dtype)
+    F = F.to(result_dtype)
+    check_values_finite(where or function.name, F, w)
+    return F
 
 
-def require_positive(name: str, hint: str = "") -> Callable[[torch.Tensor], None]:
+def check_values_finite(function: str, F: torch.Tensor, w: torch.Tensor) -> None:
+    """Raise :class:`~stableeig.NonFiniteError` where ``f(λ)`` overflowed the working
+    precision or the result's dtype (``expm`` of a large eigenvalue), instead of returning
+    Inf and NaN entries."""
+    if F.numel() == 0 or not checks.host_checks_enabled() or checks.all_finite(F):
+        return
+    largest = float(w.detach().abs().amax())
+    raise NonFiniteError(
+        f"{function}: expected f(eigenvalues) within the range of {F.dtype} (got Inf/NaN: "
+        f"f overflowed at an eigenvalue of magnitude up to {largest:.4g}); rescale A or "
+        "use compute_dtype=torch.float64"
+    )
+
+
+def require_positive(hint: str = "") -> EigenvalueCheck:
     """A check of decomposed eigenvalues: all > 0, else :class:`NotPositiveDefiniteError`
-    naming ``name`` (``hint`` is appended to the message)."""
+    naming the argument (``hint`` is appended to the message)."""
 
-    def check(w: torch.Tensor) -> None:
+    def check(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
         if w.numel() and checks.host_checks_enabled() and not bool((w > 0).all()):
             raise NotPositiveDefiniteError(
                 f"{name}: expected a positive definite matrix, all eigenvalues > 0 "
-                f"(got smallest eigenvalue {float(w.amin()):.3g}){hint}"
+                f"(got smallest eigenvalue {float(w.detach().amin()):.3g}){hint}"
             )
 
     return check
 
 
-def require_semidefinite(name: str) -> Callable[[torch.Tensor], None]:
-    """A check of decomposed eigenvalues: all >= -sqrt(eps)·max|λ| (round-off below 0)."""
+def semidefinite_tolerance(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``sqrt(eps(dtype)) · max|λ|`` per matrix, (..., 1): eigenvalues of a positive
+    semidefinite matrix given in ``dtype`` (a float32 covariance of fewer samples than
+    dimensions) can come out this far below 0 by that dtype's round-off (the symmetry
+    check's tolerance, so one precision judges both)."""
+    return checks.symmetry_tolerance(dtype) * w.detach().abs().amax(-1, keepdim=True)
 
-    def check(w: torch.Tensor) -> None:
+
+def require_semidefinite() -> EigenvalueCheck:
+    """A check of decomposed eigenvalues: all ``>= -sqrt(eps) · max|λ|`` per matrix, ``eps``
+    of the user's dtype (round-off below 0, read as 0 by the functions), else
+    :class:`NotPositiveDefiniteError` naming the argument."""
+
+    def check(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
         if w.numel() == 0 or not checks.host_checks_enabled():
             return
-        tolerance = checks.symmetry_tolerance(w.dtype) * checks.max_abs(w)
-        if not bool((w >= -tolerance).all()):
+        tolerance = semidefinite_tolerance(w, dtype)
+        below = w.detach() < -tolerance
+        if bool(below.any()):
+            ratio = float((w.detach() / tolerance.clamp_min(torch.finfo(w.dtype).tiny)).amin())
             raise NotPositiveDefiniteError(
                 f"{name}: expected a positive semidefinite matrix, eigenvalues >= "
-                f"-{float(tolerance):.3g} (got smallest eigenvalue {float(w.amin()):.3g})"
+                f"-sqrt(eps({dtype})) * max|λ| (got smallest eigenvalue "
+                f"{float(w.detach().amin()):.3g}, {-ratio:.3g} times that tolerance)"
             )
 
     return check
 
 
-_require_positive = require_positive("inv_sqrtm", "; add eps·I to A")
-_require_semidefinite = require_semidefinite("sqrtm")
+_require_positive = require_positive("; add eps·I to A")
+_require_semidefinite = require_semidefinite()
 
 
-def _no_requirement(w: torch.Tensor) -> None:
+def _no_requirement(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
     return None
 
 
@@ -334,7 +382,8 @@ def sqrtm(
 ) -> torch.Tensor:
     """Principal square root ``A^{1/2}`` of symmetric positive semidefinite matrices.
 
-    Eigenvalues within round-off below 0 (``>= -sqrt(eps) · max|λ|``) are treated as 0.
+    Eigenvalues within round-off below 0 (``>= -sqrt(eps) · max|λ|``, ``eps`` of ``A``'s own
+    dtype: a float32 covariance of fewer samples than dimensions passes) are treated as 0.
     {args}
     Returns:
         ``A^{1/2}``, shape (..., n, n), in ``A``'s dtype.

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from .. import _validation as checks
+from .._precision import working_dtype
 from ..exceptions import ArgumentError, NotPositiveDefiniteError, ShapeError
 from ..matrix_functions import clamp_eigenvalues, expm, logm, powm
 from ..means import airm_geodesic, airm_mean
@@ -77,7 +78,8 @@ class CovariancePooling2d(nn.Module):
     function of it, flattened — the MPN-COV / iSQRT-COV head.
 
     ``(N, C, H, W)`` → optional 1×1 reduction to ``reduced_channels`` (+ BatchNorm + ReLU, as
-    MPN-COV) → per-sample covariance ``Σ = X̄ X̄ᵀ / (H W) + eps·I`` → optional trace
+    MPN-COV) → per-sample covariance ``Σ = X̄ X̄ᵀ / (H W)`` plus the relative ridge
+    ``eps · (tr Σ / d) · I`` (any activation scale, float32 included) → optional trace
     normalization ``Σ / tr Σ`` → ``Σ^{1/2}`` (``"sqrt"``), ``Σ^p`` (``"power"``) or
     ``log Σ`` (``"log"``) → ``"triu"`` (norm-preserving upper triangle) or ``"full"``.
 
@@ -87,7 +89,7 @@ class CovariancePooling2d(nn.Module):
         function: ``"sqrt"``, ``"power"`` or ``"log"``. Default: ``"sqrt"``.
         power: the exponent for ``"power"``. Default: 0.5.
         method: gradient rule. Default: ``"loewner"``.
-        eps: ridge added to each covariance, > 0. Default: 1e-4.
+        eps: ridge relative to each covariance's mean eigenvalue, > 0. Default: 1e-4.
         trace_norm: divide each covariance by its trace first. Default: True.
         output: ``"triu"`` or ``"full"``. Default: ``"triu"``.
         compute_dtype: least working precision of the decomposition. Default: None (float64).
@@ -144,19 +146,30 @@ class CovariancePooling2d(nn.Module):
         return d * (d + 1) // 2 if self.output == "triu" else d * d
 
     def covariance(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample channel covariance + ``eps·I`` of (N, d, H, W), in at least float32."""
+        """Per-sample channel covariance ``Σ + eps · (tr Σ / d) · I`` of (N, d, H, W) in the
+        working precision (float64 by default): the ridge is relative to the mean eigenvalue,
+        so the head behaves the same at every activation scale (``eps`` absolute for an all-zero
+        map)."""
         N, d = x.shape[:2]
-        work = x.reshape(N, d, -1).to(torch.promote_types(x.dtype, torch.float32))
+        work = x.reshape(N, d, -1).to(working_dtype(x.dtype, self.compute_dtype))
         centered = work - work.mean(-1, keepdim=True)
         covariance = centered @ centered.mT / max(work.shape[-1], 1)
+        covariance = (covariance + covariance.mT) / 2
+        mean_eigenvalue = covariance.diagonal(dim1=-2, dim2=-1).mean(-1).detach()
+        ridge = self.eps * torch.where(mean_eigenvalue > 0, mean_eigenvalue, 1.0)
         eye = torch.eye(d, dtype=work.dtype, device=work.device)
-        return (covariance + covariance.mT) / 2 + self.eps * eye
+        return covariance + ridge.view(-1, 1, 1) * eye
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ShapeError(f"{name}: expected (N, {self.in_channels}, H, W) input (got {shape})")
+        if x.shape[0] == 0:
+            raise ShapeError(
+                f"{name}: expected at least one sample (got an empty batch, shape "
+                f"{tuple(x.shape)})"
+            )
         if self.reduction is not None:
             x = self.reduction(x)
         covariance = self.covariance(x)
