@@ -10,7 +10,15 @@ from typing import Any, Optional, Sequence
 
 from .bench.models import STEM_CHANNELS
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED_RUN", "EXIT_OK", "EXIT_REFUSED", "Refused", "main"]
+
+EXIT_OK = 0  # success
+EXIT_FAILED_RUN = 1  # a run that failed numerically (its result recorded)
+EXIT_REFUSED = 2  # refused input or an environment fault: one line on stderr, no lock left
+
+
+class Refused(Exception):
+    """Input or environment the command refuses: one line on stderr, exit code 2."""
 
 
 def _dataset(name: str, data_dir: Optional[str], allow_subset: bool = False) -> Any:
@@ -22,7 +30,7 @@ def _dataset(name: str, data_dir: Optional[str], allow_subset: bool = False) -> 
         if allow_subset and name == "fashion-mnist":
             print(f"note: {error}\n      Using the 4,000-image subset shipped with stableeig.\n")
             return load_dataset("fashion-mnist-subset")
-        raise SystemExit(f"error: {error}") from None
+        raise Refused(str(error)) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -82,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         try:
             result = train_run(config, dataset, run_dir=run_dir, progress=_progress(args))
         except CheckpointError as error:
-            raise SystemExit(f"stableeig train: error: {error}") from None
+            raise Refused(str(error)) from None
         summary = dataclasses.asdict(result)
         text = json.dumps(config_dict(config), indent=1) + "\n"
         atomic_write(run_dir / "config.json", lambda out: out.write(text))
@@ -101,6 +109,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     import torch
 
     from .bench import reproduce as rp
+    from .bench.files import write_text
 
     torch.set_num_threads(args.threads)
     folder = Path(args.results)
@@ -120,7 +129,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             methods = tuple(args.methods or rp.table_kind("spdnet").methods)
             rows = spdnet.run(dataset, results, seeds=args.seeds or 3, steps=steps, methods=methods)
         table = rp.render_table(rows, "spdnet")
-        (folder / f"{results.stem}.md").write_text(table + "\n")
+        write_text(folder / f"{results.stem}.md", table + "\n")
         rp.plot(rows, "spdnet", folder / f"{results.stem}.png")
         print(table)
         return 0
@@ -143,8 +152,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.render_only:
         if not results.is_file():
-            raise SystemExit(f"stableeig reproduce: error: {results}: no results file to render")
+            raise Refused(f"{results}: no results file to render")
         rows = rp.unique_rows(rp.read_results(results))
+        if not rows:
+            raise Refused(f"{results}: nothing to render (no usable rows)")
     else:
         rows = rp.run_cells(
             cells,
@@ -162,7 +173,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     else:
         table = rp.render_table(rows, args.table)
         rp.plot(rows, args.table, folder / f"{stem}.png")
-    (folder / f"{stem}.md").write_text(table + "\n")
+    write_text(folder / f"{stem}.md", table + "\n")
     if args.table == "table1":
         rp.survival_report(folder)
     print(table)
@@ -496,18 +507,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.config = RunConfig(**{name: getattr(args, name) for name in names})
         except StableEigError as error:
             parser.error(f"train: {error}")
+    from .bench.data import ChecksumError
     from .bench.files import FileFault
     from .exceptions import StableEigError
 
     try:
         return int(args.run(args))
-    except (OSError, StableEigError) as error:  # a file fault or a late argument check
-        if isinstance(error, FileFault) or not isinstance(error, OSError):
-            message = error.strerror if isinstance(error, FileFault) else str(error)
+    except (OSError, StableEigError, Refused, ChecksumError, MemoryError) as error:
+        # a file fault, a refused input, corrupt data, or a late argument check
+        if isinstance(error, FileFault):
+            message = error.strerror
+        elif isinstance(error, MemoryError):
+            message = "out of memory (reduce --batch-size, --width or the number of runs)"
+        elif isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            where = error.filename or "a file the command needed"
+            message = f"{where}: {error.strerror or type(error).__name__}"
         else:
-            message = f"{error.filename or 'a file'}: {error.strerror or type(error).__name__}"
+            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"stableeig {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -225,8 +225,9 @@ def log_euclidean_distance(
     where = "log_euclidean_distance"
     A_in, B_in = A, B
     A, B, result = _pair(where, A, B, compute_dtype)
-    logs = _checked(LOG, require_positive(), where, "A", A, result), _checked(
-        LOG, require_positive(), where, "B", B, result
+    logs = (
+        _checked(LOG, require_positive(), where, "A", A, result),
+        _checked(LOG, require_positive(), where, "B", B, result),
     )
     scale = torch.maximum(logs[0].abs().amax((-2, -1)), logs[1].abs().amax((-2, -1))) + 1
     d2 = (logs[0] - logs[1]).square().sum((-2, -1))

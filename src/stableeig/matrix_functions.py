@@ -217,9 +217,7 @@ def logm(
         >>> [round(v, 6) for v in se.logm(torch.eye(2) * torch.e).diagonal().tolist()]
         [1.0, 1.0]
     """
-    return apply_spectral(
-        A, LOG, backward, compute_dtype, check_symmetric, require_positive()
-    )
+    return apply_spectral(A, LOG, backward, compute_dtype, check_symmetric, require_positive())
 
 
 def expm(

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -197,15 +198,25 @@ def test_planted_symlinks_are_replaced_never_followed(tmp_path: Path) -> None:
     assert victim.read_text() == "untouched"
 
 
+def valid_row(**fields: Any) -> dict[str, Any]:
+    """A results row with every field the tables read."""
+    row = {
+        "table": "table1", "method": "power", "group_size": 4, "seed": 0, "success": True,
+        "test_error": 12.5, "failure_step": None, "seconds": 1.0, "variant": {},
+    }  # fmt: skip
+    row.update(fields)
+    return row
+
+
 def test_an_append_after_a_torn_fragment_keeps_every_row(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = tmp_path / "rows.jsonl"
-    files.append_line(results, json.dumps({"row": 1}))
+    files.append_line(results, json.dumps(valid_row(seed=1)))
     with results.open("a") as out:
-        out.write('{"row": 2, "tor')  # a writer killed mid-line
-    files.append_line(results, json.dumps({"row": 3}))
-    assert [r["row"] for r in reproduce.read_results(results)] == [1, 3]
+        out.write('{"seed": 2, "tor')  # a writer killed mid-line
+    files.append_line(results, json.dumps(valid_row(seed=3)))
+    assert [r["seed"] for r in reproduce.read_results(results)] == [1, 3]
     assert "torn line" in capsys.readouterr().err
 
 
@@ -312,9 +323,10 @@ def test_path_faults_are_one_line_errors(
     (tmp_path / "results2" / "table1_quick_tiny.jsonl.claims").write_text("a file")
     assert cli.main([*argv, f"--results={tmp_path / 'results2'}", "--quiet"]) == 2
     _one_line_error(capsys, "claims")
-    with pytest.raises(SystemExit) as exit_info:  # nothing to render: no folder is created
-        cli.main([*argv, "--render-only", f"--results={tmp_path / 'none' / 'x'}"])
-    assert "no results file" in str(exit_info.value.code) and not (tmp_path / "none").exists()
+    # nothing to render: exit 2, one line, no folder created
+    assert cli.main([*argv, "--render-only", f"--results={tmp_path / 'none' / 'x'}"]) == 2
+    _one_line_error(capsys, "no results file")
+    assert not (tmp_path / "none").exists()
 
 
 @contextlib.contextmanager
@@ -429,3 +441,146 @@ def test_progress_bars_only_on_a_terminal() -> None:
 
     assert not cli._progress(argparse.Namespace(quiet=False))  # pytest captures stderr
     assert not cli._progress(argparse.Namespace(quiet=True))
+
+
+# ---- issue 32: every file the harness touches ------------------------------------------
+
+
+def test_rendered_outputs_replace_a_planted_symlink(tmp_path: Path) -> None:
+    """Tables, plots and JSON are written through a temporary file and renamed: a symlink
+    at the name is replaced, its target untouched (``write_text`` and ``savefig`` followed
+    it)."""
+    from stableeig.bench import plotting
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    for name in ("table.md", "plot.png"):
+        (tmp_path / name).symlink_to(victim)
+    files.write_text(tmp_path / "table.md", "| a |\n")
+    figure, _ = plotting.new_figure(1, 1)
+    plotting.save_figure(figure, tmp_path / "plot.png")
+    assert victim.read_text() == "untouched"
+    assert not (tmp_path / "table.md").is_symlink() and (tmp_path / "table.md").read_text()
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [valid_row(seed=s) for s in range(2)]
+    (tmp_path / "table1_survival.md").symlink_to(victim)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reproduce.survival_report(tmp_path)
+    assert victim.read_text() == "untouched"
+
+
+@pytest.mark.parametrize("what", ["lock", "claim", "results"])
+def test_a_hard_link_is_never_written_through(tmp_path: Path, what: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    target = tmp_path / f"{what}.file"
+    os.link(victim, target)
+    with pytest.raises(files.FileFault, match="hard links"):
+        if what == "results":
+            files.append_line(target, "{}")
+        else:
+            files.acquire_lock(target, what)
+    assert victim.read_text() == "untouched"
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_is_refused_at_once_never_waited_on(tmp_path: Path) -> None:
+    start = time.monotonic()
+    results = _fifo(tmp_path / "rows.jsonl")
+    with pytest.raises(files.FileFault, match="FIFO"):
+        reproduce.read_results(results)
+    with pytest.raises(files.FileFault, match="FIFO"):
+        files.append_line(results, "{}")
+    with pytest.raises(files.FileFault, match="FIFO"):
+        files.check_appendable(results)
+    run = tmp_path / "run"
+    run.mkdir()
+    _fifo(run / "checkpoint.pt")
+    with pytest.raises(training.CheckpointError):
+        training._load_checkpoint(run)
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[1, 2]",
+        '"x"',
+        "{}",
+        json.dumps({k: v for k, v in valid_row().items() if k != "seed"}),
+        json.dumps(valid_row(test_error="12")),
+        '{"table": "table1", "method": "power", "group_size": 4, "seed": 0, "success": true, '
+        '"test_error": NaN, "failure_step": null, "seconds": 1.0}',
+        json.dumps(valid_row(seed=-1)),
+        json.dumps(valid_row(success="yes")),
+        json.dumps(valid_row(variant=[1])),
+    ],
+)
+def test_a_malformed_row_is_skipped_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str
+) -> None:
+    results = tmp_path / "table1_quick_tiny.jsonl"
+    results.write_text(json.dumps(valid_row()) + "\n" + line + "\n")
+    rows = reproduce.read_results(results)
+    assert rows == [valid_row()]
+    err = capsys.readouterr().err
+    assert f"{results}:2: skipping a malformed row" in err
+    table = reproduce.render_table(rows, "table1")  # renders from what is left
+    assert "power" in table
+
+
+def test_render_only_of_an_empty_results_file_says_nothing_to_render(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "table1_quick_fashion-mnist.jsonl").write_text("")
+    argv = ["reproduce", "table1", "--render-only", f"--results={tmp_path}"]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "nothing to render")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("config", [1]), ("format", "x"), ("step", "x"), ("seconds", "x"), ("step", 10**9),
+     ("step", -3), ("losses", "x"), ("generator", [1])],
+)  # fmt: skip
+def test_a_checkpoint_with_wrong_field_types_is_refused(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    config = tiny_config(steps=2)
+    run = tmp_path / "run"
+    training.train_run(config, tiny_dataset(), run_dir=run)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    saved[field] = value
+    (run / "checkpoint.prev.pt").unlink(missing_ok=True)
+    torch.save(saved, run / "checkpoint.pt")
+    with pytest.raises(training.CheckpointError, match="readable checkpoint"):
+        training.train_run(config, tiny_dataset(), run_dir=run)
+
+
+def test_a_checkpoint_that_decompresses_beyond_the_model_is_refused_before_loading(
+    tmp_path: Path,
+) -> None:
+    import zipfile
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with zipfile.ZipFile(run / "checkpoint.pt", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data/0", b"\0" * (64 << 20))  # 64 MiB of zeros, ~64 KiB
+    assert (run / "checkpoint.pt").stat().st_size < 1 << 20
+    with pytest.raises(training.CheckpointError):
+        training._load_checkpoint(run, limit=1 << 20)
+
+
+def test_exit_codes_follow_the_documentation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 for a missing data set or refused input (it was 1, the failed-run code)."""
+    argv = ["train", "--dataset=cifar10", f"--data-dir={tmp_path}", f"--run-dir={tmp_path / 'r'}"]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys)
+    assert not (tmp_path / "r" / ".stableeig-run.lock").exists()
+    assert cli.EXIT_OK == 0 and cli.EXIT_FAILED_RUN == 1 and cli.EXIT_REFUSED == 2

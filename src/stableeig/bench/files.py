@@ -3,8 +3,12 @@ and run directories that are recognisable (and removable) as runs of this tool o
 
 Guarantees: a temporary file is created exclusively in the target's folder (never through
 a planted symlink) and renamed over the target, so a kill leaves the old or the new file; a
-symlink at a name the tool writes is replaced, never followed; locks are ``fcntl`` locks held
-by the live process, so a killed holder releases them and a reused pid cannot hold one.
+symlink, hard link or FIFO at a name the tool writes whole (tables, plots, JSON) is
+replaced, never followed or written through; a file the tool appends to, locks or reads
+(results rows, locks, claims, checkpoints) is opened without following a symlink and
+without blocking, and must be a regular file with one link, else a :class:`FileFault` names
+it; locks are ``fcntl`` locks held by the live process, so a killed holder releases them and
+a reused pid cannot hold one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,9 +37,13 @@ __all__ = [
     "check_appendable",
     "exclusive_lock",
     "make_dirs",
+    "open_regular",
+    "read_bytes",
+    "read_text",
     "release_lock",
     "remove_run",
     "run_directory",
+    "write_text",
 ]
 
 RUN_MARKER = ".stableeig-run"
@@ -61,6 +70,56 @@ class LockBusy(FileFault):
 def _fault(path: Path, error: OSError, doing: str) -> FileFault:
     cause = error.strerror or type(error).__name__
     return FileFault(error.errno or errno.EIO, f"{path}: cannot {doing} ({cause})")
+
+
+def open_regular(path: Path, flags: int, doing: str, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symlink, never blocks (a FIFO) and accepts only a
+    regular file with one link (a planted hard link would make the tool write into another
+    file): the descriptor, in blocking mode, or :class:`FileFault` naming the path."""
+    try:
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            error = OSError(errno.ELOOP, "a symbolic link, refused")
+        elif error.errno == errno.ENXIO:  # a FIFO with no writer, opened for writing
+            error = OSError(errno.ENXIO, "a FIFO, not a regular file")
+        raise _fault(path, error, doing) from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+            raise OSError(errno.EINVAL, f"{kind}, refused")
+        if info.st_nlink > 1:
+            raise OSError(errno.EMLINK, f"{info.st_nlink} hard links to it, refused")
+        os.set_blocking(descriptor, True)
+    except OSError as error:
+        os.close(descriptor)
+        raise _fault(path, error, doing) from None
+    return descriptor
+
+
+def read_bytes(path: Path, limit: Optional[int] = None) -> bytes:
+    """The contents of the regular file ``path`` (:func:`open_regular`'s checks), refusing
+    one larger than ``limit`` bytes before reading it."""
+    descriptor = open_regular(path, os.O_RDONLY, "read")
+    with os.fdopen(descriptor, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if limit is not None and size > limit:
+            raise FileFault(errno.EFBIG, f"{path}: cannot read ({size} bytes > limit {limit})")
+        try:
+            return handle.read()
+        except OSError as error:
+            raise _fault(path, error, "read") from None
+
+
+def read_text(path: Path) -> str:
+    """:func:`read_bytes` decoded as UTF-8 (undecodable bytes replaced)."""
+    return read_bytes(path).decode("utf-8", errors="replace")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda out: out.write(text))
 
 
 def make_dirs(path: Path, what: str) -> None:
@@ -91,7 +150,7 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = 
             os.fsync(out.fileno())
         if path.is_dir() and not path.is_symlink():
             raise IsADirectoryError(errno.EISDIR, "is a directory")
-        os.replace(temporary, path)
+        os.replace(temporary, path)  # a symlink, hard link or FIFO there: the name is replaced
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -108,19 +167,13 @@ def append_line(path: Path, line: str) -> None:
     If the file ends in a torn fragment (a writer killed mid-line), a newline is written
     first, so the fragment stays one skipped line and the new row stays whole.
     """
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-    try:
-        descriptor = os.open(path, flags, 0o644)
-    except OSError as error:
-        raise _fault(path, error, "append to") from None
+    descriptor = open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "append to")
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         size = os.fstat(descriptor).st_size
         prefix = b""
         if size:
-            with open(path, "rb") as reader:
-                reader.seek(size - 1)
-                prefix = b"" if reader.read(1) == b"\n" else b"\n"
+            prefix = b"" if os.pread(descriptor, 1, size - 1) == b"\n" else b"\n"
         os.write(descriptor, prefix + line.encode() + b"\n")
         os.fsync(descriptor)
     except OSError as error:
@@ -137,10 +190,7 @@ def acquire_lock(path: Path, what: str = "lock") -> int:
     by the kernel, not by that text, so a killed holder frees it and a reused pid cannot.
     """
     while True:
-        try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:
-            raise _fault(path, error, f"create the {what}") from None
+        descriptor = open_regular(path, os.O_RDWR | os.O_CREAT, f"create the {what}")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -185,10 +235,7 @@ def exclusive_lock(path: Path, what: str = "lock") -> Iterator[None]:
 def check_appendable(path: Path) -> None:
     """Fail now (:class:`FileFault`), not after hours of work, if rows cannot be appended
     to ``path`` (a directory, a read-only folder, a missing parent). Creates it empty."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644))
-    except OSError as error:
-        raise _fault(path, error, "append to") from None
+    os.close(open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "append to"))
 
 
 def _refuse(path: Path, why: str) -> FileFault:

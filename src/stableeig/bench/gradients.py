@@ -18,6 +18,7 @@ import torch
 
 from ..rules import Analytic, Clip, Loewner, Power, Taylor
 from ..spectral import inv_sqrtm, top_k_projector
+from .files import write_text
 from .matrices import stem_covariance, with_spectrum
 from .plotting import new_figure, save_figure
 
@@ -201,6 +202,6 @@ def plot_gradients(
 def write(rows: list[dict[str, Any]], folder: Path, n: int = 64) -> None:
     """``bench_gradients.json`` (every row), ``.md`` and ``.png`` (size ``n``, float32)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench_gradients.json").write_text(json.dumps(rows, indent=0) + "\n")
-    (folder / "bench_gradients.md").write_text(summary_markdown(rows, n=n) + "\n")
+    write_text(folder / "bench_gradients.json", json.dumps(rows, indent=0) + "\n")
+    write_text(folder / "bench_gradients.md", summary_markdown(rows, n=n) + "\n")
     plot_gradients(rows, folder / "bench_gradients.png", n=n)

@@ -22,7 +22,11 @@ def new_figure(columns: int, width: float = 5.5, height: float = 4.0) -> tuple[A
 def save_figure(figure: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    from .files import atomic_write, make_dirs
+
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    make_dirs(path.parent, "plot's folder")
+    try:  # rendered to a temporary file beside it, then renamed: never through a planted link
+        atomic_write(path, lambda out: figure.savefig(out, dpi=110, format="png"), binary=True)
+    finally:
+        plt.close(figure)

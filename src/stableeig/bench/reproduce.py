@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,7 +27,9 @@ from .files import (
     append_line,
     check_appendable,
     make_dirs,
+    read_text,
     release_lock,
+    write_text,
 )
 from .plotting import new_figure, save_figure
 from .training import RunConfig, config_dict, train_run
@@ -307,19 +310,65 @@ def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) 
     )
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any, low: int = 0) -> bool:
+    return type(value) is int and value >= low
+
+
+ROW_SCHEMA: dict[str, Callable[[Any], bool]] = {
+    "table": lambda v: isinstance(v, str),
+    "method": lambda v: isinstance(v, str),
+    "group_size": lambda v: v is None or _is_count(v, 1),
+    "seed": _is_count,
+    "success": lambda v: isinstance(v, bool),
+    "test_error": lambda v: v is None or (_is_number(v) and 0 <= v <= 100),
+    "failure_step": lambda v: v is None or _is_count(v),
+    "seconds": lambda v: _is_number(v) and v >= 0,
+}
+"""The fields every table reads, with their types and ranges (``variant``, when present,
+must be a dict)."""
+
+
+def row_problem(row: Any) -> Optional[str]:
+    """Why a parsed results line is not a usable row, or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    for key, valid in ROW_SCHEMA.items():
+        if key not in row:
+            return f"no {key!r}"
+        if not valid(row[key]):
+            return f"{key!r} = {row[key]!r} has the wrong type or range"
+    if not isinstance(row.get("variant", {}), dict):
+        return "'variant' is not an object"
+    return None
+
+
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """The rows of a results file; a torn line (a run killed mid-append) is skipped with a
-    warning on stderr, never losing the others."""
-    if not path.exists():
+    """The rows of a results file; a torn line (a run killed mid-append) or a malformed row
+    (valid JSON that is not a row: see :data:`ROW_SCHEMA`) is skipped with one warning on
+    stderr naming the file and line, never losing the others. A FIFO, symlink or hard link
+    at ``path`` is refused (:class:`~stableeig.bench.files.FileFault`), never read."""
+    if not os.path.lexists(path):
         return []
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             print(f"warning: {path}:{number}: skipping a torn line", file=sys.stderr)
+            continue
+        problem = row_problem(row)
+        if problem is not None:
+            print(
+                f"warning: {path}:{number}: skipping a malformed row ({problem})", file=sys.stderr
+            )
+            continue
+        rows.append(row)
     return rows
 
 
@@ -735,7 +784,7 @@ def survival_report(folder: Path) -> str:
             f"({_interval(len(cell) - failed, len(cell))}) | {good}/{len(cell)} |"
         )
     text = "\n".join(lines)
-    (folder / "table1_survival.md").write_text(text + "\n")
+    write_text(folder / "table1_survival.md", text + "\n")
     return text
 
 

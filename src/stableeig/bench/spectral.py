@@ -23,6 +23,7 @@ import torch
 
 from .. import matrix_functions as mf
 from ..spectral import SpectralFunction, apply_spectral, inv_sqrtm, sqrtm
+from .files import write_text
 from .plotting import new_figure, save_figure
 from .timing import environment, forward_backward, paired
 
@@ -285,8 +286,8 @@ def run(results: Path, quick: bool = False) -> dict[str, Any]:
         "rows": rows, "summary": summary, "over_floor": over_floor(rows), "skipped": skipped,
         "speed": speed_rows, "environment": environment(),
     }  # fmt: skip
-    (results / "bench_spectral.json").write_text(json.dumps(data, indent=1) + "\n")
-    (results / "bench_spectral.md").write_text(render_all(data) + "\n")
+    write_text(results / "bench_spectral.json", json.dumps(data, indent=1) + "\n")
+    write_text(results / "bench_spectral.md", render_all(data) + "\n")
     _plot(rows, results / "bench_spectral.png")
     return data
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from .files import write_text
 from .plotting import new_figure, save_figure
 from .speed import FLOOR
 
@@ -261,7 +262,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 def write(result: dict[str, Any], folder: Path, stem: str = "bench_speed") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (folder / f"{stem}.md").write_text(speed_markdown(result))
-    (folder / f"{stem}_summary.md").write_text(summary_markdown(result))
+    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    write_text(folder / f"{stem}.md", speed_markdown(result))
+    write_text(folder / f"{stem}_summary.md", summary_markdown(result))
     plot_speed(result, folder / f"{stem}.png")

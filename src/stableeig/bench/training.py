@@ -7,11 +7,14 @@ not finite, or whose loss exceeds ``divergence_factor`` (10) times the first ste
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,7 +27,7 @@ from ..exceptions import ArgumentError
 from ..nn import CONVENTIONS
 from ..rules import RULES, Power, PowerIteration
 from .data import Dataset, augment
-from .files import atomic_write
+from .files import atomic_write, read_bytes
 from .models import DEPTHS as MODEL_DEPTHS
 from .models import HEADS, POOL_METHODS, STEM_CHANNELS, resnet
 
@@ -305,24 +308,81 @@ def _first_line(error: BaseException) -> str:
     return type(error).__name__ + (f": {text[0][:150]}" if text else "")
 
 
-def _load_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The newest readable checkpoint of ``run_dir``, falling back to the previous one.
+def checkpoint_size_limit(model: nn.Module) -> int:
+    """The most bytes a checkpoint of ``model`` may hold once decompressed: 4× its state
+    (weights, optimizer momentum, slack) plus 16 MiB for the rest; a larger one is refused
+    before it is loaded (a small file of deflated zeros can expand to gigabytes)."""
+    tensors = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    state = sum(t.numel() * t.element_size() for t in tensors)
+    return 4 * state + (16 << 20)
+
+
+def _archive_size(data: bytes, path: Path, limit: int) -> None:
+    """Refuse a zip checkpoint whose entries decompress to more than ``limit`` bytes."""
+    with contextlib.suppress(zipfile.BadZipFile), zipfile.ZipFile(io.BytesIO(data)) as archive:
+        total = sum(entry.file_size for entry in archive.infolist())
+        if total > limit:
+            raise ValueError(f"it decompresses to {total} bytes > limit {limit}")
+
+
+def _checkpoint_problem(saved: Any, steps: int) -> Optional[str]:
+    """Why a loaded checkpoint's fields are unusable (types and ranges), or None."""
+    if not isinstance(saved, dict):
+        return f"expected a dict (got {type(saved).__name__})"
+    missing = [k for k in CHECKPOINT_KEYS if k not in saved]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    number = (int, float)
+    checks = {
+        "format": lambda v: type(v) is int and 1 <= v <= CHECKPOINT_FORMAT,
+        "config": lambda v: isinstance(v, dict),
+        "step": lambda v: type(v) is int and 0 <= v <= steps,
+        "seconds": lambda v: isinstance(v, number) and not isinstance(v, bool)
+        and math.isfinite(v) and v >= 0,
+        "losses": lambda v: isinstance(v, list) and all(
+            isinstance(x, number) and not isinstance(x, bool) for x in v
+        ),
+        "metrics": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+        "first_loss": lambda v: v is None or (isinstance(v, number) and not isinstance(v, bool)),
+        "model": lambda v: isinstance(v, dict),
+        "optimizer": lambda v: isinstance(v, dict),
+        "schedule": lambda v: isinstance(v, dict),
+        "generator": lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8,
+        "torch_rng": lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8,
+    }  # fmt: skip
+    for key, valid in checks.items():
+        if key in saved and not valid(saved[key]):
+            value = saved[key]
+            shown = repr(value) if not isinstance(value, (dict, list, torch.Tensor)) else ""
+            return f"field {key!r} has the wrong type or range {shown}".rstrip()
+    return None
+
+
+def _load_checkpoint(
+    run_dir: Path, steps: int = 1 << 62, limit: Optional[int] = None
+) -> Optional[dict[str, Any]]:
+    """The newest usable checkpoint of ``run_dir``, falling back to the previous one.
 
     Checkpoints hold only tensors, numbers, strings and containers of them and are read with
     ``torch.load(weights_only=True)``: a crafted file cannot run code, it is just unreadable.
+    Before loading: a regular file (no FIFO, symlink or hard link), at most ``limit`` bytes
+    decompressed; after: every field's type and range (``step`` within ``[0, steps]``).
     """
     candidates = [run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"]
-    existing = [path for path in candidates if path.exists()]
+    existing = [path for path in candidates if os.path.lexists(path)]
     for path in existing:
         try:
-            saved = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as error:  # truncated, empty, garbage, forbidden globals
+            data = read_bytes(path, limit)
+            if limit is not None:
+                _archive_size(data, path, limit)
+            saved = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as error:  # unreadable, truncated, garbage, forbidden globals, too big
             reason = _first_line(error)
         else:
-            missing = [k for k in CHECKPOINT_KEYS if not isinstance(saved, dict) or k not in saved]
-            if not missing and saved.get("format", 1) <= CHECKPOINT_FORMAT:
+            problem = _checkpoint_problem(saved, steps)
+            if problem is None:
                 return dict(saved)
-            reason = f"missing {', '.join(missing)}" if missing else f"format {saved['format']}"
+            reason = problem
         print(
             f"warning: cannot use {path} ({reason}); trying the previous checkpoint",
             file=sys.stderr,
@@ -442,7 +502,7 @@ def train_run(
     state = _new_state(config, dataset)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved = _load_checkpoint(run_dir)
+        saved = _load_checkpoint(run_dir, config.steps, checkpoint_size_limit(state.model))
         if saved is not None:
             _restore(state, saved, config)
     images, labels = dataset.train_images, dataset.train_labels

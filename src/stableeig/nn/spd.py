@@ -167,8 +167,7 @@ class CovariancePooling2d(nn.Module):
             raise ShapeError(f"{name}: expected (N, {self.in_channels}, H, W) input (got {shape})")
         if x.shape[0] == 0:
             raise ShapeError(
-                f"{name}: expected at least one sample (got an empty batch, shape "
-                f"{tuple(x.shape)})"
+                f"{name}: expected at least one sample (got an empty batch, shape {tuple(x.shape)})"
             )
         if self.reduction is not None:
             x = self.reduction(x)
