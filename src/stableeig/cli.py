@@ -133,6 +133,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         rp.plot(rows, "spdnet", folder / f"{results.stem}.png")
         print(table)
         return 0
+    if args.table == "wide":
+        return _reproduce_wide(args, folder)
     preset = rp.PRESETS[args.preset]
     dataset_name = args.dataset or preset["dataset"]
     if args.table == "ablations":
@@ -176,6 +178,35 @@ def _reproduce(args: argparse.Namespace) -> int:
     write_text(folder / f"{stem}.md", table + "\n")
     if args.table == "table1":
         rp.survival_report(folder)
+    print(table)
+    return 0
+
+
+def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
+    """``reproduce wide``: d = 128 … 1024 whitened in one group (see bench/wide.py)."""
+    from .bench import reproduce as rp
+    from .bench import wide
+    from .bench.files import read_text, write_text
+
+    steps = args.steps or 300
+    results = folder / f"wide_steps{steps}_fashion-mnist.jsonl"
+    floors_path = folder / "wide_floor.json"
+    if args.render_only:
+        if not results.is_file():
+            raise Refused(f"{results}: no results file to render")
+        rows = rp.unique_rows(rp.read_results(results))
+        if not rows:
+            raise Refused(f"{results}: nothing to render (no usable rows)")
+    else:
+        dataset = _dataset("fashion-mnist", args.data_dir)
+        methods = tuple(args.methods or wide.METHODS)
+        rows = wide.run(dataset, results, seeds=args.seeds or 5, steps=steps, methods=methods)
+    if not floors_path.is_file() and not args.render_only:
+        write_text(floors_path, json.dumps(wide.floor_seconds(), indent=1) + "\n")
+    floors = json.loads(read_text(floors_path)) if floors_path.is_file() else None
+    table = wide.render(rows, floors)
+    write_text(folder / f"{results.stem}.md", table + "\n")
+    wide.plot(rows, folder / f"{results.stem}.png", floors)
     print(table)
     return 0
 
@@ -383,13 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(train)
     train.set_defaults(run=_train)
 
-    reproduce = commands.add_parser("reproduce", help="the paper's Table 1 (ZCA) or Table 2 (PCA)")
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="the paper's tables and our extensions: table1, table2, covpool, spdnet, wide, "
+        "ablations, survival",
+    )
     common(reproduce)
     reproduce.add_argument(
         "table",
-        choices=("table1", "table2", "covpool", "spdnet", "ablations", "survival"),
+        choices=("table1", "table2", "covpool", "spdnet", "wide", "ablations", "survival"),
         help="table1 (ZCA), table2 (PCA), covpool (covariance-pooling heads), spdnet (an "
-        "SPDNet on region covariances), ablations (PCA "
+        "SPDNet on region covariances), wide (an MLP whose d = 128…1024 hidden channels are "
+        "whitened in one group; --seeds, --steps, --methods), ablations (PCA "
         "energy / components / iterations and the ε ablation), or survival (plot from every "
         "committed table1 row; runs nothing)",
     )
@@ -420,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=(
                 *RULES,
                 "average",
+                "batchnorm",
                 "newton-schulz",
                 "spdbn-le",
                 "spdbn-ai",

@@ -122,3 +122,29 @@ def test_bench_spectral_quick_meets_the_accuracy_target(tmp_path: Path) -> None:
     text = (tmp_path / "bench_spectral.md").read_text()
     assert "| log |" in text and (tmp_path / "bench_spectral.png").stat().st_size > 1000
     assert "over the float32 floor" in text and "| logm | 4 × 16×16 |" in text
+
+
+def test_wide_table_runs_renders_and_measures_gradient_errors(tmp_path: Path) -> None:
+    """`reproduce wide` end to end on a tiny data set: rows per cell, the gradient error of
+    each rule on the real covariances (exact rule in float64: ~0), table and plot."""
+    from test_models_training import tiny_dataset
+
+    from stableeig.bench import reproduce, wide
+
+    results = tmp_path / "wide.jsonl"
+    rows = wide.run(
+        tiny_dataset(), results, seeds=1, steps=3, widths=(8, 32),
+        methods=("batchnorm", "analytic", "loewner"), batch_size=16,
+    )  # fmt: skip
+    assert len(rows) == 6 and all(reproduce.row_problem(r) is None for r in rows)
+    zca = [r for r in rows if r["method"] != "batchnorm" and r["success"]]
+    assert zca and all(r["gradient_errors"] for r in zca)
+    first = zca[0]["gradient_errors"][0]
+    assert set(first) == {"step", *wide.MEASURED_RULES}
+    assert first["loewner"] < 0.1  # float32 decomposition against float64: small
+    table = wide.render(rows, {"8": 1e-5, "32": 1e-4})
+    assert "| 32 | loewner |" in table and "floor" in table
+    wide.plot(rows, tmp_path / "wide.png", None)
+    assert (tmp_path / "wide.png").stat().st_size > 0
+    # d = 32 > 16 samples: a rank-deficient covariance, measured like the real runs
+    assert any(r["group_size"] == 32 for r in zca)

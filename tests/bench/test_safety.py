@@ -457,7 +457,7 @@ def test_rendered_outputs_replace_a_planted_symlink(tmp_path: Path) -> None:
     for name in ("table.md", "plot.png"):
         (tmp_path / name).symlink_to(victim)
     files.write_text(tmp_path / "table.md", "| a |\n")
-    figure, _ = plotting.new_figure(1, 1)
+    figure, _ = plotting.new_figure(1)
     plotting.save_figure(figure, tmp_path / "plot.png")
     assert victim.read_text() == "untouched"
     assert not (tmp_path / "table.md").is_symlink() and (tmp_path / "table.md").read_text()

@@ -69,7 +69,12 @@ class WideConfig:
 
 
 def mlp(
-    method: str, width: int, eps: float = 1e-4, classes: int = 10, running: str = "covariance"
+    method: str,
+    width: int,
+    eps: float = 1e-4,
+    classes: int = 10,
+    running: str = "covariance",
+    in_features: int = 784,
 ) -> nn.Sequential:
     """The network above; ``method`` a gradient rule or ``"batchnorm"``; ``running`` the ZCA
     layers' eval statistics (see the module docstring)."""
@@ -83,7 +88,7 @@ def mlp(
         )  # fmt: skip
 
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, width), norm(), nn.ReLU(),
+        nn.Flatten(), nn.Linear(in_features, width), norm(), nn.ReLU(),
         nn.Linear(width, width), norm(), nn.ReLU(), nn.Linear(width, classes),
     )  # fmt: skip
 
@@ -133,7 +138,10 @@ def train_wide(config: WideConfig, dataset: Dataset) -> dict[str, Any]:
     if config.test_subset is not None:
         test, test_labels = test[: config.test_subset], test_labels[: config.test_subset]
     torch.manual_seed(config.seed)
-    model = mlp(config.method, config.width, config.eps, dataset.num_classes, config.running)
+    model = mlp(
+        config.method, config.width, config.eps, dataset.num_classes, config.running,
+        in_features=images[0].numel(),
+    )  # fmt: skip
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -209,9 +217,9 @@ def _outcome(
 
 
 def run(
-    dataset: Dataset, results: Path, seeds: int = 5, steps: int = 500,
+    dataset: Dataset, results: Path, seeds: int = 5, steps: int = 300,
     widths: tuple[int, ...] = WIDTHS, methods: tuple[str, ...] = METHODS,
-    seeds_at_1024: int = 3,
+    seeds_at_1024: int = 3, batch_size: int = 128,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every width × method × seed not yet in ``results`` (JSONL), one row per run; seed
     by seed, so that an interrupted table has every cell at the same depth."""
@@ -219,7 +227,10 @@ def run(
 
     def runner(cell: rp.Cell) -> tuple[dict[str, Any], dict[str, Any]]:
         assert cell.group_size is not None
-        config = WideConfig(method=cell.method, width=cell.group_size, seed=cell.seed, steps=steps)
+        config = WideConfig(
+            method=cell.method, width=cell.group_size, seed=cell.seed, steps=steps,
+            batch_size=batch_size,
+        )  # fmt: skip
         return train_wide(config, dataset), dataclasses.asdict(config)
 
     cells = [
@@ -230,3 +241,157 @@ def run(
         for method in methods
     ]
     return rp.run_cells(cells, dataset, f"steps{steps}", results, progress=False, runner=runner)
+
+
+def floor_seconds(widths: tuple[int, ...] = WIDTHS, repeats: int = 5) -> dict[str, float]:
+    """The floor of one step's decomposition: the median time of one float32 LAPACK ``eigh``
+    of a d × d covariance (1 thread as the runs), per width."""
+    import statistics as stats
+
+    floors = {}
+    for d in widths:
+        g = torch.Generator().manual_seed(d)
+        x = torch.randn(128, d, generator=g)
+        A = x.T @ x / 128 + 1e-4 * torch.eye(d)
+        times = []
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            torch.linalg.eigh(A)
+            times.append(time.perf_counter() - tick)
+        floors[str(d)] = stats.median(times)
+    return floors
+
+
+def _median(values: list[float]) -> Optional[float]:
+    import statistics as stats
+
+    finite = [v for v in values if math.isfinite(v)]
+    return stats.median(finite) if finite else None
+
+
+def gradient_error_summary(rows: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """Per (width, rule): median relative gradient error over every covariance measured in
+    every run of that width (all methods' runs), and the share of measurements where the
+    rule's gradient was non-finite or refused."""
+    collected: dict[tuple[int, str], list[float]] = {}
+    for row in rows:
+        for point in row.get("gradient_errors") or []:
+            for rule in MEASURED_RULES:
+                if rule in point:
+                    collected.setdefault((row["group_size"], rule), []).append(point[rule])
+    summary = {}
+    for key, values in collected.items():
+        bad = sum(not math.isfinite(v) for v in values)
+        summary[key] = {"median": _median(values), "non_finite": bad, "count": len(values)}
+    return summary
+
+
+def render(rows: list[dict[str, Any]], floors: Optional[dict[str, float]] = None) -> str:
+    """The large-d table: per width and method, success with Wilson CI, test error, the
+    "trained" rate (below 1.5 × that width's BatchNorm mean), Fisher p against ``power``
+    and against ``loewner`` (finished runs), the final training loss, seconds per step;
+    then the gradient-error table per width and rule, with the decomposition floor."""
+    from . import reproduce as rp
+
+    rows = rp.unique_rows(rows)
+    widths = sorted({r["group_size"] for r in rows})
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = [
+        "| d | method | success | test error % (min, mean±std) | trained | "
+        "Fisher p vs power | Fisher p vs loewner | final train loss (mean) | s/step (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in widths:
+        at_d = [r for r in rows if r["group_size"] == d]
+        threshold = rp.trained_threshold(at_d)
+        for method in methods:
+            cell = [r for r in at_d if r["method"] == method]
+            if not cell:
+                continue
+            rate, error = rp._summary(cell)
+            good = sum(rp.trained(r, threshold) for r in cell)
+            p_values = []
+            for anchor_method in ("power", "loewner"):
+                anchor = [r for r in at_d if r["method"] == anchor_method]
+                if method == anchor_method or not anchor:
+                    p_values.append("")
+                    continue
+                a = sum(r["success"] for r in cell)
+                b = sum(r["success"] for r in anchor)
+                p_values.append(rp._p(rp.fisher_exact(a, len(cell) - a, b, len(anchor) - b)))
+            losses = [r["losses"][-1] for r in cell if r["success"] and r.get("losses")]
+            loss = f"{sum(losses) / len(losses):.3f}" if losses else "—"
+            per_step = _median([r["seconds_per_step"] for r in cell if r["success"]])
+            seconds = f"{per_step:.3g}" if per_step is not None else "—"
+            lines.append(
+                f"| {d} | {method} | {rate} | {error} | {rp._rate(good, len(cell))} | "
+                f"{p_values[0]} | {p_values[1]} | {loss} | {seconds} |"
+            )
+    summary = gradient_error_summary(rows)
+    lines += [
+        "",
+        "Gradient of ⟨G, (Σ + εI)^{-1/2}⟩ on the real first-layer covariances met during "
+        "training (every 100 steps, every run of that width), float32 decomposition, relative "
+        "error against `loewner` in float64: median (non-finite or refused / measured).",
+        "",
+        "| d | " + " | ".join(MEASURED_RULES) + " | floor: one float32 `eigh` (s) |",
+        "|---|" + "---|" * (len(MEASURED_RULES) + 1),
+    ]
+    for d in widths:
+        cells = []
+        for rule in MEASURED_RULES:
+            entry = summary.get((d, rule))
+            if entry is None:
+                cells.append("—")
+                continue
+            median = entry["median"]
+            shown = f"{median:.2g}" if median is not None else "all non-finite"
+            cells.append(f"{shown} ({entry['non_finite']}/{entry['count']})")
+        floor = (floors or {}).get(str(d))
+        shown_floor = f"{floor:.3g}" if floor is not None else "—"
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {shown_floor} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, floors: Optional[dict[str, float]] = None) -> None:
+    """Success rate, seconds per step (with the floor) and gradient error against d."""
+    from . import reproduce as rp
+    from .plotting import new_figure, save_figure
+
+    rows = rp.unique_rows(rows)
+    widths = sorted({r["group_size"] for r in rows})
+    figure, axes = new_figure(3, width=5.0, height=4.2)
+    for method in METHODS:
+        cells = [
+            [r for r in rows if r["method"] == method and r["group_size"] == d] for d in widths
+        ]
+        present = [(d, c) for d, c in zip(widths, cells) if c]
+        if not present:
+            continue
+        xs = [d for d, _ in present]
+        axes[0].plot(xs, [100 * sum(r["success"] for r in c) / len(c) for _, c in present],
+                     marker="o", label=method)  # fmt: skip
+        speed = [
+            (d, _median([r["seconds_per_step"] for r in c if r["success"]])) for d, c in present
+        ]
+        speed = [(d, s) for d, s in speed if s is not None]
+        if speed:
+            axes[1].plot(*zip(*speed), marker="o", label=method)
+    if floors:
+        axes[1].plot(widths, [floors.get(str(d)) for d in widths], "k--", label="one eigh (floor)")
+    summary = gradient_error_summary(rows)
+    for rule in MEASURED_RULES:
+        points = [(d, summary[(d, rule)]["median"]) for d in widths if (d, rule) in summary]
+        points = [(d, m) for d, m in points if m is not None]
+        if points:
+            axes[2].plot(*zip(*points), marker="o", label=rule)
+    axes[0].set(xscale="log", xlabel="d (channels whitened in one group)", ylabel="success %",
+                title="finished without NaN/divergence")  # fmt: skip
+    axes[1].set(xscale="log", yscale="log", xlabel="d", ylabel="s / step (median)",
+                title="time per training step")  # fmt: skip
+    axes[2].set(xscale="log", yscale="log", xlabel="d", ylabel="relative error",
+                title="gradient error on training covariances")  # fmt: skip
+    for axis in axes:
+        axis.set_xticks(widths, [str(d) for d in widths])
+        axis.legend(fontsize=7)
+    save_figure(figure, path)
