@@ -93,11 +93,11 @@ def main() -> int:
         cls = se.nn.ZCAWhitening1d if len(shape) == 2 else se.nn.ZCAWhitening2d
         layer = cls(shape[1], group_size=d)
 
-        def streamed(x: torch.Tensor) -> torch.Tensor:
+        def streamed(x: torch.Tensor, layer: torch.nn.Module = layer) -> torch.Tensor:
             with mock.patch.object(group_statistics, "WHOLE_TENSOR_MAX_LENGTH", 0):
                 return layer(x)
 
-        def whole(x: torch.Tensor) -> torch.Tensor:
+        def whole(x: torch.Tensor, layer: torch.nn.Module = layer) -> torch.Tensor:
             with mock.patch.object(group_statistics, "WHOLE_TENSOR_MAX_LENGTH", 1 << 40):
                 return layer(x)
 

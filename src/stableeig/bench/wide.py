@@ -197,9 +197,9 @@ def train_wide(config: WideConfig, dataset: Dataset) -> dict[str, Any]:
             int((model(test[i : i + 1000]).argmax(1) != test_labels[i : i + 1000]).sum())
             for i in range(0, len(test), 1000)
         )
-    error = 100.0 * wrong / max(len(test), 1)
+    test_error = 100.0 * wrong / max(len(test), 1)
     steps = config.steps
-    return _outcome(True, error, None, None, start, measuring, steps, losses, measured)
+    return _outcome(True, test_error, None, None, start, measuring, steps, losses, measured)
 
 
 def _outcome(
