@@ -186,6 +186,11 @@ class _LoewnerReverse(torch.autograd.Function):
             terms.append(torch.diag_embed(grad_w))
         inner = sum(terms[1:], terms[0]) if terms else torch.zeros_like(V)
         grad_A = V @ inner @ V.mT
+        if loewner is not None and checks.in_graph():
+            defined = torch.isfinite(loewner).all() | ~torch.isfinite(grad_F).all()
+            message = f"{function.name} backward: expected a differentiable point"
+            checks.assert_in_graph(defined, message)
+            return grad_A, None, None
         if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
             # Infinite derivative, or a finite upstream gradient whose result overflows the
             # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync, on sums

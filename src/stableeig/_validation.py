@@ -22,6 +22,7 @@ from .exceptions import (
 )
 
 __all__ = [
+    "assert_in_graph",
     "check_choice",
     "check_eigenvalues_finite",
     "check_finite",
@@ -33,6 +34,7 @@ __all__ = [
     "check_symmetric",
     "host_checks",
     "host_checks_enabled",
+    "in_graph",
     "readable",
 ]
 
@@ -49,6 +51,20 @@ def host_checks_enabled() -> bool:
     if torch.compiler.is_compiling():
         return _HOST_CHECKS[0]
     return _HOST_CHECKS[0] and not _under_vmap()
+
+
+def in_graph() -> bool:
+    """Whether a value check must become an operation of the graph being compiled
+    (:func:`assert_in_graph`) rather than a host synchronization: under ``torch.compile``
+    with the host checks on (a ``bool()`` there would break the graph)."""
+    return torch.compiler.is_compiling() and _HOST_CHECKS[0]
+
+
+def assert_in_graph(condition: torch.Tensor, message: str) -> None:
+    """The check as an asynchronous assertion inside the compiled graph: when the compiled
+    code runs, a false ``condition`` raises ``RuntimeError(message)`` (no graph break, no
+    host sync; on a GPU the error surfaces at the next synchronization)."""
+    torch._assert_async(condition, message)
 
 
 def readable(tensor: torch.Tensor) -> bool:
@@ -70,12 +86,15 @@ def _under_vmap() -> bool:
 def host_checks(enabled: bool) -> Iterator[None]:
     """Turn the checks that read tensor values on the host on or off inside a ``with`` block.
 
-    Off, nothing synchronizes with the device and ``torch.compile(fullgraph=True)`` captures
-    a whole training step; what is lost: non-finite input, asymmetry and positivity are not
-    checked (the result is NaN instead of an error), a Loewner gradient at a non-
-    differentiable point is Inf/NaN instead of :class:`NotDifferentiableError`, and a
-    layer's non-finite batch covariance is neither refused nor recomputed in float64 (the
-    running statistics can then become NaN). Shapes, dtypes and arguments are still checked.
+    Under ``torch.compile`` the checks stay on without a graph break: each becomes an
+    asynchronous assertion in the graph (``torch._assert_async``), which raises
+    ``RuntimeError`` with the same "expected ..." message (our typed errors are raised in
+    eager mode only). Off, nothing is checked and nothing synchronizes; what is lost:
+    non-finite input, asymmetry and positivity are not checked (the result is NaN instead
+    of an error), a Loewner gradient at a non-differentiable point is Inf/NaN instead of
+    :class:`NotDifferentiableError`, and a layer's non-finite batch covariance is neither
+    refused nor recomputed in float64 (the running statistics can then become NaN).
+    Shapes, dtypes and arguments are still checked.
 
     Example:
         >>> import torch, stableeig as se
@@ -135,6 +154,9 @@ def all_finite(tensor: torch.Tensor) -> bool:
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or Inf (before LAPACK sees it)."""
+    if in_graph():
+        assert_in_graph(torch.isfinite(tensor).all(), f"{name}: expected finite entries")
+        return
     if not host_checks_enabled():
         return
     tensor = tensor.detach()
@@ -149,6 +171,10 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 def check_eigenvalues_finite(name: str, w: torch.Tensor) -> None:
     """Raise :class:`NonFiniteError` if a decomposition of finite input overflowed (entries
     near the dtype's maximum): the eigenvalues ``w`` hold Inf/NaN."""
+    if in_graph():
+        message = f"{name}: expected eigenvalues within the range of {w.dtype}"
+        assert_in_graph(torch.isfinite(w).all(), message)
+        return
     if w.numel() and host_checks_enabled() and not bool(torch.isfinite(w).all()):
         raise NonFiniteError(
             f"{name}: expected eigenvalues within the range of {w.dtype} (got Inf/NaN: the "
@@ -168,6 +194,9 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
     3.5e-4 for float32, 1.5e-8 for float64): round-off from building a covariance passes,
     a matrix that is not symmetric at all does not.
     """
+    if in_graph():
+        check_finite_symmetric(name, matrix, finite=False)
+        return
     if matrix.numel() == 0 or not host_checks_enabled():
         return
     matrix = matrix.detach()  # reading values for a message touches no graph
@@ -181,10 +210,24 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
         )
 
 
-def check_finite_symmetric(name: str, matrix: torch.Tensor, symmetric: bool = True) -> None:
+def check_finite_symmetric(
+    name: str, matrix: torch.Tensor, symmetric: bool = True, finite: bool = True
+) -> None:
     """:func:`check_finite` and (when ``symmetric``) :func:`check_symmetric` with one host
     sync and three passes: the largest magnitude is finite only if every entry is, and it
     is also the symmetry test's scale. The errors are theirs."""
+    if in_graph():
+        if matrix.numel() == 0:
+            return
+        largest = max_abs(matrix.detach())
+        if finite:
+            assert_in_graph(torch.isfinite(largest), f"{name}: expected finite entries")
+        if symmetric:
+            asym = max_abs(matrix.detach() - matrix.detach().mT)
+            tol = symmetry_tolerance(matrix.dtype)
+            message = f"{name}: expected a symmetric matrix, max|A - Aᵀ| <= {tol:.2g} * max|A|"
+            assert_in_graph(asym <= tol * largest, message)
+        return
     if matrix.numel() == 0 or not host_checks_enabled():
         return
     matrix = matrix.detach()

@@ -58,9 +58,11 @@ def _weights(name: str, weights: Optional[torch.Tensor], count: int) -> Optional
         raise ShapeError(
             f"{name}: weights: expected shape ({count},), one per matrix (got {shape!r})"
         )
-    if checks.host_checks_enabled() and not bool(
-        (torch.isfinite(weights) & (weights >= 0)).all() & (weights.sum() > 0)
-    ):
+    valid = (torch.isfinite(weights) & (weights >= 0)).all() & (weights.sum() > 0)
+    if checks.in_graph():
+        message = f"{name}: weights: expected finite values >= 0 with a positive sum"
+        checks.assert_in_graph(valid, message)
+    elif checks.host_checks_enabled() and not bool(valid):
         raise ArgumentError(
             f"{name}: weights: expected finite values >= 0 with a positive sum (got "
             f"{weights.tolist() if count <= 8 else 'other values'})"

@@ -269,6 +269,10 @@ def check_values_finite(function: str, F: torch.Tensor, w: torch.Tensor) -> None
     """Raise :class:`~stableeig.NonFiniteError` where ``f(λ)`` overflowed the working
     precision or the result's dtype (``expm`` of a large eigenvalue), instead of returning
     Inf and NaN entries."""
+    if checks.in_graph():
+        message = f"{function}: expected f(eigenvalues) within the range of {F.dtype}"
+        checks.assert_in_graph(torch.isfinite(F).all(), message)
+        return
     if F.numel() == 0 or not checks.host_checks_enabled() or checks.all_finite(F):
         return
     largest = float(w.detach().abs().amax())
@@ -284,6 +288,10 @@ def require_positive(hint: str = "") -> EigenvalueCheck:
     naming the argument (``hint`` is appended to the message)."""
 
     def check(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
+        if checks.in_graph():
+            message = f"{name}: expected a positive definite matrix, all eigenvalues > 0{hint}"
+            checks.assert_in_graph((w > 0).all(), message)
+            return
         if w.numel() and checks.host_checks_enabled() and not bool((w > 0).all()):
             raise NotPositiveDefiniteError(
                 f"{name}: expected a positive definite matrix, all eigenvalues > 0 "
@@ -307,6 +315,10 @@ def require_semidefinite() -> EigenvalueCheck:
     :class:`NotPositiveDefiniteError` naming the argument."""
 
     def check(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
+        if checks.in_graph():
+            message = f"{name}: expected a positive semidefinite matrix"
+            checks.assert_in_graph((w >= -semidefinite_tolerance(w, dtype)).all(), message)
+            return
         if w.numel() == 0 or not checks.host_checks_enabled():
             return
         tolerance = semidefinite_tolerance(w, dtype)

@@ -63,7 +63,10 @@ def _check_spd_input(name: str, X: object, size: Optional[int] = None) -> torch.
 def _check_positive_definite(name: str, X: torch.Tensor) -> None:
     """Finite, symmetric (the library's tolerance) and positive definite (by Cholesky)."""
     checks.check_finite_symmetric(name, X)
-    if checks.host_checks_enabled():
+    if checks.in_graph():
+        info = torch.linalg.cholesky_ex((X + X.mT) / 2).info
+        checks.assert_in_graph((info == 0).all(), f"{name}: expected positive definite matrices")
+    elif checks.host_checks_enabled():
         info = torch.linalg.cholesky_ex((X + X.mT) / 2).info
         if bool((info != 0).any()):
             first = int(torch.nonzero(info.flatten())[0])

@@ -18,7 +18,14 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from .._validation import all_finite, check_finite, host_checks_enabled, readable
+from .._validation import (
+    all_finite,
+    assert_in_graph,
+    check_finite,
+    host_checks_enabled,
+    in_graph,
+    readable,
+)
 
 __all__ = [
     "GradientLink",
@@ -31,9 +38,10 @@ __all__ = [
     "traced",
 ]
 
-WHOLE_TENSOR_MAX_LENGTH = 16  # (N, C) embeddings and maps up to 4×4: whole-tensor GEMMs (one
-# per group) beat the streamed per-sample products, 35–94× at (512..4096, 256), ≈ 1× at 4×4,
-# 1.2–3.8× slower from 8×8 up (`python benchmarks/layer_paths.py`)
+WHOLE_TENSOR_MAX_LENGTH = 9  # (N, C) embeddings and maps up to 3×3: whole-tensor GEMMs (one
+# per group) beat the streamed per-sample products (3.1× at (512, 64), 1.3× at 2×2; 35–94× at
+# (512..4096, 256)); from 4×4 up the streamed passes win (1.2× at 4×4, 2–6.7× from 8×8)
+# (`python benchmarks/layer_paths.py`, results/layer_paths.md)
 CPU_BLOCK_ELEMENTS = 1 << 20  # ~4 MiB (float32) per operand: fits the last-level cache; best of
 # 2^17…2^23 for training at d = 16 and 64 (`python benchmarks/block_size.py`)
 
@@ -307,6 +315,11 @@ def finite_moments(
     :class:`~stableeig.NonFiniteError`. One host sync, skipped with host checks off and
     under shape inference."""
     mean, covariance, count, used = group_moments(x3, group_size, sync, process_group, link=link)
+    if in_graph():  # compiled: an assertion in the graph (no float64 recomputation)
+        assert_in_graph(
+            torch.isfinite(covariance).all(), f"{name}: activations' covariance: expected finite"
+        )
+        return mean, covariance, count, used
     if not host_checks_enabled() or not readable(covariance):  # no sync
         return mean, covariance, count, used
     if all_finite(covariance):  # the forward's one host synchronization
@@ -322,7 +335,7 @@ def finite_moments(
 def whole_tensor(x3: torch.Tensor) -> bool:
     """Whether the statistics and the affine map of (N, C, L) activations are plain
     whole-tensor operations rather than the streamed passes: under tracing
-    (:func:`traced`), and for (N, C) embeddings and small maps (``L <= 16``), where the
+    (:func:`traced`), and for (N, C) embeddings and small maps (``L <= 9``), where the
     streamed per-sample products are slow."""
     return x3.shape[2] <= WHOLE_TENSOR_MAX_LENGTH or traced(x3)
 
