@@ -1,9 +1,11 @@
-"""Copy the committed result tables into the README between their markers.
+"""Copy the committed result tables into the documentation pages (README.md and
+docs/*.md) between their markers.
 
     python benchmarks/sync_readme.py
 
-``tests/test_validation.py`` checks that each marked README section equals its file, so
-after re-rendering results (``stableeig reproduce ... --render-only``) run this once.
+``tests/test_validation.py`` checks that each marked section equals its file (and that each
+marker appears once across the pages), so after re-rendering results
+(``stableeig reproduce ... --render-only``) run this once.
 """
 
 from __future__ import annotations
@@ -23,11 +25,23 @@ SECTIONS = {  # README marker -> results file
     "spdnet batchnorm eval": "results/spdnet_batchnorm_eval.md",
     "spd batchnorm speed": "results/bench_spd_batchnorm.md",
     "spdnet": "results/spdnet_steps1000_fashion-mnist.md",
+    "wide": "results/wide_steps300_fashion-mnist.md",
+    "accepts": "results/accepts.md",
+    "layer paths": "results/layer_paths.md",
 }
 
 
+def pages() -> list[Path]:
+    """The documentation pages: the README first, then docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main() -> None:
-    readme = ROOT / "README.md"
+    for page in pages():
+        sync(page)
+
+
+def sync(readme: Path) -> None:
     text = readme.read_text()
     for marker, path in SECTIONS.items():
         start, end = f"<!-- {marker} -->\n", f"\n<!-- end {marker} -->"

@@ -120,12 +120,23 @@ def test_errors_are_value_or_type_errors() -> None:
     assert issubclass(se.NotDifferentiableError, ValueError)
 
 
-def test_readme_rule_table_is_the_registry() -> None:
+def _pages() -> str:
+    """README.md and every docs/*.md page, concatenated (markers appear once across them)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("<!-- rule table -->\n")[1].split("\n<!-- end rule table -->")[0]
-    assert table == se.rules.rule_table()
+    root = Path(__file__).resolve().parents[1]
+    paths = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return "\n".join(path.read_text() for path in paths)
+
+
+def _section(marker: str) -> str:
+    text = _pages()
+    assert text.count(f"<!-- {marker} -->\n") == 1, f"marker {marker!r} not exactly once"
+    return text.split(f"<!-- {marker} -->\n")[1].split(f"\n<!-- end {marker} -->")[0]
+
+
+def test_readme_rule_table_is_the_registry() -> None:
+    assert _section("rule table") == se.rules.rule_table()
 
 
 def _readme_sections() -> list[tuple[str, str]]:
@@ -142,9 +153,7 @@ def test_readme_result_tables_are_the_committed_outputs(marker: str, path: str) 
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    shown = readme.split(f"<!-- {marker} -->\n")[1].split(f"\n<!-- end {marker} -->")[0]
-    assert shown == (root / path).read_text().strip()
+    assert _section(marker) == (root / path).read_text().strip()
 
 
 def test_every_test_the_readme_compatibility_matrix_names_exists() -> None:
@@ -152,8 +161,7 @@ def test_every_test_the_readme_compatibility_matrix_names_exists() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    matrix = readme.split("<!-- compatibility -->\n")[1].split("\n<!-- end compatibility -->")[0]
+    matrix = _section("compatibility")
     named = set(re.findall(r"`(test_\w+)`", matrix))
     defined = set()
     for path in root.joinpath("tests").rglob("test_*.py"):
@@ -203,9 +211,12 @@ def test_every_python_example_in_the_readme_runs() -> None:
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert len(blocks) >= 5
-    for index, block in enumerate(blocks):
-        namespace: dict[str, object] = {}
-        exec(compile(block, f"README.md python block {index}", "exec"), namespace)
+    root = Path(__file__).resolve().parents[1]
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+        for index, block in enumerate(blocks):
+            namespace: dict[str, object] = {}
+            exec(compile(block, f"{page.name} python block {index}", "exec"), namespace)
+    readme = (root / "README.md").read_text()
+    assert len(re.findall(r"```python\n", readme)) >= 5  # a quick start per story
+    assert len(readme.splitlines()) <= 300  # depth lives on the docs pages
