@@ -8,11 +8,12 @@ from ._validation import host_checks
 from .distances import (
     airm_distance,
     bures_wasserstein,
+    bures_wasserstein_distance,
     frechet_distance,
     log_euclidean_distance,
     trace_sqrt_product,
 )
-from .eigh import eigh
+from .eigh import EighResult, eigh
 from .exceptions import (
     ArgumentError,
     DTypeError,
@@ -23,6 +24,7 @@ from .exceptions import (
     ShapeError,
     StableEigError,
 )
+from .features import frechet_distance_from_features, nuclear_norm
 from .matrix_functions import clamp_eigenvalues, expm, funm, logm, powm, softplusm
 from .means import airm_geodesic, airm_mean, log_euclidean_mean
 from .power_iteration import power_iteration_eigh
@@ -37,6 +39,7 @@ __all__ = [
     "ArgumentError",
     "Clip",
     "DTypeError",
+    "EighResult",
     "Loewner",
     "NonFiniteError",
     "NotDifferentiableError",
@@ -52,11 +55,13 @@ __all__ = [
     "airm_geodesic",
     "airm_mean",
     "bures_wasserstein",
+    "bures_wasserstein_distance",
     "clamp_eigenvalues",
     "eigh",
     "exceptions",
     "expm",
     "frechet_distance",
+    "frechet_distance_from_features",
     "funm",
     "host_checks",
     "inv_sqrtm",
@@ -64,6 +69,7 @@ __all__ = [
     "log_euclidean_mean",
     "logm",
     "nn",
+    "nuclear_norm",
     "power_iteration_eigh",
     "powm",
     "rules",

@@ -29,6 +29,7 @@ from .spectral import (
 __all__ = [
     "airm_distance",
     "bures_wasserstein",
+    "bures_wasserstein_distance",
     "frechet_distance",
     "log_euclidean_distance",
     "trace_sqrt_product",
@@ -89,10 +90,24 @@ def _fidelity(
     """``tr √(A^{1/2} B A^{1/2})`` of working-precision ``A``, ``B``, kept in that precision.
     With ``A`` positive semidefinite, the inner matrix is indefinite exactly where ``B`` is
     (on the range of ``A``): its check names ``B``."""
-    root = _checked(SQRT, require_semidefinite(), where, names[0], A, judged)
+    root = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[0], A, judged)
     inner = root @ B @ root
-    value = _checked(SQRT, require_semidefinite(), where, names[1], (inner + inner.mT) / 2, judged)
+    value = _checked(
+        _FIDELITY_SQRT, require_semidefinite(), where, names[1], (inner + inner.mT) / 2, judged
+    )
     return value.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+_FIDELITY_SQRT = SpectralFunction(  # sqrtm, whose undefined gradient points to the features
+    "sqrtm",
+    SQRT.values,
+    SQRT.loewner,
+    lambda w: (
+        "the derivative of √λ is infinite at eigenvalues equal to 0 (rank-deficient "
+        "covariances, e.g. fewer samples than dimensions); the gradient with respect to the "
+        "features exists: use stableeig.frechet_distance_from_features"
+    ),
+)
 
 
 def _checked(
@@ -176,6 +191,11 @@ def bures_wasserstein(
     return (d2 if squared else _root(d2, floor)).to(result)
 
 
+bures_wasserstein_distance = bures_wasserstein
+"""The same function under the ``_distance`` name of its siblings (``bures_wasserstein``
+stays, for code written against 0.5)."""
+
+
 def frechet_distance(
     mu1: torch.Tensor,
     sigma1: torch.Tensor,
@@ -188,6 +208,10 @@ def frechet_distance(
     (...). Means (..., n), covariances (..., n, n), checked as in :func:`bures_wasserstein`;
     the sum is formed in the working precision and rounded once to the promoted dtype of
     all four arguments: 0 exactly for bit-identical statistics, never negative.
+
+    Its gradient is covariance-level: where both covariances are rank-deficient (fewer
+    samples than dimensions) it is infinite and the backward raises; the gradient with
+    respect to the features exists there: :func:`stableeig.frechet_distance_from_features`.
 
     Example:
         >>> import torch, stableeig as se

@@ -12,7 +12,7 @@ and differs only in how it replaces the exact ``C[m, j] = 1 / (w[j] - w[m])``: s
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -21,7 +21,15 @@ from ._autograd import eigh_function, prepare_symmetric
 from ._precision import autocast_off
 from .rules import EigenvectorRule, Rule, resolve
 
-__all__ = ["eigh"]
+__all__ = ["EighResult", "eigh"]
+
+
+class EighResult(NamedTuple):
+    """``(eigenvalues, eigenvectors)``, as ``torch.linalg.eigh`` names them (unpacks as a
+    pair)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
 
 
 def eigh(
@@ -30,7 +38,7 @@ def eigh(
     *,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> EighResult:
     """Symmetric eigendecomposition with a stable, selectable eigenvector gradient.
 
     The forward pass is ``torch.linalg.eigh`` of ``(A + Aᵀ) / 2`` in at least
@@ -48,8 +56,9 @@ def eigh(
             ``sqrt(eps)`` of its dtype. Default: ``True``.
 
     Returns:
-        ``(w, V)``: eigenvalues ascending, shape (..., n), and orthonormal eigenvectors as
-        columns, shape (..., n, n), in ``A``'s dtype.
+        ``EighResult(eigenvalues, eigenvectors)`` (a named tuple, as ``torch.linalg.eigh``'s):
+        eigenvalues ascending, shape (..., n), and orthonormal eigenvectors as columns,
+        shape (..., n, n), in ``A``'s dtype.
 
     Raises:
         ShapeError, DTypeError, NonFiniteError, NotSymmetricError, ArgumentError.
@@ -68,4 +77,4 @@ def eigh(
     with autocast_off(symmetric.device):
         w, V = eigh_function(symmetric, rule)
     checks.check_eigenvalues_finite("A", w)
-    return w.to(A.dtype), V.to(A.dtype)
+    return EighResult(w.to(A.dtype), V.to(A.dtype))

@@ -136,8 +136,8 @@ def judge(name: str, kind: str, dtype: torch.dtype) -> Outcome:
         expected = "ok"  # the projector's value exists (any basis of the tie); see below
     try:
         result = function.call(A)
-    except se.StableEigError as error:
-        return Outcome(type(error).__name__, expected=expected)
+    except se.StableEigError as raised:
+        return Outcome(type(raised).__name__, expected=expected)
     if expected != "ok":
         return Outcome("ok (no error)", expected=expected)
     assert reference is not None
