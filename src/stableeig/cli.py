@@ -127,6 +127,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         else:
             dataset = _dataset("fashion-mnist", args.data_dir)
             methods = tuple(args.methods or rp.table_kind("spdnet").methods)
+            _check_budget(args, args.seeds or 3, len(methods))
             rows = spdnet.run(dataset, results, seeds=args.seeds or 3, steps=steps, methods=methods)
         table = rp.render_table(rows, "spdnet")
         write_text(folder / f"{results.stem}.md", table + "\n")
@@ -138,9 +139,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     preset = rp.PRESETS[args.preset]
     dataset_name = args.dataset or preset["dataset"]
     if args.table == "ablations":
-        cells = rp.ablation_cells(rp.ABLATION_SEEDS if args.seeds is None else args.seeds)
+        seeds = rp.ABLATION_SEEDS if args.seeds is None else args.seeds
+        _check_budget(args, seeds, 30)
+        cells = rp.ablation_cells(seeds)
     else:
         seeds = preset["seeds"] if args.seeds is None else args.seeds
+        _check_budget(args, seeds, len(args.methods or rp.table_kind(args.table).methods))
         cells = rp.table_cells(
             args.table, seeds, group_sizes=args.group_sizes, methods=args.methods
         )
@@ -182,6 +186,21 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_QUEUED_RUNS = 10_000  # beyond this a reproduce call is refused unless --force
+
+
+def _check_budget(args: argparse.Namespace, seeds: int, methods: int) -> None:
+    """Refuse, before any work or allocation, a queue of runs no machine finishes (the cell
+    list was materialized: --seeds 10000000 ran out of memory after a minute)."""
+    sizes = len(args.group_sizes or (4, 8, 16, 32, 64))
+    queued = seeds * (methods * sizes + 1)
+    if queued > MAX_QUEUED_RUNS and not args.force:
+        raise Refused(
+            f"--seeds {seeds}: {queued:,} runs would be queued (more than {MAX_QUEUED_RUNS:,}; "
+            "pass --force to queue them anyway)"
+        )
+
+
 def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
     """``reproduce wide``: d = 128 … 1024 whitened in one group (see bench/wide.py)."""
     from .bench import reproduce as rp
@@ -200,6 +219,7 @@ def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
     else:
         dataset = _dataset("fashion-mnist", args.data_dir)
         methods = tuple(args.methods or wide.METHODS)
+        _check_budget(args, args.seeds or 5, len(methods))
         rows = wide.run(dataset, results, seeds=args.seeds or 5, steps=steps, methods=methods)
     if not floors_path.is_file() and not args.render_only:
         write_text(floors_path, json.dumps(wide.floor_seconds(), indent=1) + "\n")
@@ -248,6 +268,8 @@ def _bench_speed(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
     parts = set(args.only or SPEED_PARTS)
+    if parts == {"placement"} and not args.device.startswith("cuda"):
+        raise Refused("--only placement: measures host vs device placement; needs --device cuda")
     result: dict[str, Any] = {
         "environment": timing.environment(),
         "device": args.device,
@@ -287,6 +309,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
     )
     speed_report.write(result, Path(args.results), stem)
     print(speed_report.speed_markdown(result))
+    print(f"wrote {args.results}/{stem}.json, .md, _summary.md, .png")
     return 0
 
 
@@ -342,7 +365,7 @@ def _device(text: str) -> str:
 
 
 def _existing_dir(text: str) -> str:
-    if not Path(text).is_dir():
+    if not text.strip() or not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"expected an existing directory (got {text!r})")
     return text
 
@@ -472,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"
+    )
+    reproduce.add_argument(
+        "--force",
+        action="store_true",
+        help=f"queue more than {10_000:,} runs (refused otherwise, with the count)",
     )
     reproduce.add_argument(
         "--render-only",

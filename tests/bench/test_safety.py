@@ -584,3 +584,22 @@ def test_exit_codes_follow_the_documentation(
     _one_line_error(capsys)
     assert not (tmp_path / "r" / ".stableeig-run.lock").exists()
     assert cli.EXIT_OK == 0 and cli.EXIT_FAILED_RUN == 1 and cli.EXIT_REFUSED == 2
+
+
+def test_budgets_and_arguments_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = time.monotonic()
+    argv = ["reproduce", "table1", "--seeds", "10000000", f"--results={tmp_path}"]
+    assert cli.main(argv) == 2  # was a MemoryError after ~60 s at 5.4 GB
+    _one_line_error(capsys, "runs would be queued", "--force")
+    assert cli.main(["reproduce", "ablations", "--seeds", "1000", f"--results={tmp_path}"]) == 2
+    _one_line_error(capsys, "runs would be queued")
+    assert time.monotonic() - start < 10 and not list(tmp_path.iterdir())
+    assert cli.main(["bench", "speed", "--only", "placement", f"--results={tmp_path}"]) == 2
+    _one_line_error(capsys, "needs --device cuda")
+    for bad in (["--device", "cpu:99999"], ["--data-dir", ""]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse: usage error, code 2
+            cli.main(["train", *bad, f"--run-dir={tmp_path / 'run'}"])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "run").exists()

@@ -160,6 +160,8 @@ def check_device(name: str, device: object) -> str:
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise ArgumentError(f"{name}: expected cpu, cuda or cuda:<index> (got {device!r})")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise ArgumentError(f"{name}: expected cpu (one CPU device, index 0) (got {device!r})")
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (parsed.index or 0) >= count:
