@@ -122,7 +122,7 @@ class Function(torch.autograd.Function):
         if len(args) != arity:
             return super().apply(*args)
         # torch.autograd.Function.apply without the binding: the C++ apply it ends in
-        return super(torch.autograd.Function, cls).apply(*args)  # type: ignore[misc]
+        return super(torch.autograd.Function, cls).apply(*args)
 
 
 def _compiling() -> bool:
