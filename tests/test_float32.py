@@ -264,3 +264,26 @@ def test_karcher_mean_matches_pyriemann_where_installed() -> None:
     X = _dispersed(8, 10, 1e3, 2)
     expected = torch.from_numpy(pyriemann.mean_riemann(X.numpy(), tol=1e-12, maxiter=500))
     torch.testing.assert_close(se.airm_mean(X, tolerance=1e-10), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_default_compute_dtype_is_a_visible_scoped_policy() -> None:
+    """Issue 29: ``compute_dtype=None`` follows ``se.default_compute_dtype`` inside its block
+    (bit-identical to passing it), an explicit argument wins, float64 input is never lowered,
+    and the default comes back after the block."""
+    A = _rotated(16, torch.float32)
+    A = (A + A.T) / 2
+    explicit32 = se.inv_sqrtm(A, compute_dtype=torch.float32)
+    explicit64 = se.inv_sqrtm(A, compute_dtype=torch.float64)
+    assert not torch.equal(explicit32, explicit64)  # the two precisions differ in the bits
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    layer = se.nn.ZCAWhitening1d(8, track_running_stats=False)
+    with se.default_compute_dtype(torch.float32):
+        assert torch.equal(se.inv_sqrtm(A), explicit32)
+        assert torch.equal(se.inv_sqrtm(A, compute_dtype=torch.float64), explicit64)
+        assert se.inv_sqrtm(A.double()).dtype == torch.float64
+        inside = layer(x)
+    assert torch.equal(se.inv_sqrtm(A), explicit64)
+    assert torch.equal(inside, se.nn.ZCAWhitening1d(8, track_running_stats=False,
+                                                    compute_dtype=torch.float32)(x))  # fmt: skip
+    with pytest.raises(se.DTypeError, match=r"float32 or torch\.float64"):
+        se.default_compute_dtype(torch.float16).__enter__()

@@ -4,6 +4,7 @@ Scope: real symmetric and symmetric positive (semi)definite matrices, batched (.
 """
 
 from . import exceptions, nn, rules
+from ._precision import default_compute_dtype
 from ._validation import host_checks
 from .distances import (
     airm_distance,
@@ -57,6 +58,7 @@ __all__ = [
     "bures_wasserstein",
     "bures_wasserstein_distance",
     "clamp_eigenvalues",
+    "default_compute_dtype",
     "eigh",
     "exceptions",
     "expm",

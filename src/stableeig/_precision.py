@@ -11,6 +11,7 @@ costs 1.04× the float32 one on a 2-thread CPU (``python benchmarks/precision.py
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -18,15 +19,47 @@ import torch
 from ._validation import DTypeError
 
 DEFAULT_COMPUTE_DTYPE = torch.float64
+_DEFAULT = [DEFAULT_COMPUTE_DTYPE]
+
+
+@contextlib.contextmanager
+def default_compute_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Inside the ``with`` block, ``compute_dtype=None`` means ``dtype`` (float32 or float64)
+    for every function and layer, as ``torch.backends`` flags do; an explicit
+    ``compute_dtype=`` still wins, and a float64 input is never lowered.
+
+    float32 halves the cost of large decompositions (2048²: 2.0× → ~1× ``torch.linalg.eigh``
+    in float32, issue 29's measurement) and costs accuracy where eigenvalues sit near the
+    float32 round-off of the largest (rank-deficient covariances plus a small ``eps``):
+    ``docs/functions.md`` (Precision) has the measured trade.
+
+    Example:
+        >>> import torch, stableeig as se
+        >>> with se.default_compute_dtype(torch.float32):
+        ...     W = se.inv_sqrtm(4 * torch.eye(2))
+        >>> W.diagonal().tolist()
+        [0.5, 0.5]
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise DTypeError(
+            f"default_compute_dtype: expected torch.float32 or torch.float64 (got {dtype})"
+        )
+    previous = _DEFAULT[0]
+    _DEFAULT[0] = dtype
+    try:
+        yield
+    finally:
+        _DEFAULT[0] = previous
 
 
 def working_dtype(input_dtype: torch.dtype, compute_dtype: Optional[torch.dtype]) -> torch.dtype:
-    """The dtype a decomposition runs in: the wider of the input's and ``compute_dtype``.
+    """The dtype a decomposition runs in: the wider of the input's and ``compute_dtype``
+    (``None``: the default, float64 unless :func:`default_compute_dtype` says otherwise).
 
     float16 and bfloat16 are always raised to at least float32; a float64 input is never
     lowered.
     """
-    requested = DEFAULT_COMPUTE_DTYPE if compute_dtype is None else compute_dtype
+    requested = _DEFAULT[0] if compute_dtype is None else compute_dtype
     if requested not in (torch.float32, torch.float64):
         raise DTypeError(
             f"compute_dtype: expected torch.float32 or torch.float64 (got {requested})"

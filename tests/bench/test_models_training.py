@@ -289,8 +289,8 @@ def test_fisher_exact_two_sided_known_values() -> None:
 def _row(method: str, d: object, seed: int, success: bool, error: object) -> dict[str, object]:
     return {
         "table": "table1", "method": method, "group_size": d, "seed": seed, "success": success,
-        "test_error": error, "failure_step": None if success else 5, "losses": [1.0], "seconds": 1.0,
-        "config": {"steps": 10, "convention": "reference"},
+        "test_error": error, "failure_step": None if success else 5, "losses": [1.0],
+        "seconds": 1.0, "config": {"steps": 10, "convention": "reference"},
     }  # fmt: skip
 
 
