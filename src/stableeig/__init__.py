@@ -31,6 +31,7 @@ from .means import airm_geodesic, airm_mean, log_euclidean_mean
 from .power_iteration import power_iteration_eigh
 from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
 from .spectral import inv_sqrtm, sqrtm, top_k_projector
+from .streaming import FeatureStatistics
 
 __version__ = "0.5.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "Clip",
     "DTypeError",
     "EighResult",
+    "FeatureStatistics",
     "Loewner",
     "NonFiniteError",
     "NotDifferentiableError",
