@@ -14,6 +14,7 @@ from .distances import (
     log_euclidean_distance,
     trace_sqrt_product,
 )
+from .eigenvectors import ExtremeEigenvector, extreme_eigenvector
 from .eigh import EighResult, eigh
 from .exceptions import (
     ArgumentError,
@@ -42,6 +43,7 @@ __all__ = [
     "Clip",
     "DTypeError",
     "EighResult",
+    "ExtremeEigenvector",
     "FeatureStatistics",
     "Loewner",
     "NonFiniteError",
@@ -64,6 +66,7 @@ __all__ = [
     "eigh",
     "exceptions",
     "expm",
+    "extreme_eigenvector",
     "frechet_distance",
     "frechet_distance_from_features",
     "funm",

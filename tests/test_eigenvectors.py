@@ -1,0 +1,61 @@
+"""extreme_eigenvector (issue 30): exact gradients per matrix, a zero gradient only where the
+eigenvalue is tied, and a clear error otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import stableeig as se
+
+
+def _rotated(eigenvalues: list[float], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    return (Q * torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+
+
+def _batch() -> torch.Tensor:
+    planar = [_rotated([0.01, 1.0, 2.0], s) for s in range(4)]
+    tied_above = [_rotated([0.01, 1.0, 1.0], 9)]  # the other two tied: still defined
+    isotropic = [2.0 * torch.eye(3, dtype=torch.float64)]
+    return torch.stack(planar + tied_above + isotropic)
+
+
+def _loss(v: torch.Tensor) -> torch.Tensor:
+    return v[..., 2].square().sum()  # sign-invariant
+
+
+def test_gradients_are_exact_per_matrix_and_zero_only_where_undefined() -> None:
+    C = _batch().requires_grad_()
+    v, defined = se.extreme_eigenvector(C, undefined="zero")
+    assert defined.tolist() == [True] * 5 + [False]
+    _loss(v).backward()
+    assert C.grad is not None and bool(torch.isfinite(C.grad).all())
+    assert torch.equal(C.grad[5], torch.zeros(3, 3, dtype=torch.float64))
+    for index in range(5):  # central differences in symmetric directions
+        E = _rotated([1.0, -0.5, 0.3], 20 + index)
+        h = 1e-6
+
+        def at(t: float, index: int = index, E: torch.Tensor = E) -> torch.Tensor:
+            return _loss(se.extreme_eigenvector(_batch()[index] + t * E).vector)
+
+        numeric = (at(h) - at(-h)) / (2 * h)
+        torch.testing.assert_close((C.grad[index] * E).sum(), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_the_largest_eigenvector_and_the_error_for_a_tie() -> None:
+    C = _rotated([0.5, 1.0, 3.0], 3)
+    v, defined = se.extreme_eigenvector(C, "largest")
+    torch.testing.assert_close((C @ v), 3.0 * v)
+    assert bool(defined)
+    with pytest.raises(se.NotDifferentiableError, match="1 of 6 tied"):
+        se.extreme_eigenvector(_batch().requires_grad_())
+    v, defined = se.extreme_eigenvector(_batch())  # no gradient wanted: no error
+    assert not bool(defined[5])
+
+
+def test_torch_eigh_poisons_the_whole_batch_where_we_do_not() -> None:
+    C = _batch().requires_grad_()
+    _loss(torch.linalg.eigh(C)[1][..., 0]).backward()
+    assert C.grad is not None and not bool(torch.isfinite(C.grad[5]).all())
