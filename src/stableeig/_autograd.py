@@ -195,24 +195,33 @@ class _LoewnerReverse(Function):
         ctx.function = inputs[1]
         ctx.grad_dtype = inputs[2]  # the user's dtype: the gradient must fit it
         ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (0 · Inf)
-        ctx.save_for_backward(output[1], output[2])
+        ctx.save_for_backward(output[1], output[2], inputs[0])
         ctx.save_for_forward(output[1], output[2])
 
     @staticmethod
     def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
-        w, V = ctx.saved_tensors
+        w, V, A = ctx.saved_tensors
         function: SpectralFunction = ctx.function
         terms = []  # of Vᵀ grad_A V
         loewner = None
-        if grad_F is not None:
+        second_order = None
+        if grad_F is not None and torch.is_grad_enabled() and not _compiling():
+            # with create_graph: the first-order backward as a function of (grad_F, A)
+            # whose own backward is the exact second-order Daleckii–Krein formula
+            loewner = function.loewner(w.detach())
+            second_order = _LoewnerSecond.apply(grad_F, A, w.detach(), V.detach(), function)
+        elif grad_F is not None:
             loewner = function.loewner(w)
             terms.append(loewner * (V.mT @ grad_F @ V))
         if grad_V is not None:  # only in double backward: exact eigenvector rule
             terms.append(_unused_is_zero(Analytic().coefficients(w), V.mT @ grad_V))
         if grad_w is not None:
             terms.append(torch.diag_embed(grad_w))
-        inner = sum(terms[1:], terms[0]) if terms else torch.zeros_like(V)
-        grad_A = V @ inner @ V.mT
+        if terms:
+            grad_A = V @ sum(terms[1:], terms[0]) @ V.mT
+            grad_A = grad_A if second_order is None else grad_A + second_order
+        else:
+            grad_A = second_order if second_order is not None else torch.zeros_like(V)
         if loewner is not None and checks.in_graph():
             defined = torch.isfinite(loewner).all() | ~torch.isfinite(grad_F).all()
             message = f"{function.name} backward: expected a differentiable point"
@@ -245,6 +254,99 @@ class _LoewnerReverse(Function):
                     f"{function.name} backward: expected a differentiable point (got: {why})"
                 )
         return grad_A, None, None
+
+
+def second_divided_differences(w: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
+    """``T[i, k, j] = f[λᵢ, λₖ, λⱼ]`` (..., n, n, n): the quotient ``(L[i,k] - L[k,j]) /
+    (λᵢ - λⱼ)`` of the (cancellation-free) first divided differences ``L`` where
+    ``|λᵢ - λⱼ| > ∛eps · max|λ|``; within it, at the midpoint ``m``,
+    ``(f'(m) - f[m, λₖ]) / (m - λₖ)``, and ``f''(m) / 2`` where all three are that close
+    (error ``O(gap)`` relative: below 1e-8 at gaps up to ~1e-8 · max|λ|)."""
+    L = function.loewner(w)
+    n = w.shape[-1]
+    scale = w.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    delta = torch.finfo(w.dtype).eps ** (1 / 3) * scale  # (..., 1)
+    wi = w[..., :, None, None]
+    wk = w[..., None, :, None]
+    wj = w[..., None, None, :]
+    gap_ij = wi - wj
+    near_ij = gap_ij.abs() <= delta[..., None, None]
+    Lik = L[..., :, :, None]  # f[λi, λk]
+    Lkj = L[..., None, :, :]  # f[λk, λj]
+    quotient = (Lik - Lkj) / torch.where(near_ij, torch.ones_like(gap_ij), gap_ij)
+    mid = ((wi + wj) / 2).expand(*w.shape[:-1], n, n, n).contiguous()
+    first = _elementwise_derivative(function.values, mid)
+    second = _elementwise_derivative(lambda x: _elementwise_derivative(function.values, x), mid)
+    gap_mk = mid - wk
+    near_mk = gap_mk.abs() <= delta[..., None, None]
+    f_mk = (Lik + Lkj.transpose(-1, -3)) / 2  # f[m, λk] ≈ mean of f[λi, λk], f[λj, λk]
+    at_tie = (first - f_mk) / torch.where(near_mk, torch.ones_like(gap_mk), gap_mk)
+    tied = torch.where(near_mk, second / 2, at_tie)
+    return torch.where(near_ij, tied, quotient)
+
+
+def _elementwise_derivative(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """``f'(x)`` of an elementwise ``f`` by forward mode (one pass)."""
+    return torch.func.jvp(f, (x,), (torch.ones_like(x),))[1]
+
+
+class _LoewnerSecond(Function):
+    """The first-order Daleckii–Krein backward ``B(G, A) = V (L ∘ (Vᵀ G V)) Vᵀ`` as a function
+    of the incoming gradient ``G`` and the matrix ``A``, with the exact second-order
+    backward: ``∂/∂G = V (L ∘ (Vᵀ H V)) Vᵀ`` and ``∂/∂A = V D Vᵀ``,
+    ``D[a,b] = Σⱼ T[a,b,j] Ĥ[a,j] Ĝ[b,j] + Σᵢ T[i,a,b] Ĥ[i,b] Ĝ[i,a]`` with the second
+    divided differences ``T`` (finite at ties); forward mode (``jacfwd`` of a gradient:
+    ``hessian``) ``dB = V (L ∘ dĜ + D²[dÂ, Ĝ]) Vᵀ``. Third derivatives: refused."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        G: torch.Tensor, A: torch.Tensor, w: torch.Tensor, V: torch.Tensor,
+        function: SpectralFunction,
+    ) -> torch.Tensor:  # fmt: skip
+        return V @ (function.loewner(w) * (V.mT @ G @ V)) @ V.mT
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        G, _, w, V, ctx.function = inputs
+        ctx.save_for_backward(G, w, V)
+        ctx.save_for_forward(G, w, V)
+
+    @staticmethod
+    def jvp(ctx, dG, dA, _dw, _dV, _function):  # type: ignore[no-untyped-def]
+        G, w, V = ctx.saved_tensors
+        function: SpectralFunction = ctx.function
+        inner = torch.zeros_like(V)
+        if dG is not None:
+            inner = inner + function.loewner(w) * (V.mT @ dG @ V)
+        if dA is not None:
+            T = second_divided_differences(w, function)
+            E_hat, G_hat = V.mT @ dA @ V, V.mT @ G @ V
+            inner = inner + torch.einsum("...ikj,...ik,...kj->...ij", T, E_hat, G_hat)
+            inner = inner + torch.einsum("...ikj,...ik,...kj->...ij", T, G_hat, E_hat)
+        return V @ inner @ V.mT
+
+    @staticmethod
+    def backward(ctx, H):  # type: ignore[no-untyped-def]
+        G, w, V = ctx.saved_tensors
+        function: SpectralFunction = ctx.function
+        G_hat = V.mT @ G @ V
+        H_hat = V.mT @ H @ V
+        grad_G = V @ (function.loewner(w) * H_hat) @ V.mT
+        T = second_divided_differences(w, function)
+        inner = torch.einsum("...abj,...aj,...bj->...ab", T, H_hat, G_hat) + torch.einsum(
+            "...iab,...ib,...ia->...ab", T, H_hat, G_hat
+        )
+        grad_A = V @ inner @ V.mT
+        if checks.host_checks_enabled() and not checks.all_finite(grad_A):
+            raise NotDifferentiableError(
+                f"{function.name} double backward: expected a point where f is twice "
+                "differentiable at every eigenvalue (got an infinite second derivative)"
+            )
+        return grad_G, grad_A, None, None, None
 
 
 class _LoewnerForward(_LoewnerReverse):

@@ -22,8 +22,9 @@ eigenvector signs.
 
 Any other rule name (``"analytic"``, ``"power"``, ``"taylor"``, ``"clip"``) differentiates
 ``V f(Λ) Vᵀ`` through :func:`stableeig.eigh` with that eigenvector rule. Second derivatives
-of the ``loewner`` path use the exact (``analytic``) eigenvector rule, so they are unstable
-at repeated eigenvalues.
+of the ``loewner`` path are the second-order Daleckii–Krein formula with the second divided
+differences ``f[λᵢ, λₖ, λⱼ]`` (finite and exact at repeated eigenvalues; ``hessian`` and
+double backward work at ``2I``).
 """
 
 from __future__ import annotations
