@@ -303,7 +303,7 @@ class _LoewnerSecond(Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         G: torch.Tensor, A: torch.Tensor, w: torch.Tensor, V: torch.Tensor,
         function: SpectralFunction,
     ) -> torch.Tensor:  # fmt: skip
