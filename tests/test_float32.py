@@ -287,3 +287,16 @@ def test_default_compute_dtype_is_a_visible_scoped_policy() -> None:
                                                     compute_dtype=torch.float32)(x))  # fmt: skip
     with pytest.raises(se.DTypeError, match=r"float32 or torch\.float64"):
         se.default_compute_dtype(torch.float16).__enter__()
+
+
+def test_the_forward_only_fidelity_equals_the_differentiable_one() -> None:
+    """Issue 29: without a gradient the fidelity takes eigenvalues of the inner matrix only
+    (an FID metric); same value as the differentiable path, same checks."""
+    mu1, S1 = _statistics(_features(40, 24, 0, torch.float64))
+    mu2, S2 = _statistics(_features(40, 24, 1, torch.float64))
+    with torch.no_grad():
+        fast = se.frechet_distance(mu1, S1, mu2, S2)
+    slow = se.frechet_distance(mu1, S1.clone().requires_grad_(), mu2, S2)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=0)
+    with torch.no_grad(), pytest.raises(se.NotPositiveDefiniteError, match="sigma2"):
+        se.frechet_distance(mu1, S1, mu2, -S2)

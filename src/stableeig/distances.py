@@ -92,9 +92,14 @@ def _fidelity(
     (on the range of ``A``): its check names ``B``."""
     root = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[0], A, judged)
     inner = root @ B @ root
-    value = _checked(
-        _FIDELITY_SQRT, require_semidefinite(), where, names[1], (inner + inner.mT) / 2, judged
-    )
+    inner = (inner + inner.mT) / 2
+    if not (torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)):
+        # no gradient wanted (an FID metric): the eigenvalues of the inner matrix suffice
+        w = torch.linalg.eigvalsh(inner)
+        checks.check_eigenvalues_finite(f"{where}: {names[1]}", w)
+        require_semidefinite()(w, f"{where}: {names[1]}", judged)
+        return w.clamp_min(0).sqrt().sum(-1)
+    value = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[1], inner, judged)
     return value.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
