@@ -33,6 +33,7 @@ from .power_iteration import power_iteration_eigh
 from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
 from .spectral import inv_sqrtm, sqrtm, top_k_projector
 from .streaming import FeatureStatistics
+from .transfer import whiten_colour
 
 __version__ = "0.5.0"
 
@@ -84,4 +85,5 @@ __all__ = [
     "sqrtm",
     "top_k_projector",
     "trace_sqrt_product",
+    "whiten_colour",
 ]
