@@ -300,3 +300,11 @@ def test_the_forward_only_fidelity_equals_the_differentiable_one() -> None:
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=0)
     with torch.no_grad(), pytest.raises(se.NotPositiveDefiniteError, match="sigma2"):
         se.frechet_distance(mu1, S1, mu2, -S2)
+
+
+def test_bimap_in_half_precision_on_the_cpu_says_why_and_half_input_works() -> None:
+    X = (torch.eye(6) + 0.1).expand(2, 6, 6).half()
+    with pytest.raises(se.DTypeError, match="no half-precision CPU kernel"):
+        se.nn.BiMap(6, 3).half()(X)
+    out = se.nn.BiMap(6, 3)(X)  # float32 layer, half input
+    assert out.dtype == torch.float16 and out.shape == (2, 3, 3)

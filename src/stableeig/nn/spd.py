@@ -19,7 +19,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from .. import _validation as checks
 from .._precision import working_dtype
-from ..exceptions import ArgumentError, NotPositiveDefiniteError, ShapeError
+from ..exceptions import ArgumentError, DTypeError, NotPositiveDefiniteError, ShapeError
 from ..matrix_functions import clamp_eigenvalues, expm, logm, powm
 from ..means import airm_geodesic, airm_mean
 from ..rules import Rule, resolve
@@ -244,6 +244,13 @@ class BiMap(nn.Module):
             raise ShapeError(
                 f"BiMap: expected {self.channels} channels in dimension 1 (got shape "
                 f"{tuple(X.shape)})"
+            )
+        original = self.parametrizations.weight.original
+        if original.dtype in (torch.float16, torch.bfloat16) and original.device.type == "cpu":
+            raise DTypeError(
+                f"BiMap: expected float32 or float64 weights on the CPU (got {original.dtype}: "
+                "the orthogonal parametrization's QR has no half-precision CPU kernel); keep "
+                "the layer in float32 and pass half-precision input, which it accepts"
             )
         W = self.weight.to(X.dtype)
         Y = W.mT @ (X if X.dim() == 4 else X.unsqueeze(1)) @ W
