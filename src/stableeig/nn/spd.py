@@ -245,7 +245,7 @@ class BiMap(nn.Module):
                 f"BiMap: expected {self.channels} channels in dimension 1 (got shape "
                 f"{tuple(X.shape)})"
             )
-        original = self.parametrizations.weight.original
+        original = self.parametrizations.weight.original  # type: ignore[union-attr]
         if original.dtype in (torch.float16, torch.bfloat16) and original.device.type == "cpu":
             raise DTypeError(
                 f"BiMap: expected float32 or float64 weights on the CPU (got {original.dtype}: "
