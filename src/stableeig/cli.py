@@ -85,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config: RunConfig = args.config
     dataset = _dataset(config.dataset, args.data_dir)
+    _check_memory(args, config, dataset)
     run_dir = Path(args.run_dir)
     with run_directory(run_dir, config_dict(config), restart=args.restart):
         try:
@@ -198,6 +199,22 @@ def _check_budget(args: argparse.Namespace, seeds: int, methods: int) -> None:
         raise Refused(
             f"--seeds {seeds}: {queued:,} runs would be queued (more than {MAX_QUEUED_RUNS:,}; "
             "pass --force to queue them anyway)"
+        )
+
+
+def _check_memory(args: argparse.Namespace, config: Any, dataset: Any) -> None:
+    """Refuse, before any work, a run whose estimated memory exceeds what the machine has
+    available (``--force`` to try anyway); the estimate comes from a meta-device pass."""
+    from .bench.training import activation_bytes, available_memory
+
+    if config.device != "cpu" or getattr(args, "force", False):
+        return
+    needed, available = activation_bytes(config, dataset), available_memory()
+    if available is not None and needed > available:
+        raise Refused(
+            f"--batch-size {config.batch_size} --width {config.width}: a training step needs "
+            f"about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB are available "
+            "(pass --force to try anyway)"
         )
 
 
@@ -433,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--restart", action="store_true", help="delete the run directory's run and start over"
+    )
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="run even if the estimated memory of a step exceeds what is available",
     )
     _add_config_options(train)
     train.set_defaults(run=_train)

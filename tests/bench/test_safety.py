@@ -603,3 +603,23 @@ def test_budgets_and_arguments_are_refused_before_any_work(
             cli.main(["train", *bad, f"--run-dir={tmp_path / 'run'}"])
         assert exit_info.value.code == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 32: `train --batch-size 65536` asked the machine for ~13 GB and died; now the
+    meta-device estimate is compared with the available memory before any work."""
+    from stableeig.bench.data import load_dataset
+
+    dataset = load_dataset("fashion-mnist-subset")
+    config = training.RunConfig(dataset="fashion-mnist-subset", batch_size=64)
+    small = training.activation_bytes(config, dataset)
+    large = training.activation_bytes(training.RunConfig(dataset="fashion-mnist-subset",
+                                                         batch_size=128), dataset)  # fmt: skip
+    assert 1.8 < large / small < 2.0  # linear in the batch, plus the parameters
+    argv = ["train", "--dataset=fashion-mnist-subset", "--batch-size=65536",
+            f"--run-dir={tmp_path / 'run'}", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "GiB are available", "--force")
+    assert not (tmp_path / "run").exists()
