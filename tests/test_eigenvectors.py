@@ -59,3 +59,20 @@ def test_torch_eigh_poisons_the_whole_batch_where_we_do_not() -> None:
     C = _batch().requires_grad_()
     _loss(torch.linalg.eigh(C)[1][..., 0]).backward()
     assert C.grad is not None and not bool(torch.isfinite(C.grad[5]).all())
+
+
+def test_top_k_projector_per_matrix_undefined_gradients() -> None:
+    """The projector onto the top 1 of a batch with ties at the cut: undefined="zero" keeps
+    every other matrix exact, the tied ones get 0; "raise" (the default) raises."""
+    C = _batch()  # the last two have their top two eigenvalues tied: no gap at the cut
+    G = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    leaf = C.clone().requires_grad_()
+    P = se.top_k_projector(leaf, 1, undefined="zero")
+    torch.testing.assert_close(P.detach(), se.top_k_projector(C, 1))
+    (P * G).sum().backward()
+    assert leaf.grad is not None and torch.equal(leaf.grad[4:], torch.zeros(2, 3, 3).double())
+    exact = C[:4].clone().requires_grad_()
+    (se.top_k_projector(exact, 1) * G[:4]).sum().backward()
+    torch.testing.assert_close(leaf.grad[:4], exact.grad)
+    with pytest.raises(se.NotDifferentiableError):
+        (se.top_k_projector(C.clone().requires_grad_(), 1) * G).sum().backward()

@@ -429,16 +429,21 @@ def top_k_projector(
     *,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
+    undefined: str = "raise",
 ) -> torch.Tensor:
     """Orthogonal projector ``V_k V_kᵀ`` onto the eigenvectors of the ``k`` largest eigenvalues.
     {args}
         k: number of kept eigenvectors, ``1 <= k <= n``.
+        undefined: where the gap at the cut is 0 within round-off (``n · eps · max|λ|``, no
+            derivative): ``"raise"`` in the backward, or ``"zero"``: a zero gradient for
+            those matrices only, every other matrix of the batch exact. Default: ``"raise"``.
 
     Returns:
         The projector, shape (..., n, n), in ``A``'s dtype.
 
     Raises:
-        NotDifferentiableError: (in backward, ``loewner``) the gap at the cut is exactly 0.
+        NotDifferentiableError: (in backward, ``loewner``, ``undefined="raise"``) the gap at
+            the cut is exactly 0.
 
     Example:
         >>> import torch, stableeig as se
@@ -447,15 +452,23 @@ def top_k_projector(
         [0.0, 1.0, 1.0]
     """
     checks.check_square_matrix("A", A)
-    checks.check_k("k", k, A.shape[-1])
-    return apply_spectral(
-        A,
-        top_k_function(k),
-        backward,
-        compute_dtype,
-        check_symmetric,
-        _no_requirement,
-    )
+    n = A.shape[-1]
+    checks.check_k("k", k, n)
+    checks.check_choice("undefined", undefined, ("raise", "zero"))
+    function = top_k_function(k)
+    options = (backward, compute_dtype, check_symmetric, _no_requirement)
+    if undefined == "raise" or k == n or not (A.requires_grad and torch.is_grad_enabled()):
+        return apply_spectral(A, function, *options)
+    with torch.no_grad():  # which matrices have a gap at the cut (one eigvalsh, no graph)
+        w = torch.linalg.eigvalsh(A.detach().to(torch.float64))
+        gap = w[..., n - k] - w[..., n - k - 1]
+        defined = gap > n * torch.finfo(A.dtype).eps * w.abs().amax(-1)
+    # differentiate a safe stand-in (distinct eigenvalues) where the cut has no gap
+    stand_in = torch.diag(torch.arange(1, n + 1, dtype=A.dtype, device=A.device))
+    mask = defined[..., None, None]
+    differentiable = apply_spectral(torch.where(mask, A, stand_in), function, *options)
+    constant = apply_spectral(A.detach(), function, *options)
+    return torch.where(mask, differentiable, constant)
 
 
 fill_args(_DOC_ARGS, inv_sqrtm, sqrtm, top_k_projector)
