@@ -14,7 +14,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 
 def test_there_is_an_example_per_story() -> None:
     names = {path.stem for path in EXAMPLES}
-    assert {"fid", "whitening_loss", "normals", "compile_resnet"} <= names
+    assert {"fid", "whitening_loss", "normals", "compile_resnet", "spdnet_eeg"} <= names
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.stem)
