@@ -258,10 +258,24 @@ def apply_spectral(
     symmetric = prepare_symmetric(label, A, compute_dtype, check_symmetric)
     result_dtype = result_dtype or A.dtype
     F, w = spectral_unchecked(symmetric, function, rule, result_dtype)
+    F = F.to(result_dtype)
+    judged = judged_dtype or A.dtype
+    condition = getattr(eigenvalue_check, "condition", None)
+    if (
+        checks.host_checks_enabled()
+        and not checks.in_graph()
+        and checks.readable(F)
+        and (eigenvalue_check is None or condition is not None)
+    ):
+        # the three checks below in one host synchronization when they all pass
+        ok = torch.isfinite(w.detach().sum()) & torch.isfinite(F.detach().sum())
+        if condition is not None:
+            ok = ok & condition(w.detach(), judged)
+        if bool(ok):
+            return F
     checks.check_eigenvalues_finite(label, w)
     if eigenvalue_check is not None:
-        eigenvalue_check(w, label, judged_dtype or A.dtype)
-    F = F.to(result_dtype)
+        eigenvalue_check(w, label, judged)
     check_values_finite(where or function.name, F, w)
     return F
 
@@ -299,6 +313,7 @@ def require_positive(hint: str = "") -> EigenvalueCheck:
                 f"(got smallest eigenvalue {float(w.detach().amin()):.3g}){hint}"
             )
 
+    check.condition = lambda w, dtype: (w > 0).all()  # type: ignore[attr-defined]
     return check
 
 
@@ -314,6 +329,9 @@ def require_semidefinite() -> EigenvalueCheck:
     """A check of decomposed eigenvalues: all ``>= -sqrt(eps) · max|λ|`` per matrix, ``eps``
     of the user's dtype (round-off below 0, read as 0 by the functions), else
     :class:`NotPositiveDefiniteError` naming the argument."""
+
+    def condition(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (w >= -semidefinite_tolerance(w, dtype)).all()
 
     def check(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
         if checks.in_graph():
@@ -332,6 +350,7 @@ def require_semidefinite() -> EigenvalueCheck:
                 f"{float(w.detach().amin()):.3g}, {-ratio:.3g} times that tolerance)"
             )
 
+    check.condition = condition  # type: ignore[attr-defined]
     return check
 
 
@@ -341,6 +360,9 @@ _require_semidefinite = require_semidefinite()
 
 def _no_requirement(w: torch.Tensor, name: str, dtype: torch.dtype) -> None:
     return None
+
+
+_no_requirement.condition = lambda w, dtype: torch.ones((), dtype=torch.bool)  # type: ignore[attr-defined]
 
 
 _DOC_ARGS = """
