@@ -35,9 +35,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
-# API reference from the docstrings; any warning fails the build.
+# The documentation site (build/site): the API reference from the docstrings (pdoc) and the
+# pages in docs/ (mkdocs-material); any warning fails the build.
 docs: $(STAMP)
 	$(PY) -W error -m pdoc --docformat google -o docs/api stableeig
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 check: test lint docs
 
