@@ -355,12 +355,16 @@ def render(rows: list[dict[str, Any]], floors: Optional[dict[str, float]] = None
 
 def plot(rows: list[dict[str, Any]], path: Path, floors: Optional[dict[str, float]] = None) -> None:
     """Success rate, seconds per step (with the floor) and gradient error against d."""
+    import matplotlib.ticker as ticker
+
     from . import reproduce as rp
     from .plotting import new_figure, save_figure
 
     rows = rp.unique_rows(rows)
     widths = sorted({r["group_size"] for r in rows})
     figure, axes = new_figure(3, width=5.0, height=4.2)
+    colours = {m: f"C{i}" for i, m in enumerate(METHODS)}  # one colour per method, every panel
+    offsets = {m: 1.5 * (i - 2.5) for i, m in enumerate(METHODS)}  # overlapping 100 % lines
     for method in METHODS:
         cells = [
             [r for r in rows if r["method"] == method and r["group_size"] == d] for d in widths
@@ -369,14 +373,14 @@ def plot(rows: list[dict[str, Any]], path: Path, floors: Optional[dict[str, floa
         if not present:
             continue
         xs = [d for d, _ in present]
-        axes[0].plot(xs, [100 * sum(r["success"] for r in c) / len(c) for _, c in present],
-                     marker="o", label=method)  # fmt: skip
+        rates = [100 * sum(r["success"] for r in c) / len(c) + offsets[method] for _, c in present]
+        axes[0].plot(xs, rates, marker="o", label=method, color=colours[method])
         speed = [
             (d, _median([r["seconds_per_step"] for r in c if r["success"]])) for d, c in present
         ]
         speed = [(d, s) for d, s in speed if s is not None]
         if speed:
-            axes[1].plot(*zip(*speed), marker="o", label=method)
+            axes[1].plot(*zip(*speed), marker="o", label=method, color=colours[method])
     if floors:
         axes[1].plot(widths, [floors.get(str(d)) for d in widths], "k--", label="one eigh (floor)")
     summary = gradient_error_summary(rows)
@@ -384,8 +388,9 @@ def plot(rows: list[dict[str, Any]], path: Path, floors: Optional[dict[str, floa
         points = [(d, summary[(d, rule)]["median"]) for d in widths if (d, rule) in summary]
         points = [(d, m) for d, m in points if m is not None]
         if points:
-            axes[2].plot(*zip(*points), marker="o", label=rule)
-    axes[0].set(xscale="log", xlabel="d (channels whitened in one group)", ylabel="success %",
+            axes[2].plot(*zip(*points), marker="o", label=rule, color=colours[rule])
+    axes[0].set(xscale="log", xlabel="d (channels whitened in one group)",
+                ylabel="success % (lines offset ≤ 4 points to stay visible)",
                 title="finished without NaN/divergence")  # fmt: skip
     axes[1].set(xscale="log", yscale="log", xlabel="d", ylabel="s / step (median)",
                 title="time per training step")  # fmt: skip
@@ -393,5 +398,6 @@ def plot(rows: list[dict[str, Any]], path: Path, floors: Optional[dict[str, floa
                 title="gradient error on training covariances")  # fmt: skip
     for axis in axes:
         axis.set_xticks(widths, [str(d) for d in widths])
+        axis.xaxis.set_minor_locator(ticker.NullLocator())
         axis.legend(fontsize=7)
     save_figure(figure, path)
