@@ -14,7 +14,14 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 
 def test_there_is_an_example_per_story() -> None:
     names = {path.stem for path in EXAMPLES}
-    assert {"fid", "whitening_loss", "normals", "compile_resnet", "spdnet_eeg"} <= names
+    assert {
+        "fid",
+        "whitening_loss",
+        "normals",
+        "compile_resnet",
+        "spdnet_eeg",
+        "style_transfer",
+    } <= names
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.stem)
