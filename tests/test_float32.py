@@ -308,3 +308,19 @@ def test_bimap_in_half_precision_on_the_cpu_says_why_and_half_input_works() -> N
         se.nn.BiMap(6, 3).half()(X)
     out = se.nn.BiMap(6, 3)(X)  # float32 layer, half input
     assert out.dtype == torch.float16 and out.shape == (2, 3, 3)
+
+
+def test_zca_whitening_shrinkage_whitens_the_shrunk_covariance() -> None:
+    """W-MSE's shrinkage: the output's covariance is (1-α)Σ + αI whitened, i.e. the output
+    equals ((1-α)Σ + αI + εI)^{-1/2} (x - μ); α = 0 is the plain layer."""
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x @ torch.randn(16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    centred = x - x.mean(0)
+    covariance = centred.T @ centred / len(x)
+    for alpha in (0.0, 0.3):
+        shrunk = (1 - alpha) * covariance + alpha * torch.eye(16, dtype=torch.float64)
+        expected = centred @ se.inv_sqrtm(shrunk + 1e-4 * torch.eye(16, dtype=torch.float64))
+        got = se.nn.functional.zca_whitening(x, shrinkage=alpha)
+        torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+    with pytest.raises(se.ArgumentError, match="shrinkage"):
+        se.nn.functional.zca_whitening(x, shrinkage=1.5)

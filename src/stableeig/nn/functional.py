@@ -218,6 +218,7 @@ def zca_whitening(
     compute_dtype: Optional[torch.dtype] = None,
     sync_statistics: bool = False,
     process_group: Optional[Any] = None,
+    shrinkage: float = 0.0,
 ) -> torch.Tensor:
     """ZCA whitening per group of channels: ``γ ∘ ((Σ + εI)^{-1/2} (x - μ)) + β``.
 
@@ -237,6 +238,7 @@ def zca_whitening(
         momentum: of the running averages, in [0, 1]. Default: 0.1.
         eps, method, truncation, convention, compute_dtype, sync_statistics, process_group:
             as in :class:`stableeig.nn.ZCAWhitening2d`.
+        shrinkage: ``α`` in [0, 1]: whiten ``(1 - α) Σ + α I`` (W-MSE). Default: 0.
 
     Returns:
         The whitened activations, same shape and dtype as ``x``.
@@ -252,8 +254,9 @@ def zca_whitening(
     name = "zca_whitening"
     mode, matrix = _matrix_mode(name, "whitening", running_whitening, running_covariance)
     transform = ZCATransform(
-        eps, method, mode, convention, compute_dtype, where=name, truncation=truncation
-    )
+        eps, method, mode, convention, compute_dtype, where=name, truncation=truncation,
+        shrinkage=shrinkage,
+    )  # fmt: skip
     running = None if matrix is None else RunningValues(matrix)
     return group_transform(
         x, transform, group_size, running_mean=running_mean, running=running, weight=weight,

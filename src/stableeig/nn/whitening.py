@@ -188,6 +188,8 @@ class ZCATransform(GroupTransform):
 
     Args:
         truncation: ``"none"``, ``"paper"``, ``"pi"``, or None (the rule's default).
+        shrinkage: ``α`` in [0, 1]: whiten ``(1 - α) Σ + α I`` (W-MSE's shrinkage toward the
+            identity). Default: 0.
         eps, method, running, convention, compute_dtype, where: as in
             :class:`~stableeig.nn.transforms.GroupTransform`; ``running`` is
             ``"whitening"`` (default) or ``"covariance"``.
@@ -200,6 +202,7 @@ class ZCATransform(GroupTransform):
     """
 
     truncation: Optional[str] = None
+    shrinkage: float = 0.0
 
     running_choices: ClassVar[tuple[str, ...]] = ("whitening", "covariance")
 
@@ -207,11 +210,16 @@ class ZCATransform(GroupTransform):
         super().__post_init__()
         name = self.where or type(self).__name__
         object.__setattr__(self, "truncation", check_truncation(name, self.rule, self.truncation))
+        shrinkage = checks.check_in_range(f"{name}: shrinkage", self.shrinkage, 0.0, 1.0)
+        object.__setattr__(self, "shrinkage", float(shrinkage))
 
     def transform(
         self, covariance: torch.Tensor, count: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, RunningValues]:
         assert self.truncation is not None
+        if self.shrinkage:
+            eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+            covariance = (1 - self.shrinkage) * covariance + self.shrinkage * eye
         whitening = zca_transform(covariance, self.eps, self.rule, self.truncation, self.settings)
         return whitening, RunningValues(whitening)
 
