@@ -121,6 +121,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.table == "spdnet":
         from .bench import spdnet
 
+        if args.dataset not in (None, "fashion-mnist"):
+            raise Refused(
+                f"--dataset {args.dataset}: spdnet runs on Fashion-MNIST's region covariances "
+                "only (grayscale 28×28 images)"
+            )
         steps = args.steps or 1000
         results = folder / f"spdnet_steps{steps}_fashion-mnist.jsonl"
         if args.render_only:

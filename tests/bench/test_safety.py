@@ -623,3 +623,28 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(
     assert cli.main(argv) == 2
     _one_line_error(capsys, "GiB are available", "--force")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_download_part_file_is_never_written_through_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from stableeig.bench import data
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    target = tmp_path / "archive.tar.gz"
+    (tmp_path / "archive.tar.gz.part").symlink_to(victim)
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"payload"))
+    with pytest.raises(files.FileFault, match="symbolic link"):
+        data._download("https://example.invalid/archive.tar.gz", target)
+    assert victim.read_text() == "untouched"
+    (tmp_path / "archive.tar.gz.part").unlink()
+    data._download("https://example.invalid/archive.tar.gz", target)  # a plain download works
+    assert target.read_bytes() == b"payload"
+
+
+def test_spdnet_refuses_a_dataset_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["reproduce", "spdnet", "--dataset", "cifar10", "--steps", "2"]) == 2
+    _one_line_error(capsys, "Fashion-MNIST")

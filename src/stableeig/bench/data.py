@@ -22,6 +22,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .files import open_regular
+
 __all__ = [
     "ChecksumError",
     "Dataset",
@@ -180,7 +182,9 @@ def read_idx(path: PathLike) -> torch.Tensor:
 def _download(url: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    descriptor = open_regular(partial, flags, "write the download")  # no link, no FIFO
+    with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(descriptor, "wb") as out:
         while block := response.read(1 << 20):
             out.write(block)
     partial.replace(target)

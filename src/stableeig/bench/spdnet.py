@@ -99,7 +99,10 @@ def available(method: str) -> Optional[str]:
 
 
 def descriptors(images: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """Region covariance descriptors: (N, 1, H, W) uint8 → (N, 8, 8) float64 SPD."""
+    """Region covariance descriptors: (N, 1, H, W) uint8 → (N, 8, 8) float64 SPD, computed
+    in chunks of 4,096 images (the whole data set at once peaked at 8.8 GB)."""
+    if len(images) > 4096:
+        return torch.cat([descriptors(chunk, eps) for chunk in images.split(4096)])
     x = images.double().squeeze(1) / 255
     N, H, W = x.shape
     dx = torch.zeros_like(x)
