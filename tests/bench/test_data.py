@@ -183,3 +183,18 @@ def test_a_malicious_cifar_batch_runs_no_code(isolated: Path) -> None:
     # the payload is real: plain pickle runs it
     pickle.loads((folder / "test_batch").read_bytes())
     assert marker.exists()
+
+
+def test_corrupt_data_under_data_dir_is_a_one_line_exit_2(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 32: checksums are checked first and nothing executes; the command line now says
+    so in one line with exit 2 (it was a ChecksumError traceback)."""
+    from stableeig import cli
+
+    fake_fashion(isolated / "mine")  # valid IDX files whose checksums are not the published
+    argv = ["train", "--dataset=fashion-mnist", f"--data-dir={isolated / 'mine'}",
+            f"--run-dir={isolated / 'run'}", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0 and "expected MD5" in err
