@@ -203,6 +203,7 @@ def valid_row(**fields: Any) -> dict[str, Any]:
     row = {
         "table": "table1", "method": "power", "group_size": 4, "seed": 0, "success": True,
         "test_error": 12.5, "failure_step": None, "seconds": 1.0, "variant": {},
+        "losses": [1.0], "config": {"steps": 10},
     }  # fmt: skip
     row.update(fields)
     return row
@@ -648,3 +649,22 @@ def test_the_download_part_file_is_never_written_through_a_link(
 def test_spdnet_refuses_a_dataset_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["reproduce", "spdnet", "--dataset", "cifar10", "--steps", "2"]) == 2
     _one_line_error(capsys, "Fashion-MNIST")
+
+
+def test_rendering_onto_a_full_disk_names_the_file_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 32: a full disk printed "a file: No space left on device" (no path); tables and
+    plots now go through the file layer, whose error names the file."""
+    rows = [valid_row(seed=s) for s in range(3)] + [valid_row(method="batchnorm", group_size=None)]
+    with _tmpfs(tmp_path / "full", "size=8k") as disk:
+        results = disk / "table1_long_fashion-mnist.jsonl"
+        results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        filler = disk / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as out:
+            out.write(b"\0" * (1 << 20))  # fill what is left
+        argv = ["reproduce", "table1", "--preset", "long", "--render-only", f"--results={disk}"]
+        assert cli.main(argv) == 2
+        _one_line_error(capsys, str(disk), "No space left")
+        leftovers = [p.name for p in disk.iterdir() if p.name.endswith((".tmp", ".claim", ".lock"))]
+        assert not leftovers, leftovers

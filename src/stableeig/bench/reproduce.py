@@ -327,6 +327,8 @@ ROW_SCHEMA: dict[str, Callable[[Any], bool]] = {
     "test_error": lambda v: v is None or (_is_number(v) and 0 <= v <= 100),
     "failure_step": lambda v: v is None or _is_count(v),
     "seconds": lambda v: _is_number(v) and v >= 0,
+    "losses": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
+    "config": lambda v: isinstance(v, dict) and _is_count(v.get("steps"), 1),
 }
 """The fields every table reads, with their types and ranges (``variant``, when present,
 must be a dict)."""
