@@ -107,6 +107,17 @@ def log_euclidean_mean(
     return expm(logs, backward, check_symmetric=False).to(X.dtype)
 
 
+def _centered_logs(
+    G: torch.Tensor, X: torch.Tensor, backward: Backward
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(G^{1/2}, log(G^{-1/2} X G^{-1/2}))`` for ``G`` (…, n, n) and ``X`` (…, N, n, n)."""
+    # every matrix below is symmetric up to round-off (X was checked): no symmetry tests,
+    # and no symmetrization before a spectral function, which symmetrizes its input itself
+    root = sqrtm(G, backward, check_symmetric=False)
+    inverse_root = inv_sqrtm(G, backward, check_symmetric=False).unsqueeze(-3)
+    return root, logm(inverse_root @ X @ inverse_root, backward, check_symmetric=False)
+
+
 def _karcher_step(
     G: torch.Tensor,
     X: torch.Tensor,
@@ -118,12 +129,8 @@ def _karcher_step(
     ``G^{1/2} exp(ν T) G^{1/2}`` and ``T = mean log(G^{-1/2} X G^{-1/2})`` (weighted), the
     Riemannian gradient at ``G`` seen from the identity (0 at the mean); ``ν`` (…) the
     step size, 1 when None."""
-    # every matrix below is symmetric up to round-off (X was checked): no symmetry tests,
-    # and no symmetrization before a spectral function, which symmetrizes its input itself
-    root = sqrtm(G, backward, check_symmetric=False)
-    inverse_root = inv_sqrtm(G, backward, check_symmetric=False).unsqueeze(-3)
-    centered = inverse_root @ X @ inverse_root
-    tangent = _average(logm(centered, backward, check_symmetric=False), weights)
+    root, logs = _centered_logs(G, X, backward)
+    tangent = _average(logs, weights)
     scaled = tangent if step_size is None else tangent * step_size[..., None, None]
     return _congruence(root, expm(scaled, backward, check_symmetric=False)), tangent
 
@@ -217,9 +224,7 @@ def _tangent(
     """``(G^{1/2}, T, f)``: ``T = mean log(G^{-1/2} X G^{-1/2})`` the Riemannian gradient at
     ``G`` seen from the identity, ``f = mean ‖log(G^{-1/2} Xᵢ G^{-1/2})‖²_F`` the Karcher
     objective (detached; weighted means where ``weights`` are given)."""
-    root = sqrtm(G, backward, check_symmetric=False)
-    inverse_root = inv_sqrtm(G, backward, check_symmetric=False).unsqueeze(-3)
-    logs = logm(inverse_root @ X @ inverse_root, backward, check_symmetric=False)
+    root, logs = _centered_logs(G, X, backward)
     squares = logs.detach().square().sum((-2, -1))
     objective = squares.mean(-1) if weights is None else (squares * weights[:, 0, 0]).sum(-1)
     return root, _average(logs, weights), objective
@@ -234,25 +239,26 @@ def _converged(
     the gradient norm (then ``ν`` grows by 10 % toward 1, the Karcher flow's unit step), else
     ``ν`` halves and the step is retried from ``G``."""
     root, tangent, objective = _tangent(G, X, weights, backward)
+    norm = torch.linalg.matrix_norm(tangent.detach())
     step_size = torch.ones_like(objective)
     for _ in range(max_steps):
-        residual = float(torch.linalg.matrix_norm(tangent.detach()).amax())
-        if residual <= limit:
+        if float(norm.amax()) <= limit:
             return G
         scaled = tangent * step_size[..., None, None]
         candidate = _congruence(root, expm(scaled, backward, check_symmetric=False))
         root_c, tangent_c, objective_c = _tangent(candidate, X, weights, backward)
+        norm_c = torch.linalg.matrix_norm(tangent_c.detach())
         # lower objective, or (near the mean, where the objective's changes ~‖T‖² sink
         # below its round-off) a smaller gradient
-        norm, norm_c = (torch.linalg.matrix_norm(t.detach()) for t in (tangent, tangent_c))
         better = (objective_c < objective) | (norm_c < norm)
         keep = better[..., None, None]
         G = torch.where(keep, candidate, G)
         root = torch.where(keep, root_c, root)
         tangent = torch.where(keep, tangent_c, tangent)
         objective = torch.where(better, objective_c, objective)
+        norm = torch.where(better, norm_c, norm)
         step_size = torch.where(better, (1.1 * step_size).clamp_max(1), step_size / 2)
-    residual = float(torch.linalg.matrix_norm(tangent.detach()).amax())
+    residual = float(norm.amax())
     if residual <= limit:
         return G
     raise StableEigError(
