@@ -67,13 +67,16 @@ def extreme_eigenvector(
     n = A.shape[-1]
     if n < 2:
         raise checks.ShapeError(f"A: expected matrices with n >= 2 (got shape {tuple(A.shape)})")
+    w, V = eigh(
+        A, backward="analytic", compute_dtype=compute_dtype, check_symmetric=check_symmetric
+    )
+    first, second = (0, 1) if which == "smallest" else (n - 1, n - 2)
     with torch.no_grad():
-        w = eigh(A.detach(), compute_dtype=compute_dtype, check_symmetric=check_symmetric)[0]
-        first, second = (0, 1) if which == "smallest" else (n - 1, n - 2)
+        w = w.detach()
         gap = (w[..., second] - w[..., first]).abs()
         judged = A.dtype if A.dtype != torch.float64 else working_dtype(A.dtype, compute_dtype)
-        resolution = n * torch.finfo(judged).eps * w.abs().amax(-1)
-        defined = gap > resolution
+        defined = gap > n * torch.finfo(judged).eps * w.abs().amax(-1)
+    vector = V[..., first]
     if A.requires_grad and torch.is_grad_enabled():
         if undefined == "raise" and checks.host_checks_enabled() and not bool(defined.all()):
             count = int((~defined).sum())
@@ -82,8 +85,7 @@ def extreme_eigenvector(
                 f"(got {count} of {defined.numel()} tied within round-off: no gradient exists "
                 "there); pass undefined='zero' for a zero gradient on those matrices only"
             )
-        A = torch.where(defined[..., None, None], A, A.detach())  # no gradient where undefined
-    V = eigh(A, backward="analytic", compute_dtype=compute_dtype, check_symmetric=check_symmetric)[
-        1
-    ]
-    return ExtremeEigenvector(V[..., first], defined)
+        # no gradient where undefined: the eigenvector's incoming gradient is exactly 0
+        # there, and the rule's unused (infinite) coefficients contribute 0
+        vector = torch.where(defined[..., None], vector, vector.detach())
+    return ExtremeEigenvector(vector, defined)
