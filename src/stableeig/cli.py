@@ -163,11 +163,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.render_only:
-        if not results.is_file():
-            raise Refused(f"{results}: no results file to render")
-        rows = rp.unique_rows(rp.read_results(results))
-        if not rows:
-            raise Refused(f"{results}: nothing to render (no usable rows)")
+        rows = _rows_to_render(results)
     else:
         rows = rp.run_cells(
             cells,
@@ -190,6 +186,18 @@ def _reproduce(args: argparse.Namespace) -> int:
         rp.survival_report(folder)
     print(table)
     return 0
+
+
+def _rows_to_render(results: Path) -> list[dict[str, Any]]:
+    """The usable rows of ``results`` for ``--render-only``; refused when there are none."""
+    from .bench import reproduce as rp
+
+    if not results.is_file():
+        raise Refused(f"{results}: no results file to render")
+    rows = rp.unique_rows(rp.read_results(results))
+    if not rows:
+        raise Refused(f"{results}: nothing to render (no usable rows)")
+    return rows
 
 
 MAX_QUEUED_RUNS = 10_000  # beyond this a reproduce call is refused unless --force
@@ -225,7 +233,6 @@ def _check_memory(args: argparse.Namespace, config: Any, dataset: Any) -> None:
 
 def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
     """``reproduce wide``: d = 128 … 1024 whitened in one group (see bench/wide.py)."""
-    from .bench import reproduce as rp
     from .bench import wide
     from .bench.files import read_text, write_text
 
@@ -233,11 +240,7 @@ def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
     results = folder / f"wide_steps{steps}_fashion-mnist.jsonl"
     floors_path = folder / "wide_floor.json"
     if args.render_only:
-        if not results.is_file():
-            raise Refused(f"{results}: no results file to render")
-        rows = rp.unique_rows(rp.read_results(results))
-        if not rows:
-            raise Refused(f"{results}: nothing to render (no usable rows)")
+        rows = _rows_to_render(results)
     else:
         dataset = _dataset("fashion-mnist", args.data_dir)
         methods = tuple(args.methods or wide.METHODS)

@@ -121,8 +121,8 @@ def frechet_distance_from_features(
     if by_features == (mu2 is not None or sigma2 is not None) or (
         not by_features and (mu2 is None or sigma2 is None)
     ):
-        given = [name for name, v in (("features2", features2), ("mu2", mu2), ("sigma2", sigma2))]
-        given = [name for name, v in zip(given, (features2, mu2, sigma2)) if v is not None]
+        arguments = {"features2": features2, "mu2": mu2, "sigma2": sigma2}
+        given = [name for name, value in arguments.items() if value is not None]
         raise ArgumentError(
             f"{where}: expected features2, or both mu2 and sigma2 (got "
             f"{', '.join(given) if given else 'none of them'})"

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -313,7 +313,7 @@ def activation_bytes(config: RunConfig, dataset: Dataset) -> int:
     step (quick-preset ResNet-18, Fashion-MNIST): 0.9–1.0× at batch 512, 1.25× at 2048 —
     an estimate, not a bound (hence ``--force``)."""
     with torch.device("meta"):
-        model = build_model(dataset_config_on_cpu(config), dataset)
+        model = build_model(config, dataset)  # build_model never moves it to config.device
     total = [0]
 
     def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -327,11 +327,6 @@ def activation_bytes(config: RunConfig, dataset: Dataset) -> int:
         hook.remove()
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     return 2 * (total[0] // 2) * config.batch_size + 3 * parameters
-
-
-def dataset_config_on_cpu(config: RunConfig) -> RunConfig:
-    """``config`` as built on the meta device (device fields ignored there)."""
-    return replace(config, device="cpu")
 
 
 def available_memory() -> Optional[int]:
@@ -359,7 +354,7 @@ def checkpoint_size_limit(model: nn.Module) -> int:
     return 4 * state + (16 << 20)
 
 
-def _archive_size(data: bytes, path: Path, limit: int) -> None:
+def _archive_size(data: bytes, limit: int) -> None:
     """Refuse a zip checkpoint whose entries decompress to more than ``limit`` bytes."""
     with contextlib.suppress(zipfile.BadZipFile), zipfile.ZipFile(io.BytesIO(data)) as archive:
         total = sum(entry.file_size for entry in archive.infolist())
@@ -416,7 +411,7 @@ def _load_checkpoint(
         try:
             data = read_bytes(path, limit)
             if limit is not None:
-                _archive_size(data, path, limit)
+                _archive_size(data, limit)
             saved = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as error:  # unreadable, truncated, garbage, forbidden globals, too big
             reason = _first_line(error)
