@@ -73,3 +73,22 @@ def gaussian(
     mixing = torch.randn(C, C, generator=g, dtype=torch.float64)
     x = torch.randn(shape, generator=g, dtype=torch.float64)
     return (torch.einsum("dc,nc...->nd...", mixing, x) + 3.0).to(dtype)
+
+
+def run_processes(worker: Callable[..., None], args: tuple, nprocs: int = 2) -> None:
+    """Spawn ``nprocs`` processes running ``worker(rank, *args)`` (spawned, not forked: torch
+    refuses fork after autograd ran, with CUDA) and wait, never hanging: a process blocked
+    in a collective fails the test after 120 s."""
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, start_method="spawn",
+                                 join=False)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a process blocked in a collective")

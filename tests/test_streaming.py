@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import stableeig as se
+from helpers import run_processes
 
 
 def _features(seed: int, n: int = 300, d: int = 6) -> torch.Tensor:
@@ -73,16 +72,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
-    context = mp.start_processes(
-        _worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-        start_method="spawn", join=False,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a process blocked in a collective")
+    run_processes(_worker, (str(tmp_path / "init"), str(tmp_path)))
     whole = se.FeatureStatistics(6).update(_features(3)).compute()
     for rank in range(2):
         stats = se.FeatureStatistics(6)

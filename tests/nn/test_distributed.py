@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import stableeig as se
+from helpers import run_processes
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -53,21 +52,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, kind: str, split
 
 
 def run_two_processes(tmp_path: Path, kind: str, split: int) -> None:
-    """Spawned (not forked: torch refuses fork after autograd ran, with CUDA), and never
-    allowed to hang: a process blocked in a collective fails the test after 120 s."""
-    context = mp.start_processes(
-        worker,
-        args=(2, str(tmp_path / "init"), str(tmp_path), kind, split),
-        nprocs=2,
-        start_method="spawn",
-        join=False,
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a process blocked in a collective")
+    run_processes(worker, (2, str(tmp_path / "init"), str(tmp_path), kind, split))
 
 
 @pytest.mark.slow
