@@ -4,6 +4,7 @@ values and gradients, invariances, and what happens where peers return NaN."""
 from __future__ import annotations
 
 from typing import Callable
+from unittest import mock
 
 import pytest
 import torch
@@ -121,3 +122,42 @@ def test_shape_errors() -> None:
         se.bures_wasserstein(torch.eye(3), torch.eye(2))
     with pytest.raises(se.ShapeError, match="mu1: expected a mean of size 3"):
         se.frechet_distance(torch.zeros(2), torch.eye(3), torch.zeros(3), torch.eye(3))
+
+
+def test_the_fid_forward_without_gradient_takes_a_cholesky_factor_and_agrees() -> None:
+    """Without a gradient a positive definite Σ₁ is factored (Cholesky) instead of
+    decomposed; the value equals the square-root path's, and a semidefinite Σ₁ (no
+    factor) falls back to it, still exact."""
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    for samples in (3 * n, n // 2):  # positive definite, then rank-deficient Σ₁
+        x1 = torch.randn(samples, n, generator=g, dtype=torch.float64)
+        x2 = torch.randn(3 * n, n, generator=g, dtype=torch.float64)
+        m1, m2, s1, s2 = x1.mean(0), x2.mean(0), torch.cov(x1.T), torch.cov(x2.T)
+        calls: list[bool] = []
+
+        def factor(A: torch.Tensor, calls: list[bool] = calls, _f=torch.linalg.cholesky_ex):  # type: ignore[no-untyped-def]
+            result = _f(A)
+            calls.append(bool((result.info == 0).all()))
+            return result
+
+        with torch.no_grad(), mock.patch.object(torch.linalg, "cholesky_ex", factor):
+            forward_only = se.frechet_distance(m1, s1, m2, s2)
+        sigma2 = s2.clone().requires_grad_(True)
+        with_gradient = se.frechet_distance(m1, s1, m2, sigma2)  # the square-root path
+        assert calls == [samples > n]  # factored where Σ₁ is positive definite
+        # rank-deficient: n - samples zero eigenvalues come out as ±round-off, whose square
+        # roots (~1e-8 each) differ between any two computations of the same value
+        rel = 1e-12 if samples > n else 1e-7
+        assert float(forward_only) == pytest.approx(float(with_gradient), rel=rel)
+
+
+def test_the_forward_only_fid_still_names_an_indefinite_argument() -> None:
+    A = torch.diag(torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64))
+    B = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
+    mu = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        with pytest.raises(se.NotPositiveDefiniteError, match="sigma2"):
+            se.frechet_distance(mu, A, mu, B)
+        with pytest.raises(se.NotPositiveDefiniteError, match="sigma1"):
+            se.frechet_distance(mu, B, mu, A)

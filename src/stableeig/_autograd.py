@@ -202,6 +202,9 @@ class _LoewnerReverse(Function):
     def backward(ctx, grad_F, grad_w, grad_V):  # type: ignore[no-untyped-def]
         w, V, A = ctx.saved_tensors
         function: SpectralFunction = ctx.function
+        common = grad_F is not None and grad_w is None and grad_V is None
+        if common and not torch.is_grad_enabled() and not _compiling():  # fewest operations
+            return _first_order_backward(function, w, V, grad_F, ctx.grad_dtype), None, None
         terms = []  # of Vᵀ grad_A V
         loewner = None
         second_order = None
@@ -228,32 +231,58 @@ class _LoewnerReverse(Function):
             checks.assert_in_graph(defined, message)
             return grad_A, None, None
         if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
-            # Infinite derivative, or a finite upstream gradient whose result overflows the
-            # user's dtype (float32 at λ ~ 1e-30, float16 at 1e-4): one host sync, on sums
-            # and a max |entry| (one pass each; a sum is finite only if every term is)
-            largest = torch.finfo(ctx.grad_dtype).max
-            fine = (
-                torch.isfinite(loewner.sum())
-                & torch.isfinite(grad_F.sum())
-                & (checks.max_abs(grad_A) <= largest)
-            )
-            if bool(fine):
-                return grad_A, None, None
-            overflow = (
-                torch.isfinite(grad_F).all() & ~torch.isfinite(grad_A.to(ctx.grad_dtype)).all()
-            )
-            infinite = ~torch.isfinite(loewner).all()
-            if bool(infinite | overflow):
-                why = (
-                    function.undefined_gradient(w)
-                    if bool(infinite)
-                    else f"a gradient beyond the range of {ctx.grad_dtype} at eigenvalues "
-                    f"{float(w.amin()):.3g} … {float(w.amax()):.3g}; rescale A or add eps·I"
-                )
-                raise NotDifferentiableError(
-                    f"{function.name} backward: expected a differentiable point (got: {why})"
-                )
+            # one host sync, on sums and a max |entry| (a sum is finite only if every term is)
+            fine = torch.isfinite(loewner.sum()) & torch.isfinite(grad_F.sum())
+            if not bool(fine & _within_range(grad_A, ctx.grad_dtype)):
+                _raise_if_undefined(function, w, loewner, grad_F, grad_A, ctx.grad_dtype)
         return grad_A, None, None
+
+
+def _within_range(grad_A: torch.Tensor, grad_dtype: torch.dtype) -> torch.Tensor:
+    """Whether ``grad_A`` fits ``grad_dtype`` (a 0-dim bool); always where that dtype is the
+    working precision (an overflow there is already an Inf that a finiteness test sees)."""
+    if grad_dtype == grad_A.dtype:
+        return torch.ones((), dtype=torch.bool, device=grad_A.device)
+    return checks.max_abs(grad_A) <= torch.finfo(grad_dtype).max
+
+
+def _raise_if_undefined(
+    function: SpectralFunction, w: torch.Tensor, loewner: torch.Tensor, grad_F: torch.Tensor,
+    grad_A: torch.Tensor, grad_dtype: torch.dtype,
+) -> None:  # fmt: skip
+    """Raise :class:`NotDifferentiableError` for an infinite derivative, or for a finite
+    upstream gradient whose result overflows the user's dtype (float32 at λ ~ 1e-30,
+    float16 at 1e-4); a non-finite upstream gradient passes through (not ours to judge)."""
+    overflow = torch.isfinite(grad_F).all() & ~torch.isfinite(grad_A.to(grad_dtype)).all()
+    infinite = ~torch.isfinite(loewner).all()
+    if bool(infinite | overflow):
+        why = (
+            function.undefined_gradient(w)
+            if bool(infinite)
+            else f"a gradient beyond the range of {grad_dtype} at eigenvalues "
+            f"{float(w.amin()):.3g} … {float(w.amax()):.3g}; rescale A or add eps·I"
+        )
+        raise NotDifferentiableError(
+            f"{function.name} backward: expected a differentiable point (got: {why})"
+        )
+
+
+def _first_order_backward(
+    function: SpectralFunction, w: torch.Tensor, V: torch.Tensor, grad_F: torch.Tensor,
+    grad_dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """``V (L ∘ (Vᵀ grad_F V)) Vᵀ`` checked with one host sync: the Hadamard product is
+    finite exactly when ``L`` and ``grad_F`` are (``Inf · 0 = NaN``), so one sum of it stands
+    for both sums of the general path."""
+    loewner = function.loewner(w)
+    inner = loewner * (V.mT @ grad_F @ V)
+    grad_A = V @ inner @ V.mT
+    fine = not (checks.host_checks_enabled() and checks.readable(grad_A)) or bool(
+        torch.isfinite(inner.sum()) & _within_range(grad_A, grad_dtype)
+    )
+    if not fine:
+        _raise_if_undefined(function, w, loewner, grad_F, grad_A, grad_dtype)
+    return grad_A
 
 
 def second_divided_differences(w: torch.Tensor, function: SpectralFunction) -> torch.Tensor:

@@ -271,6 +271,7 @@ def _bench_gradients(args: argparse.Namespace) -> int:
 
 
 SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training", "compiled")
+USERS_SECTIONS = ("calls", "embeddings", "spdnet", "fid", "precision", "compiled")  # bench.users
 
 
 def _bench_spectral(args: argparse.Namespace) -> int:
@@ -335,6 +336,21 @@ def _bench_speed(args: argparse.Namespace) -> int:
     speed_report.write(result, Path(args.results), stem)
     print(speed_report.speed_markdown(result))
     print(f"wrote {args.results}/{stem}.json, .md, _summary.md, .png")
+    return 0
+
+
+def _bench_users(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import users
+
+    torch.set_num_threads(args.threads)
+    sections = tuple(args.only or users.SECTIONS)
+    result = users.measure(sections, args.runs, 3 if args.quick else args.repeats, args.quick)
+    stem = "bench_users" + ("_quick" if args.quick else "")
+    users.write(result, Path(args.results), stem)
+    print(users.render(result))
+    print(f"wrote {args.results}/{stem}.json, .md, .png")
     return 0
 
 
@@ -582,6 +598,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--results", default="results", help="output folder (default: results)"
     )
     speed_parser.set_defaults(run=_bench_speed)
+    users_parser = bench_commands.add_parser(
+        "users",
+        help="the shapes users run first vs the code they write today: small calls, (N, C) "
+        "whitening, SPDNet, FID, float32 vs float64 compute, compiled models (JSON, MD, plot)",
+    )
+    common(users_parser)
+    users_parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke)")
+    users_parser.add_argument(
+        "--runs", type=_at_least(1, 10), default=2, help="runs of every row (default: 2)"
+    )
+    users_parser.add_argument(
+        "--repeats", type=_at_least(1), default=10, help="timed pairs per row (default: 10)"
+    )
+    users_parser.add_argument(
+        "--only",
+        type=_comma_list(choices=USERS_SECTIONS),
+        default=None,
+        help=f"comma list of {','.join(USERS_SECTIONS)} (default: all)",
+    )
+    users_parser.add_argument(
+        "--results", default="results", help="output folder (default: results)"
+    )
+    users_parser.set_defaults(run=_bench_users)
     return parser
 
 

@@ -63,14 +63,18 @@ class Paired(NamedTuple):
 
 
 def paired(
-    ours: Callable[[], object], baseline: Callable[[], object], repeats: int, device: str = "cpu"
+    ours: Callable[[], object],
+    baseline: Callable[[], object],
+    repeats: int,
+    device: str = "cpu",
+    warmup: int = 2,
 ) -> Paired:
-    """Time ``ours`` against ``baseline``, after a warm-up of two calls each.
+    """Time ``ours`` against ``baseline``, after a warm-up of ``warmup`` calls each.
 
     Pairs are interleaved (ours, then the baseline, ``repeats`` times) so that machine noise
     hits both alike.
     """
-    for _ in range(2):
+    for _ in range(warmup):
         ours()
         baseline()
     sync(device)
