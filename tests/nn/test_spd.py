@@ -321,3 +321,30 @@ def test_affine_invariant_batchnorm_against_spd_learn_where_it_is_installed() ->
     ((root @ x @ root) * G).sum().backward()
     torch.testing.assert_close(grads[1], x.grad)
     assert float((grads[0] - grads[1]).norm() / grads[0].norm()) > 0.1  # the mean's term
+
+
+@pytest.mark.parametrize("orthogonal_map", ["cayley", "matrix_exp"])
+def test_bimap_takes_another_orthogonal_map_and_keeps_w_orthonormal(orthogonal_map: str) -> None:
+    torch.manual_seed(0)
+    layer = se.nn.BiMap(7, 4, channels=2, orthogonal_map=orthogonal_map)
+    W0 = torch.linalg.qr(torch.randn(2, 7, 4))[0]
+    layer.weight = W0  # assigning keeps the given W
+    assert torch.allclose(layer.weight, W0, atol=1e-6)
+    X = torch.randn(3, 2, 7, 20)
+    X = X @ X.mT / 20
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(X).square().sum().backward()
+    optimizer.step()
+    W = layer.weight.detach()
+    assert not torch.allclose(W, W0, atol=1e-4)  # it trained
+    eye = torch.eye(4).expand(2, 4, 4)
+    assert torch.allclose(W.mT @ W, eye, atol=1e-5)  # and stayed orthonormal
+    copy = se.nn.BiMap(7, 4, channels=2, orthogonal_map=orthogonal_map)
+    copy.load_state_dict(layer.state_dict())
+    assert torch.equal(copy.weight, layer.weight)
+    assert f"orthogonal_map={orthogonal_map!r}" in repr(layer)
+
+
+def test_bimap_refuses_an_unknown_orthogonal_map() -> None:
+    with pytest.raises(se.ArgumentError, match="orthogonal_map.*householder.*cayley"):
+        se.nn.BiMap(4, 2, orthogonal_map="qr")

@@ -202,12 +202,22 @@ def spdnet(quick: bool, repeats: int) -> list[Case]:
         theirs[0].weight = W
         baselines.append(("spd_learn", theirs))
     baselines.append(("torch.linalg.eigh", _eigh_spdnet(W, eps)))
-    float32 = nn.Sequential(
-        bimap, senn.ReEig(eps, compute_dtype=torch.float32),
-        senn.LogEig(vectorize=False, compute_dtype=torch.float32),
-    )  # fmt: skip
+    cayley = senn.BiMap(n, m, orthogonal_map="cayley")
+    cayley.weight = W  # the same W, parametrized by the Cayley map
+
+    def float32(bimap: nn.Module) -> nn.Module:
+        return nn.Sequential(
+            bimap, senn.ReEig(eps, compute_dtype=torch.float32),
+            senn.LogEig(vectorize=False, compute_dtype=torch.float32),
+        )  # fmt: skip
+
+    variants = (
+        ("defaults (float64 compute, Householder W)", ours),
+        ("float32 compute", float32(bimap)),
+        ("float32 compute, Cayley W", float32(cayley)),
+    )
     cases = []
-    for variant, net in (("float64 compute (default)", ours), ("float32 compute", float32)):
+    for variant, net in variants:
         for name, baseline in baselines:
             meta = {"ours": variant, "baseline": name, "batch": batch, "n": n, "m": m,
                     "ours_gradient_error": error(net), "baseline_gradient_error":
