@@ -346,5 +346,5 @@ def test_bimap_takes_another_orthogonal_map_and_keeps_w_orthonormal(orthogonal_m
 
 
 def test_bimap_refuses_an_unknown_orthogonal_map() -> None:
-    with pytest.raises(se.ArgumentError, match="orthogonal_map.*householder.*cayley"):
+    with pytest.raises(se.ArgumentError, match=r"orthogonal_map.*householder.*cayley"):
         se.nn.BiMap(4, 2, orthogonal_map="qr")
