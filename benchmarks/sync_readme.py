@@ -28,6 +28,7 @@ SECTIONS = {  # README marker -> results file
     "wide": "results/wide_steps300_fashion-mnist.md",
     "accepts": "results/accepts.md",
     "layer paths": "results/layer_paths.md",
+    "users bench": "results/bench_users.md",
 }
 
 

@@ -154,15 +154,15 @@ def _reproduce(args: argparse.Namespace) -> int:
         cells = rp.table_cells(
             args.table, seeds, group_sizes=args.group_sizes, methods=args.methods
         )
-    dataset = _dataset(dataset_name, args.data_dir)
-    stem = f"{args.table}_{args.preset}_{dataset.name}" + (
-        f"_steps{args.steps}" if args.steps else ""
-    )
+    # rendering reads the results file only: no data needed
+    dataset = None if args.render_only else _dataset(dataset_name, args.data_dir)
+    name = dataset_name if dataset is None else dataset.name
+    stem = f"{args.table}_{args.preset}_{name}" + (f"_steps{args.steps}" if args.steps else "")
     results = folder / f"{stem}.jsonl"
-    overrides: dict[str, Any] = {"dataset": dataset.name}
+    overrides: dict[str, Any] = {"dataset": name}
     if args.steps is not None:
         overrides["steps"] = args.steps
-    if args.render_only:
+    if dataset is None:
         rows = _rows_to_render(results)
     else:
         rows = rp.run_cells(

@@ -195,7 +195,11 @@ def plot_speed(result: dict[str, Any], path: Path) -> None:
 def summary_markdown(result: dict[str, Any]) -> str:
     """The README's speed table: each of issue 9's CPU targets, its measurement and, for the
     layer, the floor (:data:`FLOOR`, the same passes without the decomposition)."""
+    env = result["environment"]
     lines = [
+        f"Measured on {env['cpu']}, {env['threads']} threads, torch {env['torch']} "
+        "(`stableeig bench speed`).",
+        "",
         "| measurement | ratio [quartiles] | passes alone (floor) | target |",
         "|---|---|---|---|",
     ]

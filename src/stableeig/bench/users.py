@@ -376,8 +376,9 @@ BUILDERS: dict[str, Callable[[bool, int], list[Case]]] = {
 
 
 def measure(sections: tuple[str, ...], runs: int, repeats: int, quick: bool,
-            progress: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+            progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:  # fmt: skip
     """Build every row, then time all of them ``runs`` times; the JSON-ready result."""
+    progress = progress or functools.partial(print, flush=True)
     cases = [case for section in sections for case in BUILDERS[section](quick, repeats)]
     for run in range(runs):
         for case in cases:
@@ -542,6 +543,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
             axis.plot(row["target"], index, "|", color="tab:red", markersize=12)
     axis.axvline(1.0, color="grey", linewidth=0.8)
     axis.set_xscale("log")
+    ticks = [0.25, 0.5, 1, 1.5, 2, 3]
+    axis.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    axis.xaxis.set_minor_formatter("")
     axis.set_yticks(range(len(rows)), labels, fontsize=7)
     axis.invert_yaxis()
     axis.set_xlabel("ours / baseline (dots: runs; red bars: targets)")

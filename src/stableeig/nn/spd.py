@@ -202,11 +202,11 @@ class BiMap(nn.Module):
     ``torch.nn.utils.parametrizations.orthogonal`` (any torch optimizer works).
 
     ``orthogonal_map``: that parametrization's map. ``"householder"`` (default: the
-    committed SPDNet results were trained with it) or ``"cayley"``, whose ``W`` costs
-    0.8 ms instead of 3.8 ms per training step at 22 → 16 (forward+backward of ``W``
-    alone, 1 CPU thread; ``stableeig bench users`` times the whole net with both), or
-    ``"matrix_exp"``. The maps parametrize the same set of ``W`` differently: a state dict
-    loads only into a layer with the same map.
+    committed SPDNet results were trained with it), ``"cayley"`` (cheaper: a 22 → 16
+    SPDNet step with float32 compute took 1.37× spd_learn's with Householder and
+    1.11–1.13× with Cayley, ``stableeig bench users --only spdnet``) or ``"matrix_exp"``.
+    The maps parametrize the same set of ``W`` differently: a state dict loads only into a
+    layer with the same map.
 
     Shape:
         (N, in, in) or (N, channels, in, in) → (N, out, out) or (N, channels, out, out).
