@@ -203,7 +203,7 @@ def spdnet(quick: bool, repeats: int) -> list[Case]:
         baselines.append(("spd_learn", theirs))
     baselines.append(("torch.linalg.eigh", _eigh_spdnet(W, eps)))
     cayley = senn.BiMap(n, m, orthogonal_map="cayley")
-    cayley.weight = W  # the same W, parametrized by the Cayley map
+    cayley.weight = W  # type: ignore[assignment]  # the same W, set through the Cayley map
 
     def float32(bimap: nn.Module) -> nn.Module:
         return nn.Sequential(
