@@ -3,6 +3,8 @@ eigenvalue is tied, and a clear error otherwise."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -76,3 +78,24 @@ def test_top_k_projector_per_matrix_undefined_gradients() -> None:
     torch.testing.assert_close(leaf.grad[:4], exact.grad)
     with pytest.raises(se.NotDifferentiableError):
         (se.top_k_projector(C.clone().requires_grad_(), 1) * G).sum().backward()
+
+
+def test_top_k_projector_checks_its_input_before_lapack_sees_it() -> None:
+    """undefined="zero" looks for gaps with an eigvalsh before the projector: NaN must be
+    refused first (LAPACK can hang or crash on NaN), with the projector's own error."""
+    A = torch.eye(3)
+    A[0, 1] = float("nan")
+    A.requires_grad_(True)
+    seen = []
+
+    def eigvalsh(matrix: torch.Tensor) -> torch.Tensor:
+        seen.append(bool(torch.isfinite(matrix).all()))
+        return torch.zeros(matrix.shape[:-1], dtype=matrix.dtype)
+
+    refused = pytest.raises(se.NonFiniteError, match="top_k_projector: A: expected finite")
+    with mock.patch.object(torch.linalg, "eigvalsh", eigvalsh), refused:
+        se.top_k_projector(A, 1, undefined="zero")
+    assert seen == []
+    B = torch.tensor([[1.0, 0.5], [0.0, 1.0]], requires_grad=True)  # not symmetric
+    with pytest.raises(se.NotSymmetricError, match="top_k_projector: A"):
+        se.top_k_projector(B, 1, undefined="zero")

@@ -133,7 +133,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         else:
             dataset = _dataset("fashion-mnist", args.data_dir)
             methods = tuple(args.methods or rp.table_kind("spdnet").methods)
-            _check_budget(args, args.seeds or 3, len(methods))
+            _check_budget(args, args.seeds or 3, len(methods))  # one run per method and seed
             rows = spdnet.run(dataset, results, seeds=args.seeds or 3, steps=steps, methods=methods)
         table = rp.render_table(rows, "spdnet")
         write_text(folder / f"{results.stem}.md", table + "\n")
@@ -146,11 +146,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     dataset_name = args.dataset or preset["dataset"]
     if args.table == "ablations":
         seeds = rp.ABLATION_SEEDS if args.seeds is None else args.seeds
-        _check_budget(args, seeds, 30)
+        _check_budget(args, seeds, len(rp.ablation_cells(1)))
         cells = rp.ablation_cells(seeds)
     else:
         seeds = preset["seeds"] if args.seeds is None else args.seeds
-        _check_budget(args, seeds, len(args.methods or rp.table_kind(args.table).methods))
+        one_seed = rp.table_cells(args.table, 1, args.group_sizes, args.methods)
+        _check_budget(args, seeds, len(one_seed))  # the cells grow linearly in the seeds
         cells = rp.table_cells(
             args.table, seeds, group_sizes=args.group_sizes, methods=args.methods
         )
@@ -203,11 +204,11 @@ def _rows_to_render(results: Path) -> list[dict[str, Any]]:
 MAX_QUEUED_RUNS = 10_000  # beyond this a reproduce call is refused unless --force
 
 
-def _check_budget(args: argparse.Namespace, seeds: int, methods: int) -> None:
+def _check_budget(args: argparse.Namespace, seeds: int, runs_per_seed: int) -> None:
     """Refuse, before any work or allocation, a queue of runs no machine finishes (the cell
-    list was materialized: --seeds 10000000 ran out of memory after a minute)."""
-    sizes = len(args.group_sizes or (4, 8, 16, 32, 64))
-    queued = seeds * (methods * sizes + 1)
+    list was materialized: --seeds 10000000 ran out of memory after a minute). The count is
+    the target's own: ``seeds × runs_per_seed``."""
+    queued = seeds * runs_per_seed
     if queued > MAX_QUEUED_RUNS and not args.force:
         raise Refused(
             f"--seeds {seeds}: {queued:,} runs would be queued (more than {MAX_QUEUED_RUNS:,}; "
@@ -244,7 +245,7 @@ def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
     else:
         dataset = _dataset("fashion-mnist", args.data_dir)
         methods = tuple(args.methods or wide.METHODS)
-        _check_budget(args, args.seeds or 5, len(methods))
+        _check_budget(args, args.seeds or 5, len(methods) * len(wide.WIDTHS))  # at most
         rows = wide.run(dataset, results, seeds=args.seeds or 5, steps=steps, methods=methods)
     if not floors_path.is_file() and not args.render_only:
         write_text(floors_path, json.dumps(wide.floor_seconds(), indent=1) + "\n")

@@ -481,6 +481,8 @@ def top_k_projector(
     options = (backward, compute_dtype, check_symmetric, _no_requirement)
     if undefined == "raise" or k == n or not (A.requires_grad and torch.is_grad_enabled()):
         return apply_spectral(A, function, *options)
+    # LAPACK never sees NaN (it can hang or crash): the checks apply_spectral makes, first
+    checks.check_finite_symmetric("top_k_projector: A", A, check_symmetric)
     with torch.no_grad():  # which matrices have a gap at the cut (one eigvalsh, no graph)
         w = torch.linalg.eigvalsh(A.detach().to(torch.float64))
         gap = w[..., n - k] - w[..., n - k - 1]

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -672,3 +673,27 @@ def test_rendering_onto_a_full_disk_names_the_file_and_leaves_nothing(
         _one_line_error(capsys, str(disk), "No space left")
         leftovers = [p.name for p in disk.iterdir() if p.name.endswith((".tmp", ".claim", ".lock"))]
         assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("table", ["table1", "table2", "covpool"])
+def test_the_run_budget_counts_the_target_s_own_runs(
+    table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The queued-run estimate is the target's cell count (it was seeds × (methods × 5 + 1)
+    for every target: table2, without group sizes, was refused at a fifth of the limit)."""
+    per_seed = len(reproduce.table_cells(table, 1))
+    assert len(reproduce.table_cells(table, 3)) == 3 * per_seed  # linear in the seeds
+    allowed = cli.MAX_QUEUED_RUNS // per_seed
+
+    def no_runs(cells: list[reproduce.Cell], *args: object, **kwargs: object) -> list[object]:
+        assert len(cells) == allowed * per_seed  # the budget admitted exactly these
+        raise cli.Refused("stop before any run")
+
+    monkeypatch.setattr(reproduce, "run_cells", no_runs)
+    monkeypatch.setattr(cli, "_dataset", lambda *args: SimpleNamespace(name="fashion-mnist"))
+    base = ["reproduce", table, f"--results={tmp_path}"]
+    assert cli.main([*base, f"--seeds={allowed}"]) == 2
+    _one_line_error(capsys, "stop before any run")
+    assert cli.main([*base, f"--seeds={allowed + 1}"]) == 2
+    _one_line_error(capsys, "runs would be queued", "--force")
