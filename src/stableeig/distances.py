@@ -97,11 +97,18 @@ def _fidelity(
         checks.check_eigenvalues_finite(f"{where}: {names[1]}", w)
         require_semidefinite()(w, f"{where}: {names[1]}", judged)
         return w.clamp_min(0).sqrt().sum(-1)
-    root = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[0], A, judged)
-    inner = root @ B @ root
+    inner = _root_inner(where, A, B, judged, names)
     inner = (inner + inner.mT) / 2
     value = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[1], inner, judged)
     return value.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def _root_inner(
+    where: str, A: torch.Tensor, B: torch.Tensor, judged: torch.dtype, names: tuple[str, str]
+) -> torch.Tensor:
+    """``A^{1/2} B A^{1/2}``, with ``A`` checked positive semidefinite (errors name it)."""
+    root = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[0], A, judged)
+    return root @ B @ root
 
 
 def _fidelity_inner(
@@ -115,8 +122,7 @@ def _fidelity_inner(
         L, info = torch.linalg.cholesky_ex((A + A.mT) / 2)  # as the spectral path reads A
         if bool((info == 0).all()):
             return L.mT @ B @ L
-    root = _checked(_FIDELITY_SQRT, require_semidefinite(), where, names[0], A, judged)
-    return root @ B @ root
+    return _root_inner(where, A, B, judged, names)
 
 
 _FIDELITY_SQRT = SpectralFunction(  # sqrtm, whose undefined gradient points to the features
