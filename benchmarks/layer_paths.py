@@ -7,7 +7,6 @@ ratios measured interleaved in one process.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import sys
 import time
@@ -17,19 +16,11 @@ from unittest import mock
 import torch
 
 import stableeig as se
+from stableeig.bench.timing import environment
+from stableeig.bench.users import three_lines
 from stableeig.nn import statistics as group_statistics
 
 REPEATS = 7
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def step_seconds(fn, x: torch.Tensor, grad: torch.Tensor) -> float:
@@ -37,13 +28,6 @@ def step_seconds(fn, x: torch.Tensor, grad: torch.Tensor) -> float:
     start = time.perf_counter()
     fn(x).backward(grad)
     return time.perf_counter() - start
-
-
-def three_lines(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """What a whitening-loss user writes: centre, covariance, ``inv_sqrtm``."""
-    xc = x - x.mean(0)
-    eye = torch.eye(x.shape[1], dtype=x.dtype)
-    return xc @ se.inv_sqrtm(xc.T @ xc / x.shape[0] + eps * eye)
 
 
 def compare(a, b, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
@@ -65,7 +49,7 @@ def compare(a, b, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
 def main() -> int:
     torch.set_num_threads(1)
     lines = [
-        f"CPU: {cpu_model()}; threads: 1; torch {torch.__version__}; "
+        f"CPU: {environment()['cpu']}; threads: 1; torch {torch.__version__}; "
         f"{REPEATS} interleaved pairs, medians",
         "",
         "## (N, C) embeddings: `ZCAWhitening1d` (one group) against three lines of `inv_sqrtm`",
