@@ -560,29 +560,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    gradients = bench_commands.add_parser(
-        "gradients", help="gradient fidelity sweep (JSON, MD, plot)"
-    )
-    common(gradients)
-    gradients.add_argument("--quick", action="store_true", help="n = 4, 16 and one draw (smoke)")
-    gradients.add_argument("--results", default="results", help="output folder (default: results)")
-    gradients.set_defaults(run=_bench_gradients)
-    spectral_parser = bench_commands.add_parser(
-        "spectral", help="spectral-function gradient accuracy vs mpmath and peers (JSON, MD, plot)"
-    )
-    common(spectral_parser)
-    spectral_parser.add_argument(
-        "--quick", action="store_true", help="three gaps, one scale (smoke)"
-    )
-    spectral_parser.add_argument(
-        "--results", default="results", help="output folder (default: results)"
-    )
-    spectral_parser.set_defaults(run=_bench_spectral)
-    speed_parser = bench_commands.add_parser(
-        "speed", help="speed vs torch eigh, BatchNorm (JSON, MD, plot)"
-    )
-    common(speed_parser)
-    speed_parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats (smoke)")
+
+    def bench_command(name: str, help: str, run: Any, quick: str) -> argparse.ArgumentParser:
+        """A ``bench`` subcommand: the common options, ``--quick``, ``--results``."""
+        sub = bench_commands.add_parser(name, help=help)
+        common(sub)
+        sub.add_argument("--quick", action="store_true", help=quick)
+        sub.add_argument("--results", default="results", help="output folder (default: results)")
+        sub.set_defaults(run=run)
+        return sub
+
+    bench_command(
+        "gradients", "gradient fidelity sweep (JSON, MD, plot)", _bench_gradients,
+        "n = 4, 16 and one draw (smoke)",
+    )  # fmt: skip
+    bench_command(
+        "spectral", "spectral-function gradient accuracy vs mpmath and peers (JSON, MD, plot)",
+        _bench_spectral, "three gaps, one scale (smoke)",
+    )  # fmt: skip
+    speed_parser = bench_command(
+        "speed", "speed vs torch eigh, BatchNorm (JSON, MD, plot)", _bench_speed,
+        "tiny sizes, 3 repeats (smoke)",
+    )  # fmt: skip
     speed_parser.add_argument(
         "--repeats", type=_at_least(1), default=10, help="timed repeats (default: 10)"
     )
@@ -595,17 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     speed_parser.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"
     )
-    speed_parser.add_argument(
-        "--results", default="results", help="output folder (default: results)"
-    )
-    speed_parser.set_defaults(run=_bench_speed)
-    users_parser = bench_commands.add_parser(
+    users_parser = bench_command(
         "users",
-        help="the shapes users run first vs the code they write today: small calls, (N, C) "
+        "the shapes users run first vs the code they write today: small calls, (N, C) "
         "whitening, SPDNet, FID, float32 vs float64 compute, compiled models (JSON, MD, plot)",
-    )
-    common(users_parser)
-    users_parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke)")
+        _bench_users, "tiny sizes (smoke)",
+    )  # fmt: skip
     users_parser.add_argument(
         "--runs", type=_at_least(1, 10), default=2, help="runs of every row (default: 2)"
     )
@@ -618,10 +612,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma list of {','.join(USERS_SECTIONS)} (default: all)",
     )
-    users_parser.add_argument(
-        "--results", default="results", help="output folder (default: results)"
-    )
-    users_parser.set_defaults(run=_bench_users)
     return parser
 
 
