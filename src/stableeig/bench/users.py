@@ -383,7 +383,7 @@ def measure(sections: tuple[str, ...], runs: int, repeats: int, quick: bool,
     for run in range(runs):
         for case in cases:
             case.runs.append(case.measure())
-            progress(f"run {run + 1}/{runs} {case.section} {_describe(case)}: "
+            progress(f"run {run + 1}/{runs} {case.section} {_describe(case.section, case.meta)}: "
                      f"{_ratio_cell(case.runs[-1])}")  # fmt: skip
     return {
         "environment": environment(),
@@ -394,9 +394,8 @@ def measure(sections: tuple[str, ...], runs: int, repeats: int, quick: bool,
     }
 
 
-def _describe(case: Case) -> str:
-    meta = case.meta
-    section = case.section
+def _describe(section: str, meta: Fields) -> str:
+    """A row's short name, from its section and what it shows."""
     if section == "calls":
         return f"{meta['function']}, {meta['batch']} × {meta['n']}×{meta['n']}"
     if section == "embeddings":
@@ -535,8 +534,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     figure, (axis,) = new_figure(1, width=9.0, height=0.28 * len(rows) + 1.5)
     labels = []
     for index, row in enumerate(rows):
-        case = Case(row["section"], row, lambda: {})
-        labels.append(f"{row['section']}: {_describe(case)}")
+        labels.append(f"{row['section']}: {_describe(row['section'], row)}")
         for run in row["runs"]:
             axis.plot(run["ratio"], index, "o", color="tab:blue", alpha=0.7)
         if row.get("target") is not None:
