@@ -308,6 +308,21 @@ def test_extra_repr_and_reset() -> None:
     assert int(layer.num_batches_tracked) == 0
 
 
+def test_changed_settings_take_effect_at_the_next_call() -> None:
+    """The layer keeps its built transform between calls; a changed eps, rule or
+    truncation is seen at the next call, as a fresh layer with those settings computes."""
+    x = gaussian((64, 8), dtype=torch.float64)
+    layer = ZCAWhitening1d(8, affine=False, track_running_stats=False, dtype=torch.float64)
+    first = layer(x)
+    layer.eps = 0.5
+    fresh = ZCAWhitening1d(8, eps=0.5, affine=False, track_running_stats=False)
+    assert not torch.allclose(layer(x), first)
+    torch.testing.assert_close(layer(x), fresh(x), rtol=0, atol=0)
+    layer.rule, layer.truncation = se.rules.Power(), "paper"
+    assert layer.transform().rule == se.rules.Power()
+    assert layer.transform().truncation == "paper"  # type: ignore[attr-defined]
+
+
 def test_gradcheck_float64() -> None:
     layer = ZCAWhitening1d(4, group_size=2, dtype=torch.float64)
     x = gaussian((6, 4), dtype=torch.float64).requires_grad_(True)

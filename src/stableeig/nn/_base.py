@@ -129,12 +129,22 @@ class GroupLayer(nn.Module):
 
     def transform(self) -> GroupTransform:
         """The layer's transform, from its current settings (changing ``layer.eps`` or
-        ``layer.rule`` takes effect at the next call, as in BatchNorm)."""
-        settings = {key: getattr(self, key) for key in self._settings}
-        return self._transform_type(
-            self.eps, self.rule, self.running, self.convention, self.compute_dtype,
-            where=type(self).__name__, **settings,
+        ``layer.rule`` takes effect at the next call, as in BatchNorm).
+
+        Built (and validated) once per distinct settings: an eager call compares the
+        settings with the last ones (~0.1 ms saved per call on a CPU)."""
+        settings = (self.eps, self.rule, self.running, self.convention, self.compute_dtype)
+        settings += tuple(getattr(self, key) for key in self._settings)
+        cached = self.__dict__.get("_transform_cache")
+        if cached is not None and cached[0] == settings:
+            return cached[1]
+        transform = self._transform_type(
+            *settings[:5], where=type(self).__name__,
+            **dict(zip(self._settings, settings[5:])),
         )  # fmt: skip
+        if not torch.compiler.is_compiling():  # no side effect for Dynamo to trace
+            self.__dict__["_transform_cache"] = (settings, transform)
+        return transform
 
     def _matrix_named(self, meaning: str) -> torch.Tensor:
         """``running_matrix`` when it holds ``meaning`` (the version-1 buffer names)."""

@@ -29,10 +29,13 @@ from .conventions import Convention
 from .denoising import PCATransform
 from .statistics import (
     GradientLink,
+    centered_affine,
     finite_moments,
     group_affine,
     one_pass_gradient,
+    samples_by_group,
     sync_enabled,
+    whole_tensor,
 )
 from .transforms import GroupTransform, RunningValues
 from .whitening import ZCATransform
@@ -148,10 +151,14 @@ def group_transform(
     with autocast_off(x.device):
         work = x3.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
         link: Optional[GradientLink] = None
+        # (N, C) and small maps: GEMMs on each group's centered samples (G, N·L, d)
+        whole = whole_tensor(work) and not sync
         if training:
             # the input gradient written once, by the moments backward (eager only)
             link = GradientLink() if one_pass_gradient(work) else None
-            mean, covariance, count, work = finite_moments(name, work, d, sync, process_group, link)
+            mean, covariance, count, work = finite_moments(
+                name, work, d, sync, process_group, link, centered=whole
+            )
             covariance = covariance.to(transform.working_dtype(work.dtype))
             T, values = transform.batch((covariance + covariance.mT) / 2, count)
             if tracked:
@@ -164,10 +171,13 @@ def group_transform(
         T, mean = T.to(dtype), mean.to(dtype)
         if weight is not None:
             T = T * weight.to(dtype).view(G, d, 1)
-        shift = -(T @ mean.view(G, d, 1))  # (G, d, 1)
-        if bias is not None:
-            shift = shift + bias.to(dtype).view(G, d, 1)
-        y = group_affine(work, T, shift, link=link)
+        bias = None if bias is None else bias.to(dtype).view(G, d, 1)
+        if whole:  # training: work holds the centered samples already
+            centered = work if training else samples_by_group(work, d) - mean.view(G, 1, d)
+            y = centered_affine(centered, T, bias, x3.shape)
+        else:
+            shift = -torch.bmm(T, mean.view(G, d, 1))  # (G, d, 1)
+            y = group_affine(work, T, shift if bias is None else shift + bias, link=link)
     y = y.view(x.shape).to(x.dtype)
     if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)

@@ -29,10 +29,12 @@ from .._validation import (
 
 __all__ = [
     "GradientLink",
+    "centered_affine",
     "finite_moments",
     "group_affine",
     "group_moments",
     "one_pass_gradient",
+    "samples_by_group",
     "samples_per_block",
     "sync_enabled",
     "traced",
@@ -291,14 +293,47 @@ def group_moments(
 def _whole_tensor_moments(
     x3: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`group_moments` as plain operations: one GEMM per group over all ``N·L``
-    samples, differentiated by autograd (and by every torch.func transform)."""
+    """:func:`group_moments` as plain operations (:func:`centered_moments`)."""
+    mean, covariance, count, _ = centered_moments(samples_by_group(x3, group_size))
+    return mean.reshape(x3.shape[1]), covariance, count, x3
+
+
+def samples_by_group(x3: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N, C, L) -> (G, N·L, d): each group's samples as rows, the layout in which one
+    ``bmm`` per operation serves the moments, the affine map and their backwards (~1.3×
+    faster than ``einsum`` over (N, G, d, L), which permutes in each); a view for (N, C)."""
     N, C, L = x3.shape
-    count = torch.tensor(float(N * L), dtype=x3.dtype, device=x3.device)
-    mean = x3.mean(dim=(0, 2))
-    centered = (x3 - mean.view(1, C, 1)).view(N, C // group_size, group_size, L)
-    outer = torch.einsum("ngdl,ngel->gde", centered, centered)
-    return mean, outer / count, count, x3
+    G = C // group_size
+    return x3.view(N, G, group_size, L).permute(1, 0, 3, 2).reshape(G, N * L, group_size)
+
+
+def centered_moments(
+    samples: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean (G, 1, d), biased covariance (G, d, d), count and the centered samples
+    (G, M, d) of each group's samples (G, M, d) (:func:`samples_by_group`): one GEMM per
+    group over all samples, differentiated by autograd (and by every torch.func transform)."""
+    count = torch.tensor(float(samples.shape[1]), dtype=samples.dtype, device=samples.device)
+    mean = samples.mean(dim=1, keepdim=True)
+    centered = samples - mean
+    return mean, torch.bmm(centered.mT, centered) / count, count, centered
+
+
+def centered_affine(
+    samples: torch.Tensor,
+    transform: torch.Tensor,
+    shift: Optional[torch.Tensor],
+    shape: torch.Size,
+) -> torch.Tensor:
+    """``T x + shift`` of each group's samples (G, M, d) (:func:`samples_by_group`), back in
+    the (N, C, L) ``shape`` of the activations; ``shift`` (G, d, 1) or None."""
+    N, C, L = shape
+    G, _, d = samples.shape
+    if shift is None:
+        y = torch.bmm(samples, transform.mT)
+    else:
+        y = torch.baddbmm(shift.mT, samples, transform.mT)
+    return y.view(G, N, L, d).permute(1, 0, 3, 2).reshape(N, C, L)
 
 
 def finite_moments(
@@ -308,13 +343,23 @@ def finite_moments(
     sync: bool = False,
     process_group: Optional[Any] = None,
     link: Optional[GradientLink] = None,
+    centered: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`group_moments`, checked: a non-finite float32 covariance (finite activations
     beyond ~1e19, which BatchNorm accepts) is recomputed from a float64 copy of ``x3`` (then
     returned as the activations); one still non-finite raises
     :class:`~stableeig.NonFiniteError`. One host sync, skipped with host checks off and
-    under shape inference."""
-    mean, covariance, count, used = group_moments(x3, group_size, sync, process_group, link=link)
+    under shape inference. With ``centered`` (the whole-tensor path, no ``sync``), the
+    moments are :func:`centered_moments`' and the last value returned is each group's
+    centered samples (G, N·L, d) instead of the activations."""
+
+    def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not centered:
+            return group_moments(x, group_size, sync, process_group, link=link)
+        mean, covariance, count, samples = centered_moments(samples_by_group(x, group_size))
+        return mean.reshape(x.shape[1]), covariance, count, samples
+
+    mean, covariance, count, used = moments(x3)
     if in_graph():  # compiled: an assertion in the graph (no float64 recomputation)
         assert_in_graph(
             torch.isfinite(covariance).all(), f"{name}: activations' covariance: expected finite"
@@ -325,9 +370,7 @@ def finite_moments(
     if all_finite(covariance):  # the forward's one host synchronization
         return mean, covariance, count, used
     if x3.dtype == torch.float32:
-        mean, covariance, count, used = group_moments(
-            x3.to(torch.float64), group_size, sync, process_group, link=link
-        )
+        mean, covariance, count, used = moments(x3.to(torch.float64))
     check_finite(f"{name}: activations' covariance", covariance)
     return mean, covariance, count, used
 
@@ -382,10 +425,8 @@ def group_affine(
     if whole_tensor(x3) and link is None and block is None:
         # one broadcast product, no blocks, no out=, so the batch stays symbolic (export
         # with a dynamic batch) and every transform differentiates it
-        N, C, L = x3.shape
-        G, d, _ = transform.shape
-        y = torch.einsum("gde,ngel->ngdl", transform, x3.view(N, G, d, L))
-        return (y + shift).view(N, C, L)
+        samples = samples_by_group(x3, transform.shape[-1])
+        return centered_affine(samples, transform, shift, x3.shape)
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x3, transform, shift)
     )
