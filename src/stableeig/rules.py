@@ -173,17 +173,21 @@ class Power(EigenvectorRule):
         check_positive("Power: floor", self.floor)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        q, denominator, later_is_m = _series_ratio(w, self.floor)
-        deflated_before_j = later_is_m.to(w.dtype)  # w[m] deflated before w[j]
-        # S_K(q) = S_{K+1}(q) - q^K: one series, negated and shortened below the diagonal;
-        # both from one logarithm (q^0 = 1 also at q = 0, where log q = -inf)
+        # q and λ' are symmetric in (m, j): the series is summed once per pair m < j (half
+        # the transcendental work), its value put above the diagonal; below it, where
+        # w[m] was deflated before w[j], S_K(q) = S_{K+1}(q) - q^K is put negated
+        n = w.shape[-1]
+        rows, cols = torch.triu_indices(n, n, 1, device=w.device)  # pairs m < j
+        denominator = w[..., cols].clamp_min(self.floor)  # λ' = max(w_larger, floor)
+        q = (w[..., rows].clamp_min(0) / denominator).clamp(max=1)
+        # both powers from one logarithm (q^0 = 1 also at q = 0, where log q = -inf)
         below_one, log_q = _below_one_and_log(q)
         series = torch.expm1((self.num_iters + 1) * log_q) / (below_one - 1)
         last_power = torch.exp(self.num_iters * log_q) if self.num_iters else torch.ones_like(q)
-        last_term = last_power * deflated_before_j
-        coefficients = (series * (1 - 2 * deflated_before_j) + last_term) / denominator
-        coefficients.diagonal(dim1=-2, dim2=-1).zero_()
-        return coefficients
+        values = torch.cat([series / denominator, (last_power - series) / denominator], -1)
+        places = torch.cat([rows * n + cols, cols * n + rows])  # flat (m, j), then (j, m)
+        coefficients = w.new_zeros(*w.shape[:-1], n * n).index_copy(-1, places, values)
+        return coefficients.view(*w.shape, n)
 
 
 @dataclass(frozen=True)

@@ -348,3 +348,47 @@ def test_bimap_takes_another_orthogonal_map_and_keeps_w_orthonormal(orthogonal_m
 def test_bimap_refuses_an_unknown_orthogonal_map() -> None:
     with pytest.raises(se.ArgumentError, match=r"orthogonal_map.*householder.*cayley"):
         se.nn.BiMap(4, 2, orthogonal_map="qr")
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (2, 5, 5), (3, 6, 1), (4, 9)])
+def test_householder_columns_equal_torch_s_householder_product(shape: tuple[int, ...]) -> None:
+    """The closed-form product (UT transform) against LAPACK's reflector by reflector."""
+    from stableeig.nn.orthogonal import householder_columns
+
+    g = torch.Generator().manual_seed(0)
+    tall = shape if shape[-2] >= shape[-1] else (*shape[:-2], shape[-1], shape[-2])
+    reflectors = torch.randn(tall, generator=g, dtype=torch.float64).requires_grad_()
+    A = reflectors.tril(-1)
+    tau = 2.0 / (1.0 + (A * A).sum(dim=-2))
+    ours, theirs = householder_columns(A, tau), torch.linalg.householder_product(A, tau)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-13)
+    G = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad(Q, reflectors, G, retain_graph=True)[0] for Q in (ours, theirs)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bimap_householder_is_torch_s_parametrization_with_the_same_state(
+    dtype: torch.dtype,
+) -> None:
+    """Default BiMap: torch's orthogonal(householder) to rounding, in values and gradients,
+    and state dicts load both ways (checkpoints saved before the closed-form product)."""
+    from torch.nn.utils.parametrizations import orthogonal
+
+    torch.manual_seed(0)
+    ours = se.nn.BiMap(9, 4, channels=3, dtype=dtype)
+    reference = torch.nn.Module()
+    reference.weight = torch.nn.Parameter(torch.empty(3, 9, 4, dtype=dtype))
+    orthogonal(reference, "weight", orthogonal_map="householder")
+    assert set(reference.state_dict()) == set(ours.state_dict())
+    reference.load_state_dict(ours.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    tolerance = {"rtol": 0, "atol": 1e-6 if dtype == torch.float32 else 1e-13}
+    torch.testing.assert_close(ours.weight, reference.weight, **tolerance)
+    G = torch.randn(3, 9, 4, dtype=dtype)
+    (ours.weight * G).sum().backward()
+    (reference.weight * G).sum().backward()
+    originals = [m.parametrizations.weight.original.grad for m in (ours, reference)]
+    torch.testing.assert_close(originals[0], originals[1], **tolerance)
+    ours.weight = torch.linalg.qr(torch.randn(3, 9, 4, dtype=dtype))[0]  # assignment: torch's
+    assert torch.allclose(ours.weight.mT @ ours.weight, torch.eye(4, dtype=dtype), atol=1e-5)

@@ -15,7 +15,6 @@ from typing import Optional, Union
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import orthogonal
 
 from .. import _validation as checks
 from .._precision import working_dtype
@@ -24,6 +23,7 @@ from ..matrix_functions import clamp_eigenvalues, expm, logm, powm
 from ..means import airm_geodesic, airm_mean
 from ..rules import Rule, resolve
 from ..spectral import inv_sqrtm
+from .orthogonal import orthogonal_weight
 
 __all__ = [
     "BiMap",
@@ -242,7 +242,7 @@ class BiMap(nn.Module):
             torch.empty(channels, in_size, out_size, device=device, dtype=dtype)
         )
         nn.init.orthogonal_(self.weight)
-        orthogonal(self, "weight", orthogonal_map=orthogonal_map)
+        orthogonal_weight(self, "weight", orthogonal_map)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = _check_spd_input("BiMap", X, self.in_size)
