@@ -140,6 +140,23 @@ def test_stable_rules_bounded_at_zero_and_negative_eigenvalues(
     assert float(A.grad.abs().max()) <= 1e8 * float(upstream.abs().max())
 
 
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_rules_flagged_finite_have_finite_coefficients_and_analytic_is_not_flagged(
+    name: str,
+) -> None:
+    """The backward multiplies a flagged rule's C without the Inf · 0 guard: the flag must
+    hold on every adversarial spectrum (ties, zeros, huge ranges), as the bounds say."""
+    w = torch.linalg.eigvalsh(ADVERSARIAL[name](8).double())
+    flagged = [rule for rule in RULES.values() if getattr(rule, "finite_coefficients", False)]
+    assert {rule.name for rule in flagged} == {"power", "taylor", "clip"}
+    for rule in flagged:
+        assert torch.isfinite(rule.coefficients(w)).all(), rule.name
+        assert torch.isfinite(rule.coefficients(-w)).all(), rule.name
+    assert not RULES["analytic"].finite_coefficients  # type: ignore[attr-defined]
+    tie = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    assert not torch.isfinite(RULES["analytic"].coefficients(tie)).all()  # type: ignore[attr-defined]
+
+
 def test_power_floor_is_what_bounds_it() -> None:
     """Without the floor the zero matrix would divide by 0; with a larger floor, smaller C."""
     w = torch.zeros(3, dtype=torch.float64)

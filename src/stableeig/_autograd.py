@@ -85,8 +85,11 @@ def eigenvector_backward(
     Not symmetrized here; the callers symmetrize their input, so the gradient that reaches
     the user is the symmetric part.
     """
-    inner = torch.zeros_like(V)
-    if grad_V is not None:
+    if grad_V is None:
+        inner = torch.zeros_like(V)
+    elif rule.finite_coefficients:  # no Inf · 0 to guard
+        inner = rule.coefficients(w) * (V.mT @ grad_V)
+    else:
         inner = _unused_is_zero(rule.coefficients(w), V.mT @ grad_V)
     if grad_w is not None:
         inner = inner + torch.diag_embed(grad_w)

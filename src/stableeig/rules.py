@@ -75,6 +75,9 @@ class EigenvectorRule(Rule):
     """A rule that replaces the coefficients ``C`` of the eigenvector gradient."""
 
     kind: ClassVar[str] = "eigenvector"
+    finite_coefficients: ClassVar[bool] = False
+    """Whether ``C`` is finite for every finite ``w`` (a bounded rule): the backward then
+    multiplies by it without guarding ``Inf · 0`` (True for the stabilized rules)."""
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         """``C`` (..., n, n) from ascending eigenvalues ``w`` (..., n)."""
@@ -160,6 +163,7 @@ class Power(EigenvectorRule):
     floor: float = REFERENCE_NORM_FLOOR
 
     name: ClassVar[str] = "power"
+    finite_coefficients: ClassVar[bool] = True
     paper_name: ClassVar[str] = "SVD-PI (proposed)"
     default_truncation: ClassVar[str] = "paper"  # the SVD-PI layer's recipe
     summary: ClassVar[str] = (
@@ -173,21 +177,15 @@ class Power(EigenvectorRule):
         check_positive("Power: floor", self.floor)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        # q and λ' are symmetric in (m, j): the series is summed once per pair m < j (half
-        # the transcendental work), its value put above the diagonal; below it, where
-        # w[m] was deflated before w[j], S_K(q) = S_{K+1}(q) - q^K is put negated
-        n = w.shape[-1]
-        rows, cols = torch.triu_indices(n, n, 1, device=w.device)  # pairs m < j
-        denominator = w[..., cols].clamp_min(self.floor)  # λ' = max(w_larger, floor)
-        q = (w[..., rows].clamp_min(0) / denominator).clamp(max=1)
+        q, denominator, later_is_m = _series_ratio(w, self.floor)
         # both powers from one logarithm (q^0 = 1 also at q = 0, where log q = -inf)
         below_one, log_q = _below_one_and_log(q)
-        series = torch.expm1((self.num_iters + 1) * log_q) / (below_one - 1)
+        series = torch.expm1((self.num_iters + 1) * log_q) / (below_one - 1)  # S_{K+1}(q)
         last_power = torch.exp(self.num_iters * log_q) if self.num_iters else torch.ones_like(q)
-        values = torch.cat([series / denominator, (last_power - series) / denominator], -1)
-        places = torch.cat([rows * n + cols, cols * n + rows])  # flat (m, j), then (j, m)
-        coefficients = w.new_zeros(*w.shape[:-1], n * n).index_copy(-1, places, values)
-        return coefficients.view(*w.shape, n)
+        # where w[m] was deflated before w[j] (m > j): -S_K(q) = q^K - S_{K+1}(q)
+        coefficients = torch.where(later_is_m, last_power - series, series) / denominator
+        coefficients.diagonal(dim1=-2, dim2=-1).zero_()
+        return coefficients
 
 
 @dataclass(frozen=True)
@@ -209,6 +207,7 @@ class Taylor(EigenvectorRule):
     floor: float = REFERENCE_NORM_FLOOR
 
     name: ClassVar[str] = "taylor"
+    finite_coefficients: ClassVar[bool] = True
     paper_name: ClassVar[str] = "Taylor (TPAMI follow-up)"
     summary: ClassVar[str] = "closed-form geometric series of degree `order` (10 terms by default)"
     bound: ClassVar[str] = "`(order + 1) / max(λᵢ, λⱼ, floor)`"
@@ -235,6 +234,7 @@ class Clip(EigenvectorRule):
     min_gap: float = 1e-2
 
     name: ClassVar[str] = "clip"
+    finite_coefficients: ClassVar[bool] = True
     paper_name: ClassVar[str] = "common workaround"
     summary: ClassVar[str] = "`1/(λⱼ − λᵢ)` with the gap clamped to `min_gap`"
     bound: ClassVar[str] = "`1 / min_gap`"
