@@ -40,10 +40,10 @@ __all__ = [
     "traced",
 ]
 
-WHOLE_TENSOR_MAX_LENGTH = 9  # (N, C) embeddings and maps up to 3×3: whole-tensor GEMMs (one
-# per group) beat the streamed per-sample products (3.1× at (512, 64), 1.3× at 2×2; 35–94× at
-# (512..4096, 256)); from 4×4 up the streamed passes win (1.2× at 4×4, 2–6.7× from 8×8)
-# (`python benchmarks/layer_paths.py`, results/layer_paths.md)
+WHOLE_TENSOR_MAX_LENGTH = 16  # (N, C) embeddings and maps up to 4×4: whole-tensor GEMMs (one
+# per group, on each group's samples) beat the streamed per-sample products (0.21× at
+# (512, 64), 0.56–0.79× at 2×2…4×4); from 8×8 up the streamed passes win (1.25× at 8×8,
+# 2.5–4.1× from 16×16) (`python benchmarks/layer_paths.py`, results/layer_paths.md)
 CPU_BLOCK_ELEMENTS = 1 << 20  # ~4 MiB (float32) per operand: fits the last-level cache; best of
 # 2^17…2^23 for training at d = 16 and 64 (`python benchmarks/block_size.py`)
 
@@ -378,7 +378,7 @@ def finite_moments(
 def whole_tensor(x3: torch.Tensor) -> bool:
     """Whether the statistics and the affine map of (N, C, L) activations are plain
     whole-tensor operations rather than the streamed passes: under tracing
-    (:func:`traced`), and for (N, C) embeddings and small maps (``L <= 9``), where the
+    (:func:`traced`), and for (N, C) embeddings and small maps (``L <= 16``), where the
     streamed per-sample products are slow."""
     return x3.shape[2] <= WHOLE_TENSOR_MAX_LENGTH or traced(x3)
 
