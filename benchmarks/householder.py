@@ -2,7 +2,7 @@
 ``torch.linalg.householder_product``, forward + backward of ``W`` from its parameters,
 interleaved, medians of per-pair ratios (1 thread).
 
-    python benchmarks/householder.py
+    python benchmarks/householder.py > results/householder.md
 """
 
 from __future__ import annotations

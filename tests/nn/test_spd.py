@@ -392,3 +392,18 @@ def test_bimap_householder_is_torch_s_parametrization_with_the_same_state(
     torch.testing.assert_close(originals[0], originals[1], **tolerance)
     ours.weight = torch.linalg.qr(torch.randn(3, 9, 4, dtype=dtype))[0]  # assignment: torch's
     assert torch.allclose(ours.weight.mT @ ours.weight, torch.eye(4, dtype=dtype), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 10.0])
+def test_householder_columns_stay_orthonormal_to_a_few_ulps(
+    dtype: torch.dtype, scale: float
+) -> None:
+    """256 reflections of any scale: ``QᵀQ = I`` within 16 eps (LAPACK's product: ~4–9)."""
+    from stableeig.nn.orthogonal import householder_columns
+
+    X = torch.randn(256, 128, dtype=dtype, generator=torch.Generator().manual_seed(0)) * scale
+    A = X.tril(-1)
+    Q = householder_columns(A, 2.0 / (1.0 + (A * A).sum(dim=-2)))
+    error = (Q.mT @ Q - torch.eye(128, dtype=dtype)).abs().max()
+    assert float(error) <= 16 * torch.finfo(dtype).eps

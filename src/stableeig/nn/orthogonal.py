@@ -4,10 +4,12 @@
 product of the Householder reflections by ``torch.linalg.householder_product``, whose
 backward loops over the reflections. Here the same map forms the product in closed form,
 ``Q = I - V T Vᵀ`` with ``T⁻¹ = triu(VᵀV, 1) + diag(1/τ)`` (the UT transform of Joffrain,
-Low, Quintana-Ortí, van de Geijn and Van Zee, ACM TOMS 32(2), 2006): four batched matrix
+Low, Quintana-Ortí, van de Geijn and Van Zee, ACM TOMS 32(2), 2006): two batched matrix
 products and one triangular solve, differentiated by autograd. Same parameters, same
-buffers and state dict, same ``W`` to rounding; a 22 × 16 map's forward and backward
-took 0.5× torch's time, 64 × 32 0.15× (``python benchmarks/householder.py``).
+buffers and state dict, same ``W`` to rounding (``QᵀQ = I`` to a few ulps, as LAPACK's);
+the forward and backward of a 22 × 16 map took 0.29–0.34× torch's time, 64 × 32 0.17×,
+256 × 128 0.08–0.10× (one thread, ``python benchmarks/householder.py``,
+``results/householder.md``).
 """
 
 from __future__ import annotations

@@ -201,12 +201,13 @@ class BiMap(nn.Module):
     (``out <= in``), one ``W`` per channel, kept orthonormal by
     ``torch.nn.utils.parametrizations.orthogonal`` (any torch optimizer works).
 
-    ``orthogonal_map``: that parametrization's map. ``"householder"`` (default: the
-    committed SPDNet results were trained with it), ``"cayley"`` (cheaper: a 22 → 16
-    SPDNet step with float32 compute took 1.37× spd_learn's with Householder and
-    1.11–1.13× with Cayley, ``stableeig bench users --only spdnet``) or ``"matrix_exp"``.
-    The maps parametrize the same set of ``W`` differently: a state dict loads only into a
-    layer with the same map.
+    ``orthogonal_map``: that parametrization's map. ``"householder"`` (default) is torch's
+    Householder map with the reflections' product formed in closed form
+    (:mod:`stableeig.nn.orthogonal`: same parameters, state dict and ``W`` to rounding,
+    without ``householder_product``'s per-reflector backward loop); ``"cayley"`` and
+    ``"matrix_exp"`` are torch's. The maps parametrize the same set of ``W`` differently:
+    a state dict loads only into a layer with the same map (``stableeig bench users
+    --only spdnet`` times a 22 → 16 SPDNet step with each).
 
     Shape:
         (N, in, in) or (N, channels, in, in) → (N, out, out) or (N, channels, out, out).
