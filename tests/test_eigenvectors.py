@@ -80,6 +80,19 @@ def test_top_k_projector_per_matrix_undefined_gradients() -> None:
         (se.top_k_projector(C.clone().requires_grad_(), 1) * G).sum().backward()
 
 
+def test_top_k_projector_decomposes_twice_when_every_cut_has_a_gap() -> None:
+    """undefined="zero": the gap search and the projector; the constant stand-in's own
+    decomposition only where some matrix of the batch has no gap at the cut."""
+    C = _batch()  # the last two tied at the cut
+    counting = mock.Mock(wraps=torch.linalg.eigh)
+    for batch, expected in ((C[:4], 1), (C, 2)):
+        counting.reset_mock()
+        with mock.patch.object(torch.linalg, "eigh", counting):
+            P = se.top_k_projector(batch.clone().requires_grad_(), 1, undefined="zero")
+        assert counting.call_count == expected
+        torch.testing.assert_close(P.detach(), se.top_k_projector(batch, 1))
+
+
 def test_top_k_projector_checks_its_input_before_lapack_sees_it() -> None:
     """undefined="zero" looks for gaps with an eigvalsh before the projector: NaN must be
     refused first (LAPACK can hang or crash on NaN), with the projector's own error."""

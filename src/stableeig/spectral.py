@@ -491,6 +491,9 @@ def top_k_projector(
     stand_in = torch.diag(torch.arange(1, n + 1, dtype=A.dtype, device=A.device))
     mask = defined[..., None, None]
     differentiable = apply_spectral(torch.where(mask, A, stand_in), function, *options)
+    readable = checks.host_checks_enabled() and checks.readable(defined)
+    if readable and not checks.in_graph() and bool(defined.all()):
+        return differentiable  # the common case: no stand-in to replace, no third eigh
     constant = apply_spectral(A.detach(), function, *options)
     return torch.where(mask, differentiable, constant)
 
