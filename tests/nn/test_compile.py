@@ -176,3 +176,18 @@ def test_compiled_spectral_functions_keep_their_checks_in_the_graph() -> None:
         f(-torch.eye(3))
     with pytest.raises(RuntimeError, match="expected a symmetric matrix"):
         f(torch.tensor([[2.0, 1.0], [0.0, 2.0]]))
+
+
+def test_a_layer_called_eagerly_first_compiles_whole_and_sees_changed_settings() -> None:
+    """The transform a layer keeps between eager calls is no graph break under
+    ``fullgraph=True``, and a changed ``eps`` recompiles to the new value."""
+    torch._dynamo.reset()
+    layer = se.nn.ZCAWhitening2d(8, group_size=4, track_running_stats=False)
+    x = gaussian((16, 8, 3, 3), seed=0)
+    layer(x)  # eager: builds and keeps the transform
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+    layer.eps = 0.5
+    fresh = se.nn.ZCAWhitening2d(8, group_size=4, eps=0.5, track_running_stats=False)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(compiled(x), fresh(x))
