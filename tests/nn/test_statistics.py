@@ -160,7 +160,8 @@ def test_whole_tensor_path_equals_the_streamed_passes(
     shape: tuple[int, ...], method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """(N, C) embeddings and maps up to 4×4 take whole-tensor GEMMs; same values, gradients
-    (input, weight, bias) and running statistics as the streamed passes forced on them."""
+    (input, weight, bias), running statistics and eval output as the streamed passes forced
+    on them."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 1
     upstream = torch.randn(shape, generator=g, dtype=torch.float64)
@@ -175,6 +176,9 @@ def test_whole_tensor_path_equals_the_streamed_passes(
         xi = x.clone().requires_grad_()
         y = layer(xi)
         y.backward(upstream)
-        results.append((y, xi.grad, layer.weight.grad, layer.bias.grad, layer.running_matrix))
+        evaluated = layer.eval()(x)  # running statistics, centered by the running mean
+        results.append(
+            (y, xi.grad, layer.weight.grad, layer.bias.grad, layer.running_matrix, evaluated)
+        )
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
