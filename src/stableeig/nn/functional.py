@@ -29,7 +29,7 @@ from .conventions import Convention
 from .denoising import PCATransform
 from .statistics import (
     GradientLink,
-    centered_affine,
+    affine_by_group,
     finite_moments,
     group_affine,
     one_pass_gradient,
@@ -174,7 +174,7 @@ def group_transform(
         bias = None if bias is None else bias.to(dtype).view(G, d, 1)
         if whole:  # training: work holds the centered samples already
             centered = work if training else samples_by_group(work, d) - mean.view(G, 1, d)
-            y = centered_affine(centered, T, bias, x3.shape)
+            y = affine_by_group(centered, T, bias, x3.shape)
         else:
             shift = -torch.bmm(T, mean.view(G, d, 1))  # (G, d, 1)
             y = group_affine(work, T, shift if bias is None else shift + bias, link=link)

@@ -1,9 +1,12 @@
 """Per-group batch moments and the per-group affine map, with hand-written backwards.
 
 Activations are viewed as ``(N, C, L)``; channels form ``G = C / d`` consecutive groups of
-``d``. Every pass streams over the samples in blocks (:func:`samples_per_block`) with
-batched matrix products, so that each activation-sized tensor is read once per pass and
-the per-block work (centering, bias, accumulation) stays in cache.
+``d``. On maps larger than 4×4 every pass streams over the samples in blocks
+(:func:`samples_per_block`) with batched matrix products, so that each activation-sized
+tensor is read once per pass and the per-block work (centering, bias, accumulation) stays
+in cache. ``(N, C)`` embeddings, small maps and traced code (:func:`whole_tensor`) take
+plain operations on each group's samples as rows (:func:`samples_by_group`), differentiated
+by autograd.
 
 The layers feed the moments' own activations to the affine map and pass both one
 :class:`GradientLink`: the affine backward then leaves ``(grad_y, T)`` in the link instead
@@ -29,7 +32,7 @@ from .._validation import (
 
 __all__ = [
     "GradientLink",
-    "centered_affine",
+    "affine_by_group",
     "finite_moments",
     "group_affine",
     "group_moments",
@@ -319,7 +322,7 @@ def centered_moments(
     return mean, torch.bmm(centered.mT, centered) / count, count, centered
 
 
-def centered_affine(
+def affine_by_group(
     samples: torch.Tensor,
     transform: torch.Tensor,
     shift: Optional[torch.Tensor],
@@ -423,10 +426,10 @@ def group_affine(
     nothing to keep in cache, and one call measured ~8 % faster on the CPU (d = 4…64).
     """
     if whole_tensor(x3) and link is None and block is None:
-        # one broadcast product, no blocks, no out=, so the batch stays symbolic (export
-        # with a dynamic batch) and every transform differentiates it
+        # one bmm on each group's samples, no blocks, no out=, so the batch stays symbolic
+        # (export with a dynamic batch) and every transform differentiates it
         samples = samples_by_group(x3, transform.shape[-1])
-        return centered_affine(samples, transform, shift, x3.shape)
+        return affine_by_group(samples, transform, shift, x3.shape)
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x3, transform, shift)
     )
