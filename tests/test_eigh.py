@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -155,6 +157,28 @@ def test_rules_flagged_finite_have_finite_coefficients_and_analytic_is_not_flagg
     assert not RULES["analytic"].finite_coefficients  # type: ignore[attr-defined]
     tie = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
     assert not torch.isfinite(RULES["analytic"].coefficients(tie)).all()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("make", "least", "tie"),
+    [(lambda v: Power(floor=v), 40 / 3.4028235e38, True),
+     (lambda v: Taylor(floor=v), 20 / 3.4028235e38, True),
+     (lambda v: Clip(min_gap=v), 2 / 3.4028235e38, False)],
+)  # fmt: skip
+def test_a_floor_too_small_for_a_finite_float32_bound_is_refused(
+    make: Any, least: float, tie: bool
+) -> None:
+    """The flag's promise at the edge: the least accepted floor keeps C finite in float32
+    where it is largest (the series: a near tie at the floor; clip: a gap below min_gap);
+    below it, a clear error."""
+    with pytest.raises(se.ArgumentError, match="finite in float32"):
+        make(least / 4)
+    floor = least * 1.0001
+    rule = make(floor)
+    near_tie = [floor * 0.999, floor, 1.0]
+    w = torch.tensor(near_tie if tie else [0.0, floor / 2, 1.0], dtype=torch.float32)
+    C = rule.coefficients(w)
+    assert torch.isfinite(C).all() and float(C.abs().max()) > 1e37
 
 
 def test_power_floor_is_what_bounds_it() -> None:

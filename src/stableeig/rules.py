@@ -103,6 +103,20 @@ def _below_one_and_log(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return below_one, torch.log(below_one)
 
 
+def _check_bound_finite(name: str, floor: object, terms: int) -> None:
+    """A positive ``floor`` large enough that the bound ``terms / floor`` (with a factor 2
+    for rounding) is finite in float32, the least working precision: a bounded rule's
+    coefficients are then finite in every precision (``finite_coefficients``)."""
+    check_positive(name, floor)
+    least = 2.0 * terms / torch.finfo(torch.float32).max
+    if floor < least:  # type: ignore[operator]
+        setting = name.split()[-1]
+        raise ArgumentError(
+            f"{name}: expected a value >= {least:.3g}, so that the bound {terms} / {setting} "
+            f"is finite in float32 (got {floor!r})"
+        )
+
+
 def _pairwise_gaps(w: torch.Tensor) -> torch.Tensor:
     """``gaps[..., m, j] = w[j] - w[m]``: (..., n, n)."""
     return w.unsqueeze(-2) - w.unsqueeze(-1)
@@ -174,7 +188,7 @@ class Power(EigenvectorRule):
 
     def __post_init__(self) -> None:
         check_int_at_least("Power: num_iters", self.num_iters, 0)
-        check_positive("Power: floor", self.floor)
+        _check_bound_finite("Power: floor", self.floor, self.num_iters + 1)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         q, denominator, later_is_m = _series_ratio(w, self.floor)
@@ -214,7 +228,7 @@ class Taylor(EigenvectorRule):
 
     def __post_init__(self) -> None:
         check_int_at_least("Taylor: order", self.order, 0)
-        check_positive("Taylor: floor", self.floor)
+        _check_bound_finite("Taylor: floor", self.floor, self.order + 1)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         q, denominator, _ = _series_ratio(w, self.floor)
@@ -240,7 +254,7 @@ class Clip(EigenvectorRule):
     bound: ClassVar[str] = "`1 / min_gap`"
 
     def __post_init__(self) -> None:
-        check_positive("Clip: min_gap", self.min_gap)
+        _check_bound_finite("Clip: min_gap", self.min_gap, 1)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         gaps = _pairwise_gaps(w)
