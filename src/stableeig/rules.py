@@ -167,8 +167,8 @@ class Power(EigenvectorRule):
 
     Args:
         num_iters: power iterations ``K`` (>= 0); the series has ``K + 1`` terms. Default: 19.
-        floor: least denominator ``‖M̃ v‖`` (the reference's ``clamp(min=1e-5)``), > 0.
-            Default: 1e-5.
+        floor: least denominator ``‖M̃ v‖`` (the reference's ``clamp(min=1e-5)``), at
+            least ``2 (num_iters + 1) / float32 max`` (the bound stays finite). Default: 1e-5.
 
     Bound: ``|C[m, j]| <= (K + 1) / max(λ_larger, floor)``; negative eigenvalues count as 0.
     """
@@ -212,7 +212,8 @@ class Taylor(EigenvectorRule):
 
     Args:
         order: degree of the series (>= 0). Default: 9.
-        floor: least eigenvalue in a denominator, > 0. Default: 1e-5.
+        floor: least eigenvalue in a denominator, at least ``2 (order + 1) / float32 max``
+            (the bound stays finite). Default: 1e-5.
 
     Bound: ``|C[m, j]| <= (order + 1) / max(λ_larger, floor)``; negative eigenvalues count as 0.
     """
@@ -240,7 +241,8 @@ class Clip(EigenvectorRule):
     """``sign(w[j] - w[m]) / max(|w[j] - w[m]|, min_gap)``: the gap-clamping workaround.
 
     Args:
-        min_gap: smallest gap used in a denominator (absolute), > 0. Default: 1e-2.
+        min_gap: smallest gap used in a denominator (absolute), at least
+            ``2 / float32 max`` (the bound stays finite). Default: 1e-2.
 
     Bound: ``|C[m, j]| <= 1 / min_gap``; 0 at exact ties.
     """
