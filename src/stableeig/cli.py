@@ -570,6 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
+    def timed_options(
+        sub: argparse.ArgumentParser, repeats: str, parts: Sequence[str], everything: str
+    ) -> None:
+        """A timing subcommand's ``--repeats`` (default 10) and ``--only`` (of ``parts``)."""
+        sub.add_argument(
+            "--repeats", type=_at_least(1), default=10, help=f"{repeats} (default: 10)"
+        )
+        sub.add_argument(
+            "--only",
+            type=_comma_list(choices=parts),
+            default=None,
+            help=f"comma list of {','.join(parts)} (default: {everything})",
+        )
+
     bench_command(
         "gradients", "gradient fidelity sweep (JSON, MD, plot)", _bench_gradients,
         "n = 4, 16 and one draw (smoke)",
@@ -582,15 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
         "speed", "speed vs torch eigh, BatchNorm (JSON, MD, plot)", _bench_speed,
         "tiny sizes, 3 repeats (smoke)",
     )  # fmt: skip
-    speed_parser.add_argument(
-        "--repeats", type=_at_least(1), default=10, help="timed repeats (default: 10)"
-    )
-    speed_parser.add_argument(
-        "--only",
-        type=_comma_list(choices=SPEED_PARTS),
-        default=None,
-        help=f"comma list of {','.join(SPEED_PARTS)} (default: all; placement needs a GPU)",
-    )
+    timed_options(speed_parser, "timed repeats", SPEED_PARTS, "all; placement needs a GPU")
     speed_parser.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"
     )
@@ -603,15 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     users_parser.add_argument(
         "--runs", type=_at_least(1, 10), default=2, help="runs of every row (default: 2)"
     )
-    users_parser.add_argument(
-        "--repeats", type=_at_least(1), default=10, help="timed pairs per row (default: 10)"
-    )
-    users_parser.add_argument(
-        "--only",
-        type=_comma_list(choices=USERS_SECTIONS),
-        default=None,
-        help=f"comma list of {','.join(USERS_SECTIONS)} (default: all)",
-    )
+    timed_options(users_parser, "timed pairs per row", USERS_SECTIONS, "all")
     return parser
 
 
