@@ -288,7 +288,8 @@ def group_moments(
             alias), so that the whole input gradient is written once. Default: None.
     """
     if whole_tensor(x3) and link is None and block is None and not sync:
-        return _whole_tensor_moments(x3, group_size)
+        mean, covariance, count, _ = _whole_tensor_moments(x3, group_size)
+        return mean, covariance, count, x3
     block = samples_per_block(x3, block)
     return _GroupMoments.apply(x3, group_size, sync, process_group, block, link)
 
@@ -296,9 +297,10 @@ def group_moments(
 def _whole_tensor_moments(
     x3: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`group_moments` as plain operations (:func:`centered_moments`)."""
-    mean, covariance, count, _ = centered_moments(samples_by_group(x3, group_size))
-    return mean.reshape(x3.shape[1]), covariance, count, x3
+    """Mean (C,), covariance (G, d, d), count and each group's centered samples (G, N·L, d)
+    of (N, C, L) activations, as plain operations (:func:`centered_moments`)."""
+    mean, covariance, count, centered = centered_moments(samples_by_group(x3, group_size))
+    return mean.reshape(x3.shape[1]), covariance, count, centered
 
 
 def samples_by_group(x3: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -357,10 +359,9 @@ def finite_moments(
     centered samples (G, N·L, d) instead of the activations."""
 
     def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not centered:
-            return group_moments(x, group_size, sync, process_group, link=link)
-        mean, covariance, count, samples = centered_moments(samples_by_group(x, group_size))
-        return mean.reshape(x.shape[1]), covariance, count, samples
+        if centered:
+            return _whole_tensor_moments(x, group_size)
+        return group_moments(x, group_size, sync, process_group, link=link)
 
     mean, covariance, count, used = moments(x3)
     if in_graph():  # compiled: an assertion in the graph (no float64 recomputation)
