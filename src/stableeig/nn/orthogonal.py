@@ -37,12 +37,10 @@ def householder_columns(reflectors: torch.Tensor, tau: torch.Tensor) -> torch.Te
 
 
 class _Householder(_Orthogonal):
-    """torch's orthogonal parametrization, its Householder product by
-    :func:`householder_columns` (``right_inverse``, buffers and the other maps: torch's)."""
+    """torch's orthogonal parametrization with the ``"householder"`` map, its product by
+    :func:`householder_columns` (``right_inverse`` and buffers: torch's)."""
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        if self.orthogonal_map != _OrthMaps.householder:
-            return super().forward(X)
         transposed = X.shape[-2] < X.shape[-1]
         if transposed:
             X = X.mT
