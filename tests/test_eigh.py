@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -240,6 +241,23 @@ def test_geometric_sum_matches_direct_sum(q: float, terms: int) -> None:
     direct = sum(q**k for k in range(terms))
     value = float(geometric_sum(torch.tensor(q, dtype=torch.float64), terms))
     assert value == pytest.approx(direct, rel=1e-10, abs=1e-12)
+
+
+def test_geometric_sum_is_within_4_eps_of_the_exact_sum_and_exact_at_one() -> None:
+    """The binary splitting has no cancellation: a few eps from the exact rational sum up to
+    32 terms, also for q within 1e-16 of 1, and ``terms`` itself at q = 1."""
+    q = torch.cat([
+        torch.rand(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+        1 - torch.logspace(-16, -1, 16, dtype=torch.float64),
+        torch.tensor([0.0, 5e-324, 1.0], dtype=torch.float64),
+    ])  # fmt: skip
+    eps = Fraction(torch.finfo(torch.float64).eps)
+    for terms in (0, 1, 2, 3, 7, 10, 19, 20, 32):
+        values = geometric_sum(q, terms).tolist()
+        assert values[-1] == terms
+        for ratio, value in zip(q.tolist(), values):
+            exact = sum(Fraction(ratio) ** k for k in range(terms))
+            assert abs(Fraction(value) - exact) <= 4 * eps * exact, (ratio, terms)
 
 
 @settings(max_examples=25, deadline=None)

@@ -90,7 +90,7 @@ def geometric_sum(q: torch.Tensor, terms: int) -> torch.Tensor:
     Binary splitting, ``S_{2m} = S_m (1 + q^m)`` and ``S_{m+1} = 1 + q S_m``: about
     ``2 log₂ terms`` products and sums of non-negative numbers, so nothing cancels near
     ``q = 1`` (``q = 1`` gives ``terms`` exactly, ``q = 0`` gives 1, and 0 when ``terms = 0``);
-    no transcendental functions. Relative error measured at most 3 ulps for 20 terms.
+    no transcendental functions. Within ``4 eps`` of the exact sum up to 32 terms (tested).
     """
     if terms == 0:
         return torch.zeros_like(q)
