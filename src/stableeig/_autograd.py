@@ -280,11 +280,12 @@ def _first_order_backward(
     loewner = function.loewner(w)
     inner = loewner * (V.mT @ grad_F @ V)
     grad_A = V @ inner @ V.mT
-    fine = not (checks.host_checks_enabled() and checks.readable(grad_A)) or bool(
-        torch.isfinite(inner.sum()) & _within_range(grad_A, grad_dtype)
-    )
-    if not fine:
-        _raise_if_undefined(function, w, loewner, grad_F, grad_A, grad_dtype)
+    if checks.host_checks_enabled() and checks.readable(grad_A):
+        fine = torch.isfinite(inner.sum())
+        if grad_dtype != grad_A.dtype:  # where they are equal, an overflow is an Inf already
+            fine = fine & _within_range(grad_A, grad_dtype)
+        if not bool(fine):
+            _raise_if_undefined(function, w, loewner, grad_F, grad_A, grad_dtype)
     return grad_A
 
 

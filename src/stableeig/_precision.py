@@ -70,7 +70,10 @@ def working_dtype(input_dtype: torch.dtype, compute_dtype: Optional[torch.dtype]
 
 
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """Autocast disabled on ``device`` (no autocast exists on the meta device: nothing)."""
-    if device.type == "meta":
+    """Autocast disabled on ``device``: nothing to do where it is off (eager) or does not
+    exist (the meta device)."""
+    if device.type == "meta" or (
+        not torch.compiler.is_compiling() and not torch.is_autocast_enabled(device.type)
+    ):
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)

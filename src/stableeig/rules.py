@@ -330,9 +330,10 @@ def resolve(
     Any :class:`Rule` subclass of an accepted kind works, registered or not: a user's
     :class:`EigenvectorRule` with its own ``coefficients`` is used like the built-ins.
     """
-    accepted = names(kinds)
+    wanted = tuple(kinds)
+    if isinstance(value, str) and value in RULES and RULES[value].kind in wanted:
+        return RULES[value]  # the common case, without building the message's lists
     if isinstance(value, Rule):
-        wanted = tuple(kinds)
         if value.kind not in wanted:
             raise ArgumentError(
                 f"{argument}: expected a rule of kind {', '.join(map(repr, wanted))} "
@@ -344,7 +345,7 @@ def resolve(
             f"{argument}: expected a rule name or a stableeig.rules.Rule "
             f"(got {type(value).__name__})"
         )
-    return RULES[check_choice(argument, value, accepted)]
+    return RULES[check_choice(argument, value, names(wanted))]
 
 
 def rule_table(kinds: Iterable[str] = ("eigenvector", "spectral", "decomposition")) -> str:
