@@ -35,7 +35,7 @@ from .spectral import inv_sqrtm, sqrtm, top_k_projector
 from .streaming import FeatureStatistics
 from .transfer import whiten_colour
 
-__version__ = "0.8.0"
+__version__ = "0.8.1"
 
 __all__ = [
     "RULES",
