@@ -146,11 +146,11 @@ def max_abs(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def finite_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Whether ``tensor.sum()`` is finite, a 0-dim bool (no host sync): ``s - s == 0`` holds
-    exactly for a finite ``s`` (NaN and ±Inf give NaN), two kernels where ``torch.isfinite``
-    runs four. A sum is finite only if every term is."""
+    """Whether ``tensor.sum()`` is finite, a 0-dim bool (no host sync): ``|s| <= dtype max``
+    is False for NaN and ±Inf, two kernels where ``torch.isfinite`` runs four. A sum is
+    finite only if every term is."""
     total = tensor.sum()
-    return (total - total) == 0
+    return total.abs() <= torch.finfo(total.dtype).max
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
