@@ -67,6 +67,58 @@ def test_round_off_asymmetry_is_accepted_and_check_can_be_disabled() -> None:
     torch.testing.assert_close(w, torch.tensor([0.0, 2.0]))
 
 
+def _outcome(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except se.StableEigError as error:
+        return f"{type(error).__name__}: {error}"
+    return "passed"
+
+
+def _checked_calls(A: torch.Tensor) -> dict[str, Callable[[], object]]:
+    return {
+        "check": lambda: se._validation.check_finite_symmetric("A", A),
+        "unchecked symmetry": lambda: se._validation.check_finite_symmetric(
+            "A", A, symmetric=False
+        ),
+        "eigvalsh": lambda: se.eigh(A)[0],
+        "sqrtm fwd+bwd": lambda: se.sqrtm(A.double().requires_grad_()).sum().backward(),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_small_matrices_checked_on_the_host_get_the_kernel_path_s_verdicts(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPU tensors of at most 64 entries are checked in Python (one ``tolist``); the verdict
+    and the error, for NaN, ±Inf, the largest finite entry, asymmetry at and beyond the
+    tolerance and batches, are those of the kernels."""
+    top, tol = torch.finfo(dtype).max, float(torch.finfo(dtype).eps) ** 0.5
+    nan, inf = float("nan"), float("inf")
+    cases = [
+        [[1.0, 0.0], [0.0, 1.0]],
+        [[1.0, nan], [nan, 1.0]],
+        [[inf, 0.0], [0.0, 1.0]],
+        [[1.0, -inf], [1.0, 1.0]],
+        [[top, 0.0], [0.0, top]],
+        [[1.0, 2.0], [0.0, 1.0]],
+        [[1.0, tol / 4], [0.0, 1.0]],
+        [[1.0, 1.5 * tol], [0.0, 1.0]],
+        [[[2.0, 0.0], [0.0, 1.0]], [[1.0, 0.5], [0.25, 1.0]]],
+        [[4.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 4.0]],
+    ]
+    for entries in cases:
+        calls = _checked_calls(torch.tensor(entries, dtype=dtype))
+        on_host = {name: _outcome(call) for name, call in calls.items()}
+        monkeypatch.setattr(se._validation, "HOST_READ_MAX_ENTRIES", 0)
+        by_kernels = {name: _outcome(call) for name, call in calls.items()}
+        monkeypatch.undo()
+        assert on_host == by_kernels, entries
+    assert _outcome(lambda: se.eigh(torch.tensor(cases[1], dtype=dtype))).startswith(
+        "NonFiniteError"
+    )
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

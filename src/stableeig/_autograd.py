@@ -235,7 +235,7 @@ class _LoewnerReverse(Function):
             return grad_A, None, None
         if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
             # one host sync, on sums and a max |entry| (a sum is finite only if every term is)
-            fine = checks.finite_sum(loewner) & checks.finite_sum(grad_F)
+            fine = checks.finite_flag(loewner) & checks.finite_flag(grad_F)
             if not bool(fine & _within_range(grad_A, ctx.grad_dtype)):
                 _raise_if_undefined(function, w, loewner, grad_F, grad_A, ctx.grad_dtype)
         return grad_A, None, None
@@ -281,7 +281,7 @@ def _first_order_backward(
     inner = loewner * (V.mT @ grad_F @ V)
     grad_A = V @ inner @ V.mT
     if checks.host_checks_enabled() and checks.readable(grad_A):
-        fine = checks.finite_sum(inner)
+        fine = checks.finite_flag(inner)
         if grad_dtype != grad_A.dtype:  # where they are equal, an overflow is an Inf already
             fine = fine & _within_range(grad_A, grad_dtype)
         if not bool(fine):

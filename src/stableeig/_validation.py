@@ -7,8 +7,9 @@ Messages follow the form ``"<name>: expected <what> (got <what was received>)"``
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor  # loaded by `import torch` already
@@ -145,11 +146,29 @@ def max_abs(tensor: torch.Tensor) -> torch.Tensor:
     return torch.maximum(-low, high)
 
 
-def finite_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Whether ``tensor.sum()`` is finite, a 0-dim bool (no host sync): ``|s| <= dtype max``
-    is False for NaN and ±Inf, two kernels where ``torch.isfinite`` runs four. A sum is
-    finite only if every term is."""
-    total = tensor.sum()
+HOST_READ_MAX_ENTRIES = 64
+"""A CPU tensor with at most this many entries is checked by reading its values once
+(``tolist``) and testing them in Python, where the kernels of a check (about ten for the
+finite-and-symmetric test) cost more than the arithmetic: a 3×3 ``logm`` fwd+bwd went
+from 2.40× to 2.16–2.19× ``torch.linalg.eigh`` autograd (``benchmarks/call_overhead.py``)."""
+
+
+def _small_values(tensor: torch.Tensor) -> Optional[list[float]]:
+    """The entries of a small CPU tensor as Python floats (exact), else None."""
+    if tensor.device.type != "cpu" or tensor.numel() > HOST_READ_MAX_ENTRIES:
+        return None
+    return tensor.detach().reshape(-1).tolist()
+
+
+def finite_flag(tensor: torch.Tensor) -> Union[bool, torch.Tensor]:
+    """Whether every entry of ``tensor`` is finite: for a small CPU tensor a ``bool`` read on
+    the host; else a 0-dim bool tensor, no host sync, that a sum is finite (``|s| <= dtype
+    max``, two kernels where ``torch.isfinite`` runs four; a sum is finite only if every
+    term is, and a sum that overflowed from finite terms reads as not finite)."""
+    values = _small_values(tensor)
+    if values is not None:
+        return all(map(math.isfinite, values))
+    total = tensor.detach().sum()
     return total.abs() <= torch.finfo(total.dtype).max
 
 
@@ -157,7 +176,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every entry is finite (one host sync), in one pass where it is: a sum is
     finite only if every term is (NaN propagates, Inf stays or becomes NaN); a sum that
     overflowed from finite terms falls back to the entrywise test."""
-    return bool(finite_sum(tensor)) or bool(torch.isfinite(tensor).all())
+    return bool(finite_flag(tensor)) or bool(torch.isfinite(tensor).all())
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
@@ -239,15 +258,43 @@ def check_finite_symmetric(
     if matrix.numel() == 0 or not host_checks_enabled():
         return
     matrix = matrix.detach()
+    values = _small_values(matrix)
+    if values is not None:
+        fine = _finite_symmetric_on_host(values, matrix.shape[-1], symmetric, matrix.dtype)
+    else:
+        fine = bool(_finite_symmetric(matrix, symmetric))
+    if not fine:
+        check_finite(name, matrix)
+        if symmetric:
+            check_symmetric(name, matrix)
+
+
+def _finite_symmetric(matrix: torch.Tensor, symmetric: bool) -> torch.Tensor:
+    """:func:`check_finite_symmetric`'s test as a 0-dim bool: three passes, no host sync."""
     largest = max_abs(matrix)
     fine = largest <= torch.finfo(matrix.dtype).max  # False for NaN and Inf
     if symmetric:
         asym = max_abs(matrix - matrix.mT)
         fine = fine & (asym <= symmetry_tolerance(matrix.dtype) * largest)
-    if not bool(fine):
-        check_finite(name, matrix)
-        if symmetric:
-            check_symmetric(name, matrix)
+    return fine
+
+
+def _finite_symmetric_on_host(
+    values: list[float], n: int, symmetric: bool, dtype: torch.dtype
+) -> bool:
+    """:func:`check_finite_symmetric`'s test on the row-major entries of (..., n, n)."""
+    if not all(map(math.isfinite, values)):
+        return False
+    if not symmetric:
+        return True
+    largest = max(map(abs, values))
+    asymmetry = max(
+        abs(values[start + i * n + j] - values[start + j * n + i])
+        for start in range(0, len(values), n * n)
+        for i in range(n)
+        for j in range(i)
+    ) if n > 1 else 0.0  # fmt: skip
+    return asymmetry <= symmetry_tolerance(dtype) * largest
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:

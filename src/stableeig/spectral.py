@@ -268,7 +268,7 @@ def apply_spectral(
         and (eigenvalue_check is None or condition is not None)
     ):
         # the three checks below in one host synchronization when they all pass
-        ok = checks.finite_sum(w.detach()) & checks.finite_sum(F.detach())
+        ok = checks.finite_flag(w) & checks.finite_flag(F.detach())
         if condition is not None:
             ok = ok & condition(w.detach(), judged)
         if bool(ok):
