@@ -40,15 +40,24 @@ def prepare_symmetric(
     A: object,
     compute_dtype: Optional[torch.dtype],
     check_symmetric: bool = True,
+    symmetrize: bool = True,
 ) -> torch.Tensor:
     """Validate ``A``, cast it to the working dtype and return ``(A + Aᵀ) / 2``.
 
     The symmetrization is differentiable, so gradients that reach ``A`` are symmetric.
+    ``symmetrize=False`` returns the cast ``A``, for the Functions here, which symmetrize
+    what they receive (in the forward, and their gradient in the backward: no autograd
+    nodes of their own).
     """
     A = checks.check_square_matrix(name, A)
     checks.check_finite_symmetric(name, A, check_symmetric)  # tolerance of the user's dtype
     work = A.to(working_dtype(A.dtype, compute_dtype))
-    return work * 0.5 + work.mT * 0.5  # no overflow for entries near the dtype's maximum
+    return symmetrized(work) if symmetrize else work
+
+
+def symmetrized(A: torch.Tensor) -> torch.Tensor:
+    """``(A + Aᵀ) / 2`` (..., n, n), without overflow for entries near the dtype's maximum."""
+    return A * 0.5 + A.mT * 0.5
 
 
 def decompose(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,12 +142,12 @@ def _compiling() -> bool:
 
 
 class _EighReverse(Function):
-    """Exact ``torch.linalg.eigh`` forward, eigenvector gradient by a rule's coefficients
-    (reverse mode only: the form Dynamo traces)."""
+    """Exact ``torch.linalg.eigh`` forward of ``(A + Aᵀ) / 2``, eigenvector gradient by a
+    rule's coefficients, symmetrized (reverse mode only: the form Dynamo traces)."""
 
     @staticmethod
     def forward(A: torch.Tensor, rule: EigenvectorRule) -> tuple[torch.Tensor, torch.Tensor]:
-        w, V = decompose(A)
+        w, V = decompose(symmetrized(A))
         return w, V
 
     @staticmethod
@@ -151,7 +160,7 @@ class _EighReverse(Function):
     @staticmethod
     def backward(ctx, grad_w, grad_V):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
-        return eigenvector_backward(w, V, grad_w, grad_V, ctx.rule), None
+        return symmetrized(eigenvector_backward(w, V, grad_w, grad_V, ctx.rule)), None
 
 
 class _EighForward(_EighReverse):
@@ -162,7 +171,7 @@ class _EighForward(_EighReverse):
     @staticmethod
     def jvp(ctx, dA, _rule):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
-        _, dw, dV = eigen_tangents(w, V, dA, ctx.rule.coefficients(w))
+        _, dw, dV = eigen_tangents(w, V, symmetrized(dA), ctx.rule.coefficients(w))
         return dw, dV
 
 
@@ -184,13 +193,14 @@ class SpectralFunction:
 
 
 class _LoewnerReverse(Function):
-    """``F = V f(Λ) Vᵀ`` with the Daleckii–Krein backward; also returns ``(w, V)``."""
+    """``F = V f(Λ) Vᵀ`` of ``(A + Aᵀ) / 2`` with the Daleckii–Krein backward, symmetrized;
+    also returns ``(w, V)``."""
 
     @staticmethod
     def forward(
         A: torch.Tensor, function: SpectralFunction, grad_dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w, V = decompose(A)
+        w, V = decompose(symmetrized(A))
         return compose(V, function.values(w)), w, V
 
     @staticmethod
@@ -207,7 +217,8 @@ class _LoewnerReverse(Function):
         function: SpectralFunction = ctx.function
         common = grad_F is not None and grad_w is None and grad_V is None
         if common and not torch.is_grad_enabled() and not _compiling():  # fewest operations
-            return _first_order_backward(function, w, V, grad_F, ctx.grad_dtype), None, None
+            grad_A = _first_order_backward(function, w, V, grad_F, ctx.grad_dtype)
+            return symmetrized(grad_A), None, None
         terms = []  # of Vᵀ grad_A V
         loewner = None
         second_order = None
@@ -232,13 +243,13 @@ class _LoewnerReverse(Function):
             defined = torch.isfinite(loewner).all() | ~torch.isfinite(grad_F).all()
             message = f"{function.name} backward: expected a differentiable point"
             checks.assert_in_graph(defined, message)
-            return grad_A, None, None
+            return symmetrized(grad_A), None, None
         if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
             # one host sync, on sums and a max |entry| (a sum is finite only if every term is)
             fine = checks.finite_flag(loewner) & checks.finite_flag(grad_F)
             if not bool(fine & _within_range(grad_A, ctx.grad_dtype)):
                 _raise_if_undefined(function, w, loewner, grad_F, grad_A, ctx.grad_dtype)
-        return grad_A, None, None
+        return symmetrized(grad_A), None, None
 
 
 def _within_range(grad_A: torch.Tensor, grad_dtype: torch.dtype) -> torch.Tensor:
@@ -327,8 +338,9 @@ def _elementwise_derivative(
 
 class _LoewnerSecond(Function):
     """The first-order Daleckii–Krein backward ``B(G, A) = V (L ∘ (Vᵀ G V)) Vᵀ`` as a function
-    of the incoming gradient ``G`` and the matrix ``A``, with the exact second-order
-    backward: ``∂/∂G = V (L ∘ (Vᵀ H V)) Vᵀ`` and ``∂/∂A = V D Vᵀ``,
+    of the incoming gradient ``G`` and the matrix ``A`` (decomposed as ``(A + Aᵀ) / 2``),
+    with the exact second-order backward: ``∂/∂G = V (L ∘ (Vᵀ H V)) Vᵀ`` and
+    ``∂/∂A = sym(V D Vᵀ)``,
     ``D[a,b] = Σⱼ T[a,b,j] Ĥ[a,j] Ĝ[b,j] + Σᵢ T[i,a,b] Ĥ[i,b] Ĝ[i,a]`` with the second
     divided differences ``T`` (finite at ties); forward mode (``jacfwd`` of a gradient:
     ``hessian``) ``dB = V (L ∘ dĜ + D²[dÂ, Ĝ]) Vᵀ``. Third derivatives: refused."""
@@ -357,7 +369,7 @@ class _LoewnerSecond(Function):
             inner = inner + function.loewner(w) * (V.mT @ dG @ V)
         if dA is not None:
             T = second_divided_differences(w, function)
-            E_hat, G_hat = V.mT @ dA @ V, V.mT @ G @ V
+            E_hat, G_hat = V.mT @ symmetrized(dA) @ V, V.mT @ G @ V
             inner = inner + torch.einsum("...ikj,...ik,...kj->...ij", T, E_hat, G_hat)
             inner = inner + torch.einsum("...ikj,...ik,...kj->...ij", T, G_hat, E_hat)
         return V @ inner @ V.mT
@@ -379,7 +391,7 @@ class _LoewnerSecond(Function):
                 f"{function.name} double backward: expected a point where f is twice "
                 "differentiable at every eigenvalue (got an infinite second derivative)"
             )
-        return grad_G, grad_A, None, None, None
+        return grad_G, symmetrized(grad_A), None, None, None
 
 
 class _LoewnerForward(_LoewnerReverse):
@@ -391,7 +403,7 @@ class _LoewnerForward(_LoewnerReverse):
     @staticmethod
     def jvp(ctx, dA, _function, _dtype):  # type: ignore[no-untyped-def]
         w, V = ctx.saved_tensors
-        rotated, dw, dV = eigen_tangents(w, V, dA, Analytic().coefficients(w))
+        rotated, dw, dV = eigen_tangents(w, V, symmetrized(dA), Analytic().coefficients(w))
         dF = V @ (ctx.function.loewner(w) * rotated) @ V.mT
         return dF, dw, dV
 

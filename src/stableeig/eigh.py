@@ -73,8 +73,8 @@ def eigh(
     """
     rule = resolve(backward, kinds=("eigenvector",))
     assert isinstance(rule, EigenvectorRule)
-    symmetric = prepare_symmetric("A", A, compute_dtype, check_symmetric)
-    with autocast_off(symmetric.device):
-        w, V = eigh_function(symmetric, rule)
+    work = prepare_symmetric("A", A, compute_dtype, check_symmetric, symmetrize=False)
+    with autocast_off(work.device):
+        w, V = eigh_function(work, rule)  # decomposes (A + Aᵀ) / 2
     checks.check_eigenvalues_finite("A", w)
     return EighResult(w.to(A.dtype), V.to(A.dtype))

@@ -255,9 +255,11 @@ def apply_spectral(
     """
     rule = resolve(backward, kinds=SPECTRAL_KINDS)
     label = f"{where or function.name}: {name}"
-    symmetric = prepare_symmetric(label, A, compute_dtype, check_symmetric)
+    # the Functions of loewner and the eigenvector rules symmetrize what they receive
+    symmetrize = isinstance(rule, PowerIteration)
+    work = prepare_symmetric(label, A, compute_dtype, check_symmetric, symmetrize)
     result_dtype = result_dtype or A.dtype
-    F, w = spectral_unchecked(symmetric, function, rule, result_dtype)
+    F, w = spectral_unchecked(work, function, rule, result_dtype)
     F = F.to(result_dtype)
     judged = judged_dtype or A.dtype
     condition = getattr(eigenvalue_check, "condition", None)
