@@ -255,9 +255,9 @@ def apply_spectral(
     """
     rule = resolve(backward, kinds=SPECTRAL_KINDS)
     label = f"{where or function.name}: {name}"
-    # the Functions of loewner and the eigenvector rules symmetrize what they receive
-    symmetrize = isinstance(rule, PowerIteration)
-    work = prepare_symmetric(label, A, compute_dtype, check_symmetric, symmetrize)
+    # SPECTRAL_KINDS: the Functions of loewner and the eigenvector rules, which symmetrize
+    # what they receive
+    work = prepare_symmetric(label, A, compute_dtype, check_symmetric, symmetrize=False)
     result_dtype = result_dtype or A.dtype
     F, w = spectral_unchecked(work, function, rule, result_dtype)
     F = F.to(result_dtype)
