@@ -289,11 +289,14 @@ def _finite_symmetric_on_host(
         return True
     largest = max(map(abs, values))
     asymmetry = max(
-        abs(values[start + i * n + j] - values[start + j * n + i])
-        for start in range(0, len(values), n * n)
-        for i in range(n)
-        for j in range(i)
-    ) if n > 1 else 0.0  # fmt: skip
+        (
+            abs(values[start + i * n + j] - values[start + j * n + i])
+            for start in range(0, len(values), n * n)
+            for i in range(n)
+            for j in range(i)
+        ),
+        default=0.0,  # n = 1
+    )
     return asymmetry <= symmetry_tolerance(dtype) * largest
 
 
