@@ -244,7 +244,7 @@ class _LoewnerReverse(Function):
             message = f"{function.name} backward: expected a differentiable point"
             checks.assert_in_graph(defined, message)
             return symmetrized(grad_A), None, None
-        if loewner is not None and checks.host_checks_enabled() and checks.readable(grad_A):
+        if loewner is not None and checks.host_checks_enabled(grad_A):
             # one host sync, on sums and a max |entry| (a sum is finite only if every term is)
             fine = checks.finite_flag(loewner) & checks.finite_flag(grad_F)
             if not bool(fine & _within_range(grad_A, ctx.grad_dtype)):
@@ -291,7 +291,7 @@ def _first_order_backward(
     loewner = function.loewner(w)
     inner = loewner * (V.mT @ grad_F @ V)
     grad_A = V @ inner @ V.mT
-    if checks.host_checks_enabled() and checks.readable(grad_A):
+    if checks.host_checks_enabled(grad_A):
         fine = checks.finite_flag(inner)
         if grad_dtype != grad_A.dtype:  # where they are equal, an overflow is an Inf already
             fine = fine & _within_range(grad_A, grad_dtype)
@@ -386,7 +386,7 @@ class _LoewnerSecond(Function):
             "...iab,...ib,...ia->...ab", T, H_hat, G_hat
         )
         grad_A = V @ inner @ V.mT
-        if checks.host_checks_enabled() and not checks.all_finite(grad_A):
+        if checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
             raise NotDifferentiableError(
                 f"{function.name} double backward: expected a point where f is twice "
                 "differentiable at every eigenvalue (got an infinite second derivative)"

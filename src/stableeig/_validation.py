@@ -45,10 +45,13 @@ FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HOST_CHECKS = [True]
 
 
-def host_checks_enabled() -> bool:
+def host_checks_enabled(*tensors: torch.Tensor) -> bool:
     """Whether the data-dependent checks run (each is one host synchronization): on unless
-    turned off with :func:`host_checks`, and off under ``torch.func.vmap`` (a batched
-    tensor has no single truth value)."""
+    turned off with :func:`host_checks`, off under ``torch.func.vmap`` (a batched tensor
+    has no single truth value), and off when one of ``tensors`` has no values to read (the
+    meta device, shape inference: :func:`readable`)."""
+    if not all(map(readable, tensors)):
+        return False
     if torch.compiler.is_compiling():
         return _HOST_CHECKS[0]
     return _HOST_CHECKS[0] and not _under_vmap()
@@ -184,7 +187,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
     if in_graph():
         assert_in_graph(torch.isfinite(tensor).all(), f"{name}: expected finite entries")
         return
-    if not host_checks_enabled():
+    if not host_checks_enabled(tensor):
         return
     tensor = tensor.detach()
     if not all_finite(tensor):
@@ -202,7 +205,7 @@ def check_eigenvalues_finite(name: str, w: torch.Tensor) -> None:
         message = f"{name}: expected eigenvalues within the range of {w.dtype}"
         assert_in_graph(torch.isfinite(w).all(), message)
         return
-    if w.numel() and host_checks_enabled() and not all_finite(w):
+    if w.numel() and host_checks_enabled(w) and not all_finite(w):
         raise NonFiniteError(
             f"{name}: expected eigenvalues within the range of {w.dtype} (got Inf/NaN: the "
             "decomposition of finite entries this large overflowed); rescale A"
@@ -224,7 +227,7 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
     if in_graph():
         check_finite_symmetric(name, matrix, finite=False)
         return
-    if matrix.numel() == 0 or not host_checks_enabled():
+    if matrix.numel() == 0 or not host_checks_enabled(matrix):
         return
     matrix = matrix.detach()  # reading values for a message touches no graph
     asym = max_abs(matrix - matrix.mT)
@@ -255,7 +258,7 @@ def check_finite_symmetric(
             message = f"{name}: expected a symmetric matrix, max|A - Aᵀ| <= {tol:.2g} * max|A|"
             assert_in_graph(asym <= tol * largest, message)
         return
-    if matrix.numel() == 0 or not host_checks_enabled():
+    if matrix.numel() == 0 or not host_checks_enabled(matrix):
         return
     matrix = matrix.detach()
     values = _small_values(matrix)

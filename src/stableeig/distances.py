@@ -118,7 +118,7 @@ def _fidelity_inner(
     forward without gradient: ``Lᵀ B L`` with the Cholesky factor ``A = L Lᵀ`` where every
     matrix of the batch has one (positive definite ``A``: a Cholesky costs a few percent of
     an eigendecomposition), else ``A^{1/2} B A^{1/2}`` (semidefinite ``A``, checked)."""
-    if not torch.compiler.is_compiling():  # the factor's success is read on the host
+    if not torch.compiler.is_compiling() and checks.readable(A):  # success read on the host
         L, info = torch.linalg.cholesky_ex((A + A.mT) / 2)  # as the spectral path reads A
         if bool((info == 0).all()):
             return L.mT @ B @ L

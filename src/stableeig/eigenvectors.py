@@ -78,7 +78,7 @@ def extreme_eigenvector(
         defined = gap > n * torch.finfo(judged).eps * w.abs().amax(-1)
     vector = V[..., first]
     if A.requires_grad and torch.is_grad_enabled():
-        if undefined == "raise" and checks.host_checks_enabled() and not bool(defined.all()):
+        if undefined == "raise" and checks.host_checks_enabled(defined) and not bool(defined.all()):
             count = int((~defined).sum())
             raise NotDifferentiableError(
                 f"extreme_eigenvector: expected a simple {which} eigenvalue in every matrix "

@@ -62,7 +62,7 @@ def _weights(name: str, weights: Optional[torch.Tensor], count: int) -> Optional
     if checks.in_graph():
         message = f"{name}: weights: expected finite values >= 0 with a positive sum"
         checks.assert_in_graph(valid, message)
-    elif checks.host_checks_enabled() and not bool(valid):
+    elif checks.host_checks_enabled(valid) and not bool(valid):
         raise ArgumentError(
             f"{name}: weights: expected finite values >= 0 with a positive sum (got "
             f"{weights.tolist() if count <= 8 else 'other values'})"
@@ -241,6 +241,8 @@ def _converged(
     root, tangent, objective = _tangent(G, X, weights, backward)
     norm = torch.linalg.matrix_norm(tangent.detach())
     step_size = torch.ones_like(objective)
+    if not checks.readable(norm):  # the meta device: the shape is all there is to find
+        return G
     for _ in range(max_steps):
         if float(norm.amax()) <= limit:
             return G

@@ -264,9 +264,8 @@ def apply_spectral(
     judged = judged_dtype or A.dtype
     condition = getattr(eigenvalue_check, "condition", None)
     if (
-        checks.host_checks_enabled()
+        checks.host_checks_enabled(F)
         and not checks.in_graph()
-        and checks.readable(F)
         and (eigenvalue_check is None or condition is not None)
     ):
         # the three checks below in one host synchronization when they all pass
@@ -290,7 +289,7 @@ def check_values_finite(function: str, F: torch.Tensor, w: torch.Tensor) -> None
         message = f"{function}: expected f(eigenvalues) within the range of {F.dtype}"
         checks.assert_in_graph(torch.isfinite(F).all(), message)
         return
-    if F.numel() == 0 or not checks.host_checks_enabled() or checks.all_finite(F):
+    if F.numel() == 0 or not checks.host_checks_enabled(F) or checks.all_finite(F):
         return
     largest = float(w.detach().abs().amax())
     raise NonFiniteError(
@@ -309,7 +308,7 @@ def require_positive(hint: str = "") -> EigenvalueCheck:
             message = f"{name}: expected a positive definite matrix, all eigenvalues > 0{hint}"
             checks.assert_in_graph((w > 0).all(), message)
             return
-        if w.numel() and checks.host_checks_enabled() and not bool((w > 0).all()):
+        if w.numel() and checks.host_checks_enabled(w) and not bool((w > 0).all()):
             raise NotPositiveDefiniteError(
                 f"{name}: expected a positive definite matrix, all eigenvalues > 0 "
                 f"(got smallest eigenvalue {float(w.detach().amin()):.3g}){hint}"
@@ -340,7 +339,7 @@ def require_semidefinite() -> EigenvalueCheck:
             message = f"{name}: expected a positive semidefinite matrix"
             checks.assert_in_graph((w >= -semidefinite_tolerance(w, dtype)).all(), message)
             return
-        if w.numel() == 0 or not checks.host_checks_enabled():
+        if w.numel() == 0 or not checks.host_checks_enabled(w):
             return
         tolerance = semidefinite_tolerance(w, dtype)
         below = w.detach() < -tolerance
@@ -493,7 +492,7 @@ def top_k_projector(
     stand_in = torch.diag(torch.arange(1, n + 1, dtype=A.dtype, device=A.device))
     mask = defined[..., None, None]
     differentiable = apply_spectral(torch.where(mask, A, stand_in), function, *options)
-    readable = checks.host_checks_enabled() and checks.readable(defined)
+    readable = checks.host_checks_enabled(defined)
     if readable and not checks.in_graph() and bool(defined.all()):
         return differentiable  # the common case: no stand-in to replace, no third eigh
     constant = apply_spectral(A.detach(), function, *options)

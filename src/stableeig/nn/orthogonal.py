@@ -48,7 +48,8 @@ class _Householder(_Orthogonal):
         Q = householder_columns(A, 2.0 / (1.0 + (A * A).sum(dim=-2)))
         # as torch: the ±1 diagonal of X signs the columns, not differentiated
         Q = Q * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
-        if hasattr(self, "base"):
+        # built on the meta device, torch's registration leaves the base None: shapes only
+        if hasattr(self, "base") and not (self.base is None and Q.device.type == "meta"):
             Q = self.base @ Q
         return Q.mT if transposed else Q
 

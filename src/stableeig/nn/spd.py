@@ -66,7 +66,7 @@ def _check_positive_definite(name: str, X: torch.Tensor) -> None:
     if checks.in_graph():
         info = torch.linalg.cholesky_ex((X + X.mT) / 2).info
         checks.assert_in_graph((info == 0).all(), f"{name}: expected positive definite matrices")
-    elif checks.host_checks_enabled():
+    elif checks.host_checks_enabled(X):
         info = torch.linalg.cholesky_ex((X + X.mT) / 2).info
         if bool((info != 0).any()):
             first = int(torch.nonzero(info.flatten())[0])

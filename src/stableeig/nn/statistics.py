@@ -369,7 +369,7 @@ def finite_moments(
             torch.isfinite(covariance).all(), f"{name}: activations' covariance: expected finite"
         )
         return mean, covariance, count, used
-    if not host_checks_enabled() or not readable(covariance):  # no sync
+    if not host_checks_enabled(covariance):  # no sync
         return mean, covariance, count, used
     if all_finite(covariance):  # the forward's one host synchronization
         return mean, covariance, count, used
