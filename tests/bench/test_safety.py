@@ -140,7 +140,7 @@ def test_restart_refuses_what_is_not_a_run(
     monkeypatch.chdir(work)
     real_run = tmp_path / "run"
     real_run.mkdir()
-    (real_run / files.RUN_MARKER).write_text("{}")
+    (real_run / files.RUN_MARKER).write_text('{"tool": "stableeig"}')
     (tmp_path / "link").symlink_to(real_run)
     target = {
         "empty": "",
@@ -311,7 +311,7 @@ def test_path_faults_are_one_line_errors(
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").mkdir()  # a directory where the tool writes a file
-    (run / files.RUN_MARKER).write_text("{}")
+    (run / files.RUN_MARKER).write_text('{"tool": "stableeig"}')
     assert _train(str(run), quick_train) == 2
     _one_line_error(capsys, "metrics.jsonl", "cannot write")
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -2,15 +2,18 @@
 
 Search order for files: ``data_dir``, ``$STABLEEIG_DATA``, the Debian package's location
 (``apt-get install dataset-fashion-mnist``), then the user cache ``~/.cache/stableeig``,
-where a download goes when a network exists. Archives are checked against the official
-checksums. ``fashion-mnist-subset`` is the 4,000/1,000-image subset shipped inside the
-package (``bench/data``), used by the demo when the full set is absent.
+where a download goes when a network exists. Every data file is read through one
+descriptor (a FIFO or device is refused, never waited on) and checked against its official
+checksum before it is parsed: the bytes checked are the bytes parsed.
+``fashion-mnist-subset`` is the 4,000/1,000-image subset shipped inside the package
+(``bench/data``), used by the demo when the full set is absent.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import struct
@@ -22,7 +25,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .files import open_regular
+from .files import open_regular, own_folder, read_bytes
 
 __all__ = [
     "ChecksumError",
@@ -149,20 +152,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stableeig"
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+MAX_DATA_FILE = 1 << 31  # bytes: more than any of these data sets' files (CIFAR: 170 MB)
 
 
-def read_idx(path: PathLike) -> torch.Tensor:
-    """An IDX file (gzip or raw) of unsigned bytes as a uint8 tensor of its shape."""
+def read_data_file(path: Path, md5s: Optional[tuple[str, ...]] = None) -> bytes:
+    """The bytes of one data file, read through one descriptor (a symlink is followed: the
+    data are yours to place; a FIFO or device is refused at once, never waited on) and,
+    with ``md5s``, checked against them: the bytes checked are the bytes parsed, so a file
+    swapped between the check and the read cannot be loaded (:class:`ChecksumError`)."""
+    data = read_bytes(path, MAX_DATA_FILE, single_link=False, follow_links=True)
+    if md5s is not None:
+        digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if digest not in md5s:
+            raise ChecksumError(f"{path}: expected MD5 {md5s[0]} (got {digest})")
+    return data
+
+
+def read_idx(path: PathLike, data: Optional[bytes] = None) -> torch.Tensor:
+    """An IDX file (gzip or raw) of unsigned bytes as a uint8 tensor of its shape; ``data``:
+    the file's bytes when already read (and verified)."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    data = read_data_file(path) if data is None else data
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise ValueError(f"{path}: expected a gzip file ({error})") from None
     magic = struct.unpack(">I", data[:4])[0]
     if magic >> 8 != 0x08:
         raise ValueError(f"{path}: expected an IDX file of unsigned bytes (got magic {magic:#x})")
@@ -180,14 +195,23 @@ def read_idx(path: PathLike) -> torch.Tensor:
 
 
 def _download(url: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Download into ``target``'s folder, the tool's own (:func:`own_folder`: no symlink,
+    no other user's), through ``<name>.part`` (no link, no FIFO, truncated only once
+    checked), renamed over ``target`` within that open folder."""
+    if target.parent != cache_dir():
+        with own_folder(cache_dir(), "download cache"):
+            pass  # the cache itself is checked too
     partial = target.with_suffix(target.suffix + ".part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    descriptor = open_regular(partial, flags, "write the download")  # no link, no FIFO
-    with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(descriptor, "wb") as out:
-        while block := response.read(1 << 20):
-            out.write(block)
-    partial.replace(target)
+    with own_folder(target.parent, "download folder") as folder:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        descriptor = open_regular(partial, flags, "write the download", folder=folder)
+        with (
+            urllib.request.urlopen(url, timeout=30) as response,
+            os.fdopen(descriptor, "wb") as out,
+        ):
+            while block := response.read(1 << 20):
+                out.write(block)
+        os.replace(partial.name, target.name, src_dir_fd=folder, dst_dir_fd=folder)
 
 
 def _missing(
@@ -226,19 +250,14 @@ def load_fashion_mnist(data_dir: Optional[PathLike] = None, download: bool = Tru
 
 
 def _fashion_from(folder: Path, name: str, check: bool) -> Dataset:
-    if check:
-        for file, allowed in FASHION_MD5.items():
-            digest = md5(folder / file)
-            if digest not in allowed:
-                raise ChecksumError(f"{folder / file}: expected MD5 {allowed[0]} (got {digest})")
+    def read(file: str) -> torch.Tensor:
+        data = read_data_file(folder / file, FASHION_MD5[file] if check else None)
+        return read_idx(folder / file, data)
+
     images = {
-        split: read_idx(folder / f"{split}-images-idx3-ubyte.gz").unsqueeze(1)
-        for split in ("train", "t10k")
+        split: read(f"{split}-images-idx3-ubyte.gz").unsqueeze(1) for split in ("train", "t10k")
     }
-    labels = {
-        split: read_idx(folder / f"{split}-labels-idx1-ubyte.gz").long()
-        for split in ("train", "t10k")
-    }
+    labels = {split: read(f"{split}-labels-idx1-ubyte.gz").long() for split in ("train", "t10k")}
     return Dataset(name, images["train"], labels["train"], images["t10k"], labels["t10k"], 10)
 
 
@@ -288,11 +307,9 @@ def load_cifar(
 def _extract_cifar(
     archive: Path, name: str, expected_md5: str, batch_md5: Optional[dict[str, str]]
 ) -> Dataset:
-    digest = md5(archive)
-    if digest != expected_md5:
-        raise ChecksumError(f"{archive}: expected MD5 {expected_md5} (got {digest})")
+    data = read_data_file(archive, (expected_md5,))
     folder = CIFAR[name][1]
-    with tarfile.open(archive, "r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse unsafe members
             tar.extractall(archive.parent, filter="data")
         else:  # pragma: no cover
@@ -303,11 +320,8 @@ def _extract_cifar(
 def read_cifar_batch(path: Path, expected_md5: str) -> dict[bytes, object]:
     """One CIFAR batch file, checked against its MD5 and unpickled with an unpickler that
     admits only numpy arrays (:class:`ChecksumError`, ``pickle.UnpicklingError``)."""
-    digest = md5(path)
-    if digest != expected_md5:
-        raise ChecksumError(f"{path}: expected MD5 {expected_md5} (got {digest})")
-    with path.open("rb") as handle:
-        batch = _BatchUnpickler(handle, encoding="bytes").load()
+    data = read_data_file(path, (expected_md5,))
+    batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
     if not isinstance(batch, dict):
         raise pickle.UnpicklingError(f"{path}: expected a dict (got {type(batch).__name__})")
     return batch

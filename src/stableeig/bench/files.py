@@ -4,11 +4,17 @@ and run directories that are recognisable (and removable) as runs of this tool o
 Guarantees: a temporary file is created exclusively in the target's folder (never through
 a planted symlink) and renamed over the target, so a kill leaves the old or the new file; a
 symlink, hard link or FIFO at a name the tool writes whole (tables, plots, JSON) is
-replaced, never followed or written through; a file the tool appends to, locks or reads
-(results rows, locks, claims, checkpoints) is opened without following a symlink and
-without blocking, and must be a regular file with one link, else a :class:`FileFault` names
-it; locks are ``fcntl`` locks held by the live process, so a killed holder releases them and
-a reused pid cannot hold one.
+replaced, never followed or written through; a replaced file keeps its mode, a new one gets
+the umask's (0666 & ~umask), and a temporary file left by a killed writer is removed by the
+next write of the same name (a live writer's is locked, and kept); a file the tool appends
+to, truncates, locks or reads (results rows, downloads, locks, claims, checkpoints) is
+opened without following a symlink, without blocking and without truncating, and is
+truncated only once it is known to be a regular file with one link, else a
+:class:`FileFault` names it; a folder the tool names and creates for itself (the claims
+folder, the download cache) is opened once, refused if it is a symlink or another user's,
+and the files in it are opened relative to that open folder, so swapping a component for a
+link afterwards redirects nothing; locks are ``fcntl`` locks held by the live process, so a
+killed holder releases them and a reused pid cannot hold one.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
+import io
 import json
 import os
 import socket
 import stat
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
@@ -35,9 +44,9 @@ __all__ = [
     "append_line",
     "atomic_write",
     "check_appendable",
-    "exclusive_lock",
     "make_dirs",
     "open_regular",
+    "own_folder",
     "read_bytes",
     "read_text",
     "release_lock",
@@ -72,12 +81,27 @@ def _fault(path: Path, error: OSError, doing: str) -> FileFault:
     return FileFault(error.errno or errno.EIO, f"{path}: cannot {doing} ({cause})")
 
 
-def open_regular(path: Path, flags: int, doing: str, mode: int = 0o644) -> int:
+def open_regular(
+    path: Path,
+    flags: int,
+    doing: str,
+    mode: int = 0o666,
+    folder: Optional[int] = None,
+    single_link: bool = True,
+    follow_links: bool = False,
+) -> int:
     """``os.open`` that never follows a symlink, never blocks (a FIFO) and accepts only a
     regular file with one link (a planted hard link would make the tool write into another
-    file): the descriptor, in blocking mode, or :class:`FileFault` naming the path."""
+    file; ``single_link=False`` for files only read): the descriptor, in blocking mode, or
+    :class:`FileFault` naming the path. ``O_TRUNC`` acts only after these checks (the open
+    itself never truncates: a refused hard link stays untouched). With ``folder`` (a
+    descriptor of an open directory), ``path``'s name is opened in that folder;
+    ``follow_links`` (reads of data the user placed) follows a symlink."""
+    where: Any = path.name if folder is not None else path
+    truncate = bool(flags & os.O_TRUNC)
+    flags = (flags & ~os.O_TRUNC) | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+        descriptor = os.open(where, flags, mode, dir_fd=folder)
     except OSError as error:
         if error.errno == errno.ELOOP:
             error = OSError(errno.ELOOP, "a symbolic link, refused")
@@ -89,19 +113,25 @@ def open_regular(path: Path, flags: int, doing: str, mode: int = 0o644) -> int:
         if not stat.S_ISREG(info.st_mode):
             kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
             raise OSError(errno.EINVAL, f"{kind}, refused")
-        if info.st_nlink > 1:
+        if single_link and info.st_nlink > 1:
             raise OSError(errno.EMLINK, f"{info.st_nlink} hard links to it, refused")
         os.set_blocking(descriptor, True)
+        if truncate:
+            os.ftruncate(descriptor, 0)
     except OSError as error:
         os.close(descriptor)
         raise _fault(path, error, doing) from None
     return descriptor
 
 
-def read_bytes(path: Path, limit: Optional[int] = None) -> bytes:
+def read_bytes(
+    path: Path, limit: Optional[int] = None, single_link: bool = True, follow_links: bool = False
+) -> bytes:
     """The contents of the regular file ``path`` (:func:`open_regular`'s checks), refusing
     one larger than ``limit`` bytes before reading it."""
-    descriptor = open_regular(path, os.O_RDONLY, "read")
+    descriptor = open_regular(
+        path, os.O_RDONLY, "read", single_link=single_link, follow_links=follow_links
+    )
     with os.fdopen(descriptor, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if limit is not None and size > limit:
@@ -130,21 +160,86 @@ def make_dirs(path: Path, what: str) -> None:
         raise _fault(path, error, f"create the {what}") from None
 
 
+@contextlib.contextmanager
+def own_folder(path: Path, what: str) -> Iterator[int]:
+    """The folder ``path`` that the tool names and creates for itself, open for the ``with``
+    body (its descriptor, for :func:`open_regular`'s ``folder``): created if missing (its
+    parents are the user's and created as given), refused as a :class:`FileFault` if it is
+    a symlink, not a directory, or owned by another user."""
+    make_dirs(path.parent, f"folder of the {what}")
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass  # checked below, through the descriptor
+    except OSError as error:
+        raise _fault(path, error, f"create the {what}") from None
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            error = OSError(errno.ELOOP, "a symbolic link, refused")
+        raise _fault(path, error, f"use the {what}") from None
+    try:
+        owner = os.fstat(descriptor).st_uid
+        if owner != os.geteuid():
+            raise _fault(path, OSError(errno.EPERM, f"owned by uid {owner}, refused"),
+                         f"use the {what}")  # fmt: skip
+        yield descriptor
+    finally:
+        os.close(descriptor)
+
+
+def _kept_mode(path: Path) -> int:
+    """The mode of the regular file at ``path``; else ``0o666 & ~umask``, what ``open``
+    gives a new file (``mkstemp``'s 0600 would hide shared tables from their readers)."""
+    with contextlib.suppress(OSError):
+        before = os.lstat(path)
+        if stat.S_ISREG(before.st_mode):
+            return stat.S_IMODE(before.st_mode)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.<name>.*.tmp`` beside ``path`` that no live writer holds (a writer locks its
+    temporary file for its whole life; a killed writer's lock is gone)."""
+    with contextlib.suppress(OSError):
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            try:
+                descriptor = os.open(leftover, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(leftover)
+            except OSError:
+                pass  # held by a live writer, or gone already
+            finally:
+                os.close(descriptor)
+
+
 def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
     """Write ``path`` through an exclusive temporary file in its folder, fsync, rename.
 
     A kill at any instant leaves either the old file or the new one; a failure (a full disk,
-    a read-only folder) raises :class:`FileFault` and leaves no temporary file behind. A
-    symlink at ``path`` is replaced by the file, not followed.
+    a read-only folder) raises :class:`FileFault` and leaves no temporary file behind, and a
+    killed writer's temporary file is removed by the next write. A symlink at ``path`` is
+    replaced by the file, not followed. The file keeps the mode of the regular file it
+    replaces; a new one gets ``0o666 & ~umask``.
     """
+    _remove_stale_temporaries(path)
     try:
         descriptor, temporary = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         )
     except OSError as error:
         raise _fault(path, error, "create a file beside") from None
-    try:
-        with os.fdopen(descriptor, "wb" if binary else "w") as out:
+    try:  # the lock lives until the rename: a live writer's file is never a leftover
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.fchmod(descriptor, _kept_mode(path))
+        with os.fdopen(descriptor, "wb" if binary else "w", closefd=False) as out:
             write(out)
             out.flush()
             os.fsync(out.fileno())
@@ -159,6 +254,8 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = 
         if isinstance(error, RuntimeError) and "unexpected pos" in str(error):  # torch.save
             raise FileFault(errno.ENOSPC, f"{path}: cannot write (disk full?)") from None
         raise
+    finally:
+        os.close(descriptor)
 
 
 def append_line(path: Path, line: str) -> None:
@@ -182,54 +279,54 @@ def append_line(path: Path, line: str) -> None:
         os.close(descriptor)  # closing releases the lock
 
 
-def acquire_lock(path: Path, what: str = "lock") -> int:
+def acquire_lock(path: Path, what: str = "lock", folder: Optional[int] = None) -> int:
     """Take an ``fcntl`` lock on ``path`` (created if needed); returns its descriptor.
 
     Raises :class:`LockBusy` at once if a live process holds it. The holder's pid, host and
     start time are written into the file for people to read; who holds the lock is decided
     by the kernel, not by that text, so a killed holder frees it and a reused pid cannot.
+    A failure to write that text (a full disk) removes the file and raises a
+    :class:`FileFault` naming it. With ``folder`` (:func:`own_folder`), ``path``'s name is
+    locked in that open folder.
     """
+    where: Any = path.name if folder is not None else path
     while True:
-        descriptor = open_regular(path, os.O_RDWR | os.O_CREAT, f"create the {what}")
+        descriptor = open_regular(path, os.O_RDWR | os.O_CREAT, f"create the {what}", folder=folder)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip()
             os.close(descriptor)
-            holder = ""
-            with contextlib.suppress(OSError, ValueError):
-                holder = " (" + path.read_text().strip() + ")"
             raise LockBusy(
-                errno.EBUSY, f"{path}: the {what} is held by another process{holder}"
+                errno.EBUSY,
+                f"{path}: the {what} is held by another process" + (f" ({holder})" * bool(holder)),
             ) from None
         try:  # the previous holder may have removed the file between our open and lock
-            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(descriptor).st_ino
+            now = os.stat(where, dir_fd=folder, follow_symlinks=False)
+            same = now.st_ino == os.fstat(descriptor).st_ino
         except FileNotFoundError:
             same = False
         if same:
             break
         os.close(descriptor)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode())
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(
+            descriptor, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode()
+        )
+    except OSError as error:
+        release_lock(path, descriptor, folder)
+        raise _fault(path, error, f"write the {what}") from None
     return descriptor
 
 
-def release_lock(path: Path, descriptor: int) -> None:
+def release_lock(path: Path, descriptor: int, folder: Optional[int] = None) -> None:
     """Remove the lock file, then release the lock (in that order: no one can lock a file
     that is about to disappear)."""
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(path.name if folder is not None else path, dir_fd=folder)
     os.close(descriptor)
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path, what: str = "lock") -> Iterator[None]:
-    """Hold :func:`acquire_lock`'s lock on ``path`` for the ``with`` body."""
-    descriptor = acquire_lock(path, what)
-    try:
-        yield
-    finally:
-        release_lock(path, descriptor)
 
 
 def check_appendable(path: Path) -> None:
@@ -279,15 +376,29 @@ def run_directory(path: Path, config: dict[str, Any], restart: bool = False) -> 
         _check_removable(path)  # before anything is written there, even a lock
     elif path.is_dir():
         _check_ours(path)
+    created = not path.exists()
     make_dirs(path, "run directory")
-    with exclusive_lock(path / RUN_LOCK, "run directory's lock"):
-        if restart:
-            remove_run(path, keep_folder=True)  # checks, under the lock, that it is a run
-        else:
-            _check_ours(path)
-        text = json.dumps({"tool": "stableeig", "config": config}, indent=1) + "\n"
-        atomic_write(path / RUN_MARKER, lambda out: out.write(text))
+    try:
+        lock = acquire_lock(path / RUN_LOCK, "run directory's lock")
+        try:
+            if restart:
+                remove_run(path, keep_folder=True)  # checks, under the lock, that it is a run
+            else:
+                _check_ours(path)
+            text = json.dumps({"tool": "stableeig", "config": config}, indent=1) + "\n"
+            atomic_write(path / RUN_MARKER, lambda out: out.write(text))
+        except BaseException:
+            release_lock(path / RUN_LOCK, lock)
+            raise
+    except FileFault:
+        if created:  # e.g. a full disk: leave no folder behind
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    try:
         yield
+    finally:
+        release_lock(path / RUN_LOCK, lock)
 
 
 def _check_ours(path: Path) -> None:
@@ -305,16 +416,47 @@ def _entries(path: Path) -> list[str]:
 
 
 def _is_run(path: Path) -> bool:
-    """Marked, empty, or a run written before the marker existed (0.2: only the tool's own
-    files, a checkpoint or metrics among them)."""
-    if (path / RUN_MARKER).is_file():
-        return True
+    """Marked (a regular file, not a link, holding this tool's JSON), empty, or a run
+    written before the marker existed (0.2: only the tool's own file names, and a checkpoint
+    that is this tool's: :func:`_is_our_checkpoint`). Someone's ``metrics.jsonl`` or
+    ``config.json`` alone is not a run."""
+    if os.path.lexists(path / RUN_MARKER):
+        return _is_our_marker(path / RUN_MARKER)
     entries = set(_entries(path))
     legacy = {f"{name}.tmp" for name in RUN_FILES}
     return not entries or (
         entries <= set(RUN_FILES) | legacy
-        and bool(entries & {"checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl"})
+        and any(_is_our_checkpoint(path / name) for name in ("checkpoint.pt", "checkpoint.prev.pt"))
     )
+
+
+def _is_our_marker(path: Path) -> bool:
+    """A regular file with one link whose JSON says ``"tool": "stableeig"``."""
+    try:
+        marker = json.loads(read_bytes(path, limit=1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("tool") == "stableeig"
+
+
+# The fields every checkpoint of this tool holds (training.CHECKPOINT_KEYS, a test checks).
+CHECKPOINT_FIELDS = ("config", "model", "optimizer", "schedule", "generator", "torch_rng",
+                     "step", "losses", "metrics", "seconds", "first_loss")  # fmt: skip
+
+
+def _is_our_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` archive whose pickle names every field of this
+    tool's checkpoints: read as bytes and searched, never unpickled."""
+    try:
+        data = read_bytes(path, limit=1 << 31)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            pickles = [i for i in archive.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) != 1 or pickles[0].file_size > 1 << 26:
+                return False
+            text = archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError, EOFError):
+        return False
+    return all(name.encode() in text for name in CHECKPOINT_FIELDS)
 
 
 def _check_removable(path: Path) -> None:

@@ -27,6 +27,7 @@ from .files import (
     append_line,
     check_appendable,
     make_dirs,
+    own_folder,
     read_text,
     release_lock,
     write_text,
@@ -392,21 +393,20 @@ def _claim(results: Path, cell: Cell) -> Iterator[bool]:
     when its process dies, so a killed holder's claim is free at once and a reused pid or a
     half-written file can never hold a cell.
     """
-    folder = results.with_name(results.name + ".claims")
-    make_dirs(folder, "claims folder")
     name = "_".join(str(part) for part in cell.key()[:4])
     name += "".join(f"_{k}={v}" for k, v in cell.variant)
-    path = folder / (name + ".claim")
-    try:
-        descriptor = acquire_lock(path, "cell's claim")
-    except LockBusy as busy:
-        print(f"note: skipping {name}: {busy.strerror}", file=sys.stderr)
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        release_lock(path, descriptor)
+    path = results.with_name(results.name + ".claims") / (name + ".claim")
+    with own_folder(path.parent, "claims folder") as folder:  # a symlink there: refused
+        try:
+            descriptor = acquire_lock(path, "cell's claim", folder)
+        except LockBusy as busy:
+            print(f"note: skipping {name}: {busy.strerror}", file=sys.stderr)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            release_lock(path, descriptor, folder)
 
 
 def unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
