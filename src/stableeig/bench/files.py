@@ -220,6 +220,24 @@ def _remove_stale_temporaries(path: Path) -> None:
                 os.close(descriptor)
 
 
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    """A new ``.<name>.XXXXXX.tmp`` beside ``path``, locked (``flock``) until it is closed, so
+    that no sweep takes it for a killed writer's; a sweep that removed it between its
+    creation and the lock is detected (its name no longer leads to it) and a new one made."""
+    while True:
+        try:
+            descriptor, temporary = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            )
+        except OSError as error:
+            raise _fault(path, error, "create a file beside") from None
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            if os.stat(temporary, follow_symlinks=False).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor, temporary
+        os.close(descriptor)
+
+
 def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
     """Write ``path`` through an exclusive temporary file in its folder, fsync, rename.
 
@@ -230,14 +248,8 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = 
     replaces; a new one gets ``0o666 & ~umask``.
     """
     _remove_stale_temporaries(path)
+    descriptor, temporary = _locked_temporary(path)
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-    except OSError as error:
-        raise _fault(path, error, "create a file beside") from None
-    try:  # the lock lives until the rename: a live writer's file is never a leftover
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.fchmod(descriptor, _kept_mode(path))
         with os.fdopen(descriptor, "wb" if binary else "w", closefd=False) as out:
             write(out)

@@ -1,0 +1,361 @@
+"""The sixth red-team round on the command line (issue 38): the tool touches only what is
+its own. Each test fails on 0.8.1: parent components that are links, hard links truncated
+before the check, foreign folders taken for runs, FIFOs and swapped files among the data,
+value checks on the meta device, full disks, leftover temporaries, file modes."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_models_training import tiny_dataset
+from test_safety import _one_line_error, _tmpfs, _train, _tree, quick_train  # noqa: F401
+
+from stableeig import cli
+from stableeig.bench import data, files, reproduce, training
+
+# ---------------------------------------------------------------- 1. truncation after checks
+
+
+@pytest.mark.parametrize("flags", ["truncate-write", "truncate-append"])
+def test_a_hard_link_is_refused_before_any_truncation(tmp_path: Path, flags: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x" * 1500)
+    link = tmp_path / "file.part"
+    os.link(victim, link)
+    mode = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if flags == "truncate-append":
+        mode |= os.O_APPEND
+    with pytest.raises(files.FileFault, match="hard links"):
+        files.open_regular(link, mode, "write")
+    assert victim.read_bytes() == b"x" * 1500
+
+
+def test_the_cifar_download_never_empties_a_linked_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reproduction of finding 1, through the command line (no network needed)."""
+    cache = tmp_path / "cache"
+    (cache / "stableeig").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * 1500)
+    os.link(victim, cache / "stableeig" / "cifar-10-python.tar.gz.part")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("STABLEEIG_DATA", raising=False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"payload"))
+    argv = ["train", "--dataset=cifar10", "--steps=2", f"--run-dir={tmp_path / 'run'}", "--quiet"]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "hard links")
+    assert victim.read_bytes() == b"v" * 1500
+
+
+# ---------------------------------------------------------------- 2. parent components
+
+
+def test_a_symlinked_claims_folder_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "theirs.claim").write_text("someone's file")
+    results = tmp_path / "results" / "rows.jsonl"
+    results.parent.mkdir()
+    results.with_name("rows.jsonl.claims").symlink_to(elsewhere)
+    cell = reproduce.Cell("table1", "power", 4, 0)
+    with pytest.raises(files.FileFault, match="symbolic link"), reproduce._claim(results, cell):
+        pytest.fail("claimed through a link")
+    assert _tree(elsewhere) == {"theirs.claim": b"someone's file"}
+
+
+def test_a_claims_folder_swapped_for_a_link_while_held_redirects_nothing(tmp_path: Path) -> None:
+    """Files in an own folder are opened relative to the open folder: replacing the folder
+    by a link after the check cannot send the claim's creation or deletion elsewhere."""
+    results = tmp_path / "rows.jsonl"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    claims = tmp_path / "rows.jsonl.claims"
+    cell = reproduce.Cell("table1", "power", 4, 0)
+    with reproduce._claim(results, cell) as claimed:
+        assert claimed
+        claims.rename(tmp_path / "moved")
+        claims.symlink_to(elsewhere)
+        (elsewhere / "table1_power_4_0.claim").write_text("theirs")
+    assert (elsewhere / "table1_power_4_0.claim").read_text() == "theirs"
+    assert not list((tmp_path / "moved").iterdir())  # our claim went from our folder
+
+
+def test_an_own_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    os.chown(folder, 12345, 12345)
+    with (
+        pytest.raises(files.FileFault, match="owned by uid 12345"),
+        files.own_folder(folder, "claims folder"),
+    ):
+        pytest.fail("used another user's folder")
+
+
+def test_the_download_cache_must_not_be_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "stableeig").symlink_to(elsewhere)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"payload"))
+    for target in (data.cache_dir() / "a.tar.gz", data.cache_dir() / "fashion-mnist" / "b.gz"):
+        with pytest.raises(files.FileFault, match="symbolic link"):
+            data._download("https://example.invalid/x", target)
+    assert not list(elsewhere.iterdir())
+
+
+# ---------------------------------------------------------------- 3. foreign folders
+
+
+@pytest.mark.parametrize("foreign", ["metrics", "config+checkpoint", "marker-link", "marker-text"])
+def test_foreign_folders_are_never_taken_for_runs(
+    foreign: str,
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    if foreign == "metrics":
+        (folder / "metrics.jsonl").write_text('{"loss": 1}\n')
+    elif foreign == "config+checkpoint":
+        (folder / "config.json").write_text('{"mine": true}')
+        torch.save({"weights": torch.ones(2)}, folder / "checkpoint.pt")
+    elif foreign == "marker-link":
+        (tmp_path / "any.txt").write_text('{"tool": "stableeig"}')
+        (folder / files.RUN_MARKER).symlink_to(tmp_path / "any.txt")
+        (folder / "checkpoint.pt").write_text("someone's")
+    else:
+        (folder / files.RUN_MARKER).write_text("my own notes")
+        (folder / "config.json").write_text("mine")
+    before = _tree(tmp_path)
+    for extra in ((), ("--restart",)):
+        assert _train(str(folder), quick_train, *extra) == 2
+        _one_line_error(capsys, str(folder))
+        assert _tree(tmp_path) == before
+        assert not (folder / ".stableeig-run.lock").exists()
+
+
+def test_a_legacy_run_is_recognised_by_its_own_checkpoint(
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = tmp_path / "run"
+    assert _train(str(run), quick_train) == 0
+    (run / files.RUN_MARKER).unlink()
+    (run / "result.json").unlink()
+    (run / "config.json").unlink()  # what a 0.2 run killed before its end left
+    assert files._is_run(run)
+    assert _train(str(run), quick_train, "--restart") == 0
+    capsys.readouterr()
+
+
+def test_the_legacy_fingerprint_names_every_checkpoint_field() -> None:
+    assert set(files.CHECKPOINT_FIELDS) == set(training.CHECKPOINT_KEYS)
+
+
+# ---------------------------------------------------------------- 4, 5. data files
+
+
+def _fashion_folder(folder: Path) -> dict[str, str]:
+    """The four Fashion-MNIST files of a tiny fake set; their MD5s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for name in data.FASHION_MD5:
+        count = 3
+        if "images" in name:
+            payload = (
+                (0x803).to_bytes(4, "big")
+                + b"".join(n.to_bytes(4, "big") for n in (count, 28, 28))
+                + bytes(count * 784)
+            )
+        else:
+            payload = (0x801).to_bytes(4, "big") + count.to_bytes(4, "big") + bytes([1, 2, 3])
+        raw = gzip.compress(payload, mtime=0)
+        (folder / name).write_bytes(raw)
+        digests[name] = hashlib.md5(raw).hexdigest()
+    return digests
+
+
+@pytest.mark.parametrize(
+    "name", ["train-labels-idx1-ubyte.gz", "cifar-10-python.tar.gz", "data_batch_1"]
+)
+def test_a_fifo_among_the_data_files_is_refused_at_once(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "data"
+    digests = _fashion_folder(folder)  # a FIFO is refused before any checksum is looked at
+    monkeypatch.setattr(data, "FASHION_MD5", {k: (v,) for k, v in digests.items()})
+    if name == "data_batch_1":
+        folder = folder / "cifar-10-batches-py"
+        folder.mkdir()
+    (folder / name).unlink(missing_ok=True)
+    os.mkfifo(folder / name)
+    dataset = "fashion-mnist" if name.endswith("ubyte.gz") else "cifar10"
+    outcome: list[Any] = []
+
+    def load() -> None:
+        try:
+            data.load_dataset(dataset, tmp_path / "data", download=False)
+        except Exception as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # unblock the hung open so that the thread ends
+        with contextlib.suppress(OSError):
+            os.close(os.open(folder / name, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("hung on a FIFO")
+    assert outcome and isinstance(outcome[0], files.FileFault), outcome
+    assert "FIFO" in str(outcome[0])
+
+
+def test_the_bytes_checked_are_the_bytes_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A racer swaps a verified file for a forged one after the checksum: 0.8.1 hashed one
+    open and parsed another (forged labels loaded 9 times in 25); one read serves both."""
+    folder = tmp_path / "data"
+    digests = _fashion_folder(folder)
+    monkeypatch.setattr(data, "FASHION_MD5", {k: (v,) for k, v in digests.items()})
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    forged = gzip.compress((0x801).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([9] * 3))
+    verified = labels.read_bytes()
+    real_decompress = gzip.decompress
+
+    def swap_then_decompress(blob: bytes) -> bytes:  # the race at its worst moment: checked,
+        if blob == verified:  # not yet parsed
+            labels.write_bytes(forged)
+        return real_decompress(blob)
+
+    monkeypatch.setattr(data.gzip, "decompress", swap_then_decompress)
+    loaded = data.load_fashion_mnist(folder, download=False)
+    assert loaded.train_labels.tolist() == [1, 2, 3]
+    monkeypatch.setattr(data.gzip, "decompress", real_decompress)
+    with pytest.raises(data.ChecksumError, match="train-labels"):
+        data.load_fashion_mnist(folder, download=False)  # the forged file, read afresh
+
+
+def test_data_files_may_be_symlinks_the_user_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tmp_path / "real"
+    digests = _fashion_folder(real)
+    monkeypatch.setattr(data, "FASHION_MD5", {k: (v,) for k, v in digests.items()})
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in digests:
+        (linked / name).symlink_to(real / name)
+    assert data.load_fashion_mnist(linked, download=False).train_labels.tolist() == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- 6. the meta-device pass
+
+
+def test_train_covpool_passes_its_memory_estimate(
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = training.RunConfig(dataset="fashion-mnist-subset", head="covpool", width=0.0625)
+    assert training.activation_bytes(config, tiny_dataset()) > 0
+    assert _train(str(tmp_path / "run"), quick_train, "--head=covpool") == 0
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------------- 10, 11, 12. files
+
+
+def test_a_new_run_on_a_full_disk_names_the_path_and_leaves_nothing(
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with _tmpfs(tmp_path / "full", "size=4k,nr_inodes=3") as disk:
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as out:
+            out.write(b"\0" * (1 << 16))
+        run = disk / "run"
+        assert _train(str(run), quick_train) == 2
+        _one_line_error(capsys, str(run))
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_killed_writer_s_temporary_file_is_removed_a_live_one_kept(tmp_path: Path) -> None:
+    target = tmp_path / "table.md"
+    stale = tmp_path / ".table.md.abc123.tmp"
+    stale.write_text("left by a kill")
+    live = tmp_path / ".table.md.live99.tmp"
+    live.write_text("being written")
+    other = tmp_path / ".other.md.xyz.tmp"
+    other.write_text("another file's")
+    with live.open("rb") as holder:
+        import fcntl
+
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        files.write_text(target, "new")
+        assert live.exists() and not stale.exists() and other.exists()
+    assert target.read_text() == "new"
+
+
+def test_written_files_honour_the_umask_and_keep_a_replaced_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        files.write_text(tmp_path / "new.md", "x")
+        assert stat.S_IMODE((tmp_path / "new.md").stat().st_mode) == 0o644
+        os.umask(0o077)
+        files.write_text(tmp_path / "private.md", "x")
+        assert stat.S_IMODE((tmp_path / "private.md").stat().st_mode) == 0o600
+        (tmp_path / "shared.md").write_text("old")
+        os.chmod(tmp_path / "shared.md", 0o664)
+        files.write_text(tmp_path / "shared.md", "new")
+        assert stat.S_IMODE((tmp_path / "shared.md").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_concurrent_writers_of_one_name_never_lose_the_rename(tmp_path: Path) -> None:
+    """Each writer holds its temporary file's lock until its rename: another writer's sweep
+    of leftovers never removes a live temporary file."""
+    target = tmp_path / "table.md"
+    errors: list[BaseException] = []
+
+    def write(tag: int) -> None:
+        try:
+            for i in range(40):
+                files.write_text(target, f"{tag}:{i}\n" * 200)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert not list(tmp_path.glob(".table.md.*.tmp"))
+    assert len(set(target.read_text().splitlines())) == 1
+
+
+def test_results_rows_written_by_reproduce_are_valid_json(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    files.append_line(rows, json.dumps({"a": 1}))
+    assert json.loads(rows.read_text()) == {"a": 1}
