@@ -129,7 +129,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         steps = args.steps or 1000
         results = folder / f"spdnet_steps{steps}_fashion-mnist.jsonl"
         if args.render_only:
-            rows = rp.unique_rows(rp.read_results(results))
+            rows = _rows_to_render(results)
         else:
             dataset = _dataset("fashion-mnist", args.data_dir)
             methods = tuple(args.methods or rp.table_kind("spdnet").methods)
@@ -235,7 +235,7 @@ def _check_memory(args: argparse.Namespace, config: Any, dataset: Any) -> None:
 def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
     """``reproduce wide``: d = 128 … 1024 whitened in one group (see bench/wide.py)."""
     from .bench import wide
-    from .bench.files import read_text, write_text
+    from .bench.files import write_text
 
     steps = args.steps or 300
     results = folder / f"wide_steps{steps}_fashion-mnist.jsonl"
@@ -249,7 +249,7 @@ def _reproduce_wide(args: argparse.Namespace, folder: Path) -> int:
         rows = wide.run(dataset, results, seeds=args.seeds or 5, steps=steps, methods=methods)
     if not floors_path.is_file() and not args.render_only:
         write_text(floors_path, json.dumps(wide.floor_seconds(), indent=1) + "\n")
-    floors = json.loads(read_text(floors_path)) if floors_path.is_file() else None
+    floors = wide.read_floors(floors_path)
     table = wide.render(rows, floors)
     write_text(folder / f"{results.stem}.md", table + "\n")
     wide.plot(rows, folder / f"{results.stem}.png", floors)

@@ -359,3 +359,156 @@ def test_results_rows_written_by_reproduce_are_valid_json(tmp_path: Path) -> Non
     rows = tmp_path / "rows.jsonl"
     files.append_line(rows, json.dumps({"a": 1}))
     assert json.loads(rows.read_text()) == {"a": 1}
+
+
+# ---------------------------------------------------------------- 7. rows that render
+
+
+def _row(table: str, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "table": table, "dataset": "fashion-mnist", "preset": "quick", "method": "power",
+        "group_size": 4, "seed": 0, "variant": {}, "success": True, "test_error": 12.5,
+        "failure_step": None, "failure_reason": None, "seconds": 1.0, "losses": [2.0, 1.0],
+        "config": {"steps": 10, "convention": "reference"},
+    }  # fmt: skip
+    if table.startswith("ablation_"):
+        row["variant"] = {table.removeprefix("ablation_"): 0.99}
+    if table == "wide":
+        row.update(group_size=128, seconds_per_step=0.01, gradient_errors=[{"power": 1e-3}])
+    if table in ("table2", "covpool", "spdnet"):
+        row["group_size"] = None
+    row.update(fields)
+    return row
+
+
+def _valid_rows(table: str) -> list[dict[str, Any]]:
+    methods = {"table1": ["power", "analytic"], "wide": ["power", "loewner"]}
+    rows = [
+        _row(table, method=m, seed=s, group_size=d)
+        for m in methods.get(table, ["power", "loewner"])
+        for s in range(2)
+        for d in ([4, 16] if table == "table1" else [_row(table)["group_size"]])
+    ]
+    rows += [_row(table, method="batchnorm", group_size=None if table != "wide" else 128)]
+    failed = dict(success=False, test_error=None, failure_step=3, failure_reason="NaN")
+    rows += [_row(table, method="analytic" if table == "table1" else "power", seed=7, **failed)]
+    return rows
+
+
+HOSTILE = [None, True, -1, 0, 1e30, 10**30, 1e308, -1e308, float("nan"), float("inf"), "",
+           "x|y\nz", "a" * 200, [], [1], {}, {"a": [1]}, [1e308, -1e308]]  # fmt: skip
+RENDERED_TABLES = ["table1", "table2", "covpool", "spdnet", "demo", "wide", "ablation_energy"]
+
+
+def _render_everything(
+    table: str, rows: list[dict[str, Any]], folder: Path, plots: bool = True
+) -> None:
+    from stableeig.bench import wide
+
+    if table == "wide":
+        wide.render(rows, None)
+        if plots:
+            wide.plot(rows, folder / "w.png", {"128": 0.001})
+    elif table.startswith("ablation_"):
+        reproduce.render_ablations(rows)
+        if plots:
+            reproduce.plot_ablations(rows, folder / "a.png")
+    else:
+        reproduce.render_table(rows, table)
+        if plots:
+            reproduce.plot(rows, table, folder / "t.png")
+    if table == "table1":
+        (folder / "table1_x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if plots:
+            reproduce.survival_report(folder)
+        else:
+            reproduce._survival_runs(rows)
+
+
+def _mutants(table: str) -> list[dict[str, Any]]:
+    base = _row(table)
+    mutants = []
+    for key in [*base, "seconds_per_step", "gradient_errors"]:
+        for value in HOSTILE:
+            mutants.append({**base, key: value})
+    for key in ("steps",):
+        mutants += [{**base, "config": {key: v}} for v in HOSTILE]
+    mutants += [{**base, "variant": {"energy": v}} for v in HOSTILE]
+    mutants += [{**base, "variant": v} for v in HOSTILE]
+    mutants += [{k: v for k, v in base.items() if k != drop} for drop in base]
+    mutants += [{**base, "success": True, "test_error": None},
+                {**base, "success": False, "test_error": None, "failure_step": 10**6},
+                {**base, "success": False, "test_error": 1.0}]  # fmt: skip
+    return mutants
+
+
+@pytest.mark.parametrize("table", RENDERED_TABLES)
+def test_every_renderer_survives_every_row_the_schema_admits(
+    table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each hostile variant of a valid row is either refused by the schema (a warning, the
+    line skipped) or rendered, alone and among valid rows, as tables and plots."""
+    results = tmp_path / "rows.jsonl"
+    mutants = _mutants(table)
+    results.write_text("".join(json.dumps(m) + "\n" for m in mutants))
+    admitted = reproduce.read_results(results)
+    refused = capsys.readouterr().err.count("skipping a malformed row")
+    assert refused + len(admitted) == len(mutants)
+    assert refused > len(mutants) // 2  # the hostile values are refused, the harmless kept
+    valid = _valid_rows(table)
+    assert all(reproduce.row_problem(r) is None for r in valid)
+    for number, row in enumerate(admitted):  # tables alone (plots: all at once, below)
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        _render_everything(table, [row], folder, plots=False)
+    (tmp_path / "alone").mkdir()
+    _render_everything(table, admitted, tmp_path / "alone")
+    _render_everything(table, valid + admitted, tmp_path)
+
+
+@pytest.mark.parametrize("table", ["table1", "table2", "covpool", "demo"])
+def test_a_table_of_only_its_batchnorm_rows_renders(table: str, tmp_path: Path) -> None:
+    """What a run killed after its first cells leaves: the reference rows alone."""
+    rows = [_row(table, method="batchnorm", group_size=None, seed=s) for s in range(2)]
+    _render_everything(table, rows, tmp_path)
+    assert "batchnorm" in reproduce.render_table(rows, table)
+
+
+def test_a_markdown_table_keeps_its_columns_whatever_the_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "rows.jsonl"
+    rows = [*_valid_rows("table2"), _row("table2", method="evil|method\n| x |")]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = reproduce.render_table(reproduce.read_results(results), "table2")
+    assert "evil" not in table and "skipping a malformed row" in capsys.readouterr().err
+    widths = {line.count("|") for line in table.splitlines()}
+    assert len(widths) == 1
+
+
+@pytest.mark.parametrize("floor", ["[1, 2]", '{"128": "fast"}', '{"x": 1}', "{", '{"128": -1}'])
+def test_a_malformed_floor_file_is_ignored_with_a_warning(
+    floor: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    results = tmp_path / "wide_steps300_fashion-mnist.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in _valid_rows("wide")))
+    (tmp_path / "wide_floor.json").write_text(floor)
+    argv = ["reproduce", "wide", "--render-only", f"--results={tmp_path}"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "wide_floor.json: ignored" in captured.err and "| 128 | power |" in captured.out
+
+
+@pytest.mark.parametrize("content", [None, "", "not json\n"])
+def test_spdnet_render_only_without_rows_is_one_line(
+    content: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if content is not None:
+        (tmp_path / "spdnet_steps1000_fashion-mnist.jsonl").write_text(content)
+    assert cli.main(["reproduce", "spdnet", "--render-only", f"--results={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "".join(err) and "error:" in err[-1]
+    assert "spdnet_steps1000_fashion-mnist.jsonl" in err[-1]
+    assert len(err) == 1 + (content == "not json\n")  # the torn line's warning

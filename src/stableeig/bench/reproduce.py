@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -311,42 +312,99 @@ def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) 
     )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
 
 
-def _is_count(value: Any, low: int = 0) -> bool:
-    return type(value) is int and value >= low
+def _is_count(value: Any, low: int = 0, high: int = 2**31) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+NAME = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+"""What a table, method or preset name may hold: every name the tool writes, and nothing
+that splits a Markdown table (``|``, a newline) or a file name."""
+MAX_GROUP_SIZE = 1 << 16
+MAX_STEPS = 10**9
+MAX_LOSS = 1e12  # a cross-entropy; a run stops at 10 × its first loss
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and NAME.fullmatch(value) is not None
+
+
+def _is_scalar(value: Any) -> bool:
+    """A variant's value: a name, a finite number, a bool or None (hashable, printable)."""
+    return value is None or isinstance(value, bool) or _is_number(value) or _is_name(value)
 
 
 ROW_SCHEMA: dict[str, Callable[[Any], bool]] = {
-    "table": lambda v: isinstance(v, str),
-    "method": lambda v: isinstance(v, str),
-    "group_size": lambda v: v is None or _is_count(v, 1),
+    "table": _is_name,
+    "method": _is_name,
+    "group_size": lambda v: v is None or _is_count(v, 1, MAX_GROUP_SIZE),
     "seed": _is_count,
     "success": lambda v: isinstance(v, bool),
-    "test_error": lambda v: v is None or (_is_number(v) and 0 <= v <= 100),
-    "failure_step": lambda v: v is None or _is_count(v),
-    "seconds": lambda v: _is_number(v) and v >= 0,
-    "losses": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
-    "config": lambda v: isinstance(v, dict) and _is_count(v.get("steps"), 1),
-}
-"""The fields every table reads, with their types and ranges (``variant``, when present,
-must be a dict)."""
+    "test_error": lambda v: v is None or _is_number(v, 0, 100),
+    "failure_step": lambda v: v is None or _is_count(v, 0, MAX_STEPS),
+    "seconds": lambda v: _is_number(v, 0, 1e9),
+    "losses": lambda v: isinstance(v, list) and len(v) <= 10**6
+    and all(_is_number(x, 0, MAX_LOSS) for x in v),
+    "config": lambda v: isinstance(v, dict) and _is_count(v.get("steps"), 1, MAX_STEPS),
+}  # fmt: skip
+"""The fields every table reads, with their types and ranges; :func:`row_problem` adds the
+optional fields' and the consistency between fields."""
 
 
 def row_problem(row: Any) -> Optional[str]:
-    """Why a parsed results line is not a usable row, or None."""
+    """Why a parsed results line is not a usable row, or None: every field a renderer reads
+    has its type and range (:data:`ROW_SCHEMA`), the fields agree with each other (a
+    finished run has a test error and no failure step, a failed one no test error), and the
+    fields of its table's kind are there (an ablation's varied value, a wide run's timing)."""
     if not isinstance(row, dict):
         return f"a JSON {type(row).__name__}, not an object"
     for key, valid in ROW_SCHEMA.items():
         if key not in row:
             return f"no {key!r}"
         if not valid(row[key]):
-            return f"{key!r} = {row[key]!r} has the wrong type or range"
-    if not isinstance(row.get("variant", {}), dict):
-        return "'variant' is not an object"
+            return f"{key!r} = {_shown(row[key])} has the wrong type or range"
+    variant = row.get("variant", {})
+    if not isinstance(variant, dict) or not all(
+        _is_name(k) and _is_scalar(v) for k, v in variant.items()
+    ):
+        return f"'variant' = {_shown(variant)} is not an object of names and scalars"
+    if "preset" in row and not _is_name(row["preset"]):
+        return f"'preset' = {_shown(row['preset'])} is not a name"
+    if row["success"] != (row["test_error"] is not None):
+        return "'success' and 'test_error' disagree (a finished run has a test error)"
+    if row["success"] and row["failure_step"] is not None:
+        return "a finished run with a 'failure_step'"
+    if row["failure_step"] is not None and row["failure_step"] > row["config"]["steps"]:
+        return "'failure_step' beyond the run's steps"
+    if row["table"].startswith("ablation_"):
+        varied = row["table"].removeprefix("ablation_")
+        # the varied value is plotted on a log axis: positive, within a plottable range
+        if not _is_number(variant.get(varied), 1e-30, 1e30) or not _is_name(row.get("preset")):
+            return f"an ablation row without its varied value {varied!r} or its preset"
+    if row["table"] == "wide":
+        if row["group_size"] is None or not _is_number(row.get("seconds_per_step"), 0, 1e9):
+            return "a wide row without its width or seconds_per_step"
+        measured = row.get("gradient_errors", [])
+        if not isinstance(measured, list) or not all(
+            isinstance(point, dict)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point.values())
+            for point in measured
+        ):
+            return "'gradient_errors' is not a list of objects of numbers"
     return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -824,7 +882,7 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
         left.set_xscale("log", base=2)
         left.set_xticks(sizes, [str(d) for d in sizes])
         left.set_xlabel("group size d")
-    else:  # one cell per method: grouped bars
+    elif methods:  # one cell per method: grouped bars
         finished, good = zip(
             *(_rates([r for r in rows if r["method"] == m], threshold) for m in methods)
         )
@@ -835,7 +893,8 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
     left.set_ylabel("success rate (%)")
     left.set_ylim(-5, 105 if sizes else 130)  # room above the bars for the legend
     left.set_title(f"{table}: finished (no NaN/divergence) and trained")
-    left.legend(loc="best" if sizes else "upper center", ncol=1 if sizes else 2)
+    if methods:  # (a file killed after its BatchNorm reference rows has no other)
+        left.legend(loc="best" if sizes else "upper center", ncol=1 if sizes else 2)
     largest = max(sizes) if sizes else None
     for method in dict.fromkeys(r["method"] for r in rows):
         curves = [
@@ -849,5 +908,6 @@ def plot(rows: list[dict[str, Any]], table: str, path: Path) -> None:
     right.set_xlabel("epoch")
     right.set_ylabel("training loss (one seed)")
     right.set_title(f"training curves at d={largest}" if sizes else "training curves")
-    right.legend()
+    if right.get_legend_handles_labels()[0]:
+        right.legend()
     save_figure(figure, path)

@@ -32,7 +32,9 @@ the relative Frobenius error goes into the row (``gradient_errors``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +45,7 @@ from torch import nn
 from .. import nn as se_nn
 from ..spectral import inv_sqrtm
 from .data import Dataset
+from .files import read_text
 
 __all__ = ["MEASURED_RULES", "METHODS", "WIDTHS", "WideConfig", "mlp", "run", "train_wide"]
 
@@ -262,6 +265,27 @@ def floor_seconds(widths: tuple[int, ...] = WIDTHS, repeats: int = 5) -> dict[st
     return floors
 
 
+def read_floors(path: Path) -> Optional[dict[str, float]]:
+    """``wide_floor.json`` (:func:`floor_seconds`): width → seconds, or None where it is
+    absent or malformed (a warning says which; the tables render without the floor)."""
+    if not path.is_file():
+        return None
+    try:
+        floors = json.loads(read_text(path))
+        if isinstance(floors, dict) and all(
+            isinstance(k, str) and k.isascii() and k.isdigit()
+            and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and 0 < v < 1e6
+            for k, v in floors.items()
+        ):  # fmt: skip
+            return {k: float(v) for k, v in floors.items()}
+        problem = "expected an object of width: seconds"
+    except (OSError, ValueError) as error:
+        problem = str(error)
+    print(f"warning: {path}: ignored ({problem})", file=sys.stderr)
+    return None
+
+
 def _median(values: list[float]) -> Optional[float]:
     import statistics as stats
 
@@ -399,5 +423,6 @@ def plot(rows: list[dict[str, Any]], path: Path, floors: Optional[dict[str, floa
     for axis in axes:
         axis.set_xticks(widths, [str(d) for d in widths])
         axis.xaxis.set_minor_locator(ticker.NullLocator())
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     save_figure(figure, path)
