@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -95,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         summary = dataclasses.asdict(result)
         text = json.dumps(config_dict(config), indent=1) + "\n"
         atomic_write(run_dir / "config.json", lambda out: out.write(text))
-        text = json.dumps(summary, indent=1) + "\n"
+        text = json.dumps(summary, indent=1, allow_nan=False) + "\n"  # standard JSON only
         atomic_write(run_dir / "result.json", lambda out: out.write(text))
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     return 0 if result.success else 1
@@ -202,6 +205,7 @@ def _rows_to_render(results: Path) -> list[dict[str, Any]]:
 
 
 MAX_QUEUED_RUNS = 10_000  # beyond this a reproduce call is refused unless --force
+MAX_SEEDS = 10_000  # even with --force: the cell list is built in memory (the paper ran 15)
 
 
 def _check_budget(args: argparse.Namespace, seeds: int, runs_per_seed: int) -> None:
@@ -357,16 +361,30 @@ def _bench_users(args: argparse.Namespace) -> int:
 
 def _at_least(least: int, most: int = 10**7) -> Any:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+        if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):  # int() also reads "٦٤" as 64
+            raise argparse.ArgumentTypeError(f"expected an integer in ASCII digits (got {text!r})")
+        value = int(text)
         if not least <= value <= most:
             raise argparse.ArgumentTypeError(
                 f"expected an integer in [{least}, {most}] (got {value})"
             )
         return value
 
+    return parse
+
+
+def _ascii_number(kind: type) -> Any:
+    """``int`` or ``float`` of ASCII text only (both also read "١٠" or "１０" as 10)."""
+
+    def parse(text: str) -> Any:
+        if not text.isascii():
+            raise argparse.ArgumentTypeError(f"expected an ASCII {kind.__name__} (got {text!r})")
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} (got {text!r})") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
@@ -428,10 +446,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
-            type=kind,
+            type=_ascii_number(kind) if kind in (int, float) else kind,
             default=field.default,
             choices=field.metadata["choices"],
-            help=field.metadata["help"] + " (default: %(default)s)",
+            help=field.metadata["help"]
+            + ("" if "default:" in field.metadata["help"] else " (default: %(default)s)"),
         )
 
 
@@ -503,13 +522,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=("quick", "long", "paper"),
         default="quick",
-        help="run length and model (see the README; default: quick)",
+        help="run length and data: quick (Fashion-MNIST, 120 steps, 3 seeds; minutes on 2 "
+        "cores), long (1,000 steps, 3 seeds; the baselines' failures show), paper (CIFAR-10, "
+        "350 epochs of a full-width ResNet-18, 15 seeds; a GPU's work) (default: quick)",
     )
     reproduce.add_argument(
         "--dataset", default=None, choices=DATASETS, help="override the preset's data set"
     )
     reproduce.add_argument(
-        "--seeds", type=_at_least(1), default=None, help="seeds per cell (default: the preset's)"
+        "--seeds",
+        type=_at_least(1, MAX_SEEDS),
+        default=None,
+        help=f"seeds per cell, at most {MAX_SEEDS:,} (default: the preset's)",
     )
     reproduce.add_argument(
         "--group-sizes",
@@ -613,12 +637,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXTRAS = {  # what each command imports beyond torch, checked before any work
+    "demo": ("matplotlib", "tqdm"),
+    "reproduce": ("matplotlib", "tqdm"),
+    "train": ("tqdm",),
+    "bench": ("matplotlib", "tqdm", "mpmath"),
+}
+
+
+def _missing_extras(command: str) -> list[str]:
+    """The modules ``command`` needs that cannot be imported here."""
+    missing = []
+    for name in EXTRAS.get(command, ()):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _check_output_folder(args: argparse.Namespace) -> None:
+    """A ``bench`` results folder that cannot be created fails before the measurements."""
+    from .bench.files import make_dirs
+
+    folder = Path(args.results)
+    if folder.exists() and not folder.is_dir():
+        raise Refused(f"--results {folder}: expected a folder (got a file)")
+    make_dirs(folder, "results folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise Refused(f"--results {folder}: expected a writable folder")
+
+
+def _one_line(error: BaseException) -> str:
+    from .bench.files import FileFault
+
+    if isinstance(error, FileFault):
+        return str(error.strerror)
+    out_of_memory = isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )  # torch's allocator under an address-space limit (ulimit -v) raises RuntimeError
+    if out_of_memory:
+        return "out of memory (reduce --batch-size, --width or the number of runs)"
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+        where = error.filename or "a file the command needed"
+        return f"{where}: {error.strerror or type(error).__name__}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ["MPLBACKEND"] = "Agg"  # plots go to files only, whatever the environment says
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    missing = _missing_extras(args.command)
+    if missing:
+        print(
+            f"stableeig {args.command}: error: needs {', '.join(missing)}, which are not "
+            "installed; install the harness with: pip install 'stableeig[bench]'",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     if args.command == "train":  # every field validated before any work
         import dataclasses
 
@@ -631,22 +714,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except StableEigError as error:
             parser.error(f"train: {error}")
     from .bench.data import ChecksumError
-    from .bench.files import FileFault
     from .exceptions import StableEigError
 
     try:
+        if args.command == "bench":
+            _check_output_folder(args)
         return int(args.run(args))
     except (OSError, StableEigError, Refused, ChecksumError, MemoryError) as error:
         # a file fault, a refused input, corrupt data, or a late argument check
-        if isinstance(error, FileFault):
-            message = error.strerror
-        elif isinstance(error, MemoryError):
-            message = "out of memory (reduce --batch-size, --width or the number of runs)"
-        elif isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
-            where = error.filename or "a file the command needed"
-            message = f"{where}: {error.strerror or type(error).__name__}"
-        else:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"stableeig {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as error:  # anything else: still one line and exit 2, never 1
+        if os.environ.get("STABLEEIG_TRACEBACK"):
+            raise
+        message = _one_line(error)
+        if not message.startswith("out of memory"):
+            message = f"{type(error).__name__}: {message} (STABLEEIG_TRACEBACK=1 shows where)"
         print(f"stableeig {args.command}: error: {message}", file=sys.stderr)
         return EXIT_REFUSED
 

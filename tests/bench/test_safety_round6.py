@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import threading
 from pathlib import Path
@@ -512,3 +513,238 @@ def test_spdnet_render_only_without_rows_is_one_line(
     assert "Traceback" not in "".join(err) and "error:" in err[-1]
     assert "spdnet_steps1000_fashion-mnist.jsonl" in err[-1]
     assert len(err) == 1 + (content == "not json\n")  # the torn line's warning
+
+
+# ---------------------------------------------------------------- 8. checkpoint values
+
+
+def _hostile_checkpoint(saved: dict[str, Any], change: str) -> None:
+    group = saved["optimizer"]["param_groups"][0]
+    if change == "schedule-attribute":
+        saved["schedule"]["optimizer"] = "replaced"  # __dict__.update would set it
+    elif change == "schedule-milestones":
+        saved["schedule"]["milestones"] = {1: 1}
+    elif change == "schedule-epoch":
+        saved["schedule"]["last_epoch"] = 10**9
+    elif change == "lr-text":
+        group["lr"] = "x"
+    elif change == "lr-huge":
+        group["lr"] = 1e9
+    elif change == "momentum":
+        group["momentum"] = 5.0
+    elif change == "momentum-buffer-nan":
+        next(iter(saved["optimizer"]["state"].values()))["momentum_buffer"].fill_(float("nan"))
+    elif change == "momentum-buffer-shape":
+        next(iter(saved["optimizer"]["state"].values()))["momentum_buffer"] = torch.zeros(3)
+    elif change == "metrics-tensor":
+        saved["metrics"][0]["train_loss"] = torch.tensor(1.0)
+    elif change == "metrics-key":
+        saved["metrics"][0][7] = 1.0
+    elif change == "no-losses":
+        saved["losses"], saved["metrics"] = [], []
+    elif change == "first-loss-nan":
+        saved["first_loss"] = float("nan")
+    elif change == "loss-nan":
+        saved["losses"][0] = float("nan")
+    elif change == "step-mid-epoch":
+        saved["step"] = 3
+    else:
+        raise AssertionError(change)
+
+
+CHANGES = [
+    "schedule-attribute", "schedule-milestones", "schedule-epoch", "lr-text", "lr-huge",
+    "momentum", "momentum-buffer-nan", "momentum-buffer-shape", "metrics-tensor",
+    "metrics-key", "no-losses", "first-loss-nan", "loss-nan", "step-mid-epoch",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_checkpoint_with_hostile_values_is_refused(
+    change: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_models_training import tiny_config
+
+    config = tiny_config(steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_run(config, tiny_dataset(), run_dir=tmp_path, interrupt_at=2)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    fresh = training._new_state(config, tiny_dataset())
+    assert training._state_problem(saved, config, fresh) is None
+    _hostile_checkpoint(saved, change)
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.prev.pt").unlink(missing_ok=True)
+    with pytest.raises(training.CheckpointError, match="expected a readable checkpoint"):
+        training.train_run(config, tiny_dataset(), run_dir=tmp_path)
+    assert "cannot use" in capsys.readouterr().err
+
+
+def test_a_hostile_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    from test_models_training import tiny_config
+
+    config = tiny_config(steps=6)
+    whole = training.train_run(config, tiny_dataset(), run_dir=tmp_path / "whole")
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        training.train_run(config, tiny_dataset(), run_dir=run, interrupt_at=4)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    _hostile_checkpoint(saved, "first-loss-nan")
+    torch.save(saved, run / "checkpoint.pt")
+    resumed = training.train_run(config, tiny_dataset(), run_dir=run)  # from step 2
+    assert resumed.losses == whole.losses
+
+
+def test_result_json_is_standard_json(
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _train(str(tmp_path / "run"), quick_train) == 0
+    capsys.readouterr()
+    text = (tmp_path / "run" / "result.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard {name}"))
+
+
+# ---------------------------------------------------------------- 9, 13, 14. one line, exit 2
+
+
+def test_an_allocation_beyond_an_address_space_limit_is_one_line(
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under ``ulimit -v`` torch's allocator raises ``RuntimeError`` (not ``MemoryError``):
+    the real error, raised here by an allocation no address space holds."""
+
+    def allocate(*args: Any, **kwargs: Any) -> None:
+        torch.empty(1 << 60, dtype=torch.uint8)
+
+    monkeypatch.setattr(training, "train_run", allocate)
+    assert _train(str(tmp_path / "run"), quick_train) == 2
+    _one_line_error(capsys, "out of memory", "--batch-size")
+    assert not (tmp_path / "run" / ".stableeig-run.lock").exists()
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_2(
+    tmp_path: Path,
+    quick_train: list[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("something unforeseen")
+
+    monkeypatch.setattr(training, "train_run", broken)
+    assert _train(str(tmp_path / "run"), quick_train) == 2
+    _one_line_error(capsys, "KeyError", "something unforeseen", "STABLEEIG_TRACEBACK")
+    monkeypatch.setenv("STABLEEIG_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        _train(str(tmp_path / "run2"), quick_train)
+
+
+def test_a_bogus_matplotlib_backend_does_not_matter(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    rows = _valid_rows("table1")
+    (tmp_path / "table1_quick_fashion-mnist.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    argv = ["reproduce", "table1", "--render-only", f"--results={tmp_path}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "stableeig", *argv],
+        env={**os.environ, "MPLBACKEND": "bogus"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "table1_quick_fashion-mnist.png").stat().st_size > 0
+
+
+def test_bench_refuses_an_unusable_results_path_before_measuring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stableeig.bench import gradients
+
+    monkeypatch.setattr(gradients, "gradient_sweep", lambda **k: pytest.fail("measured"))
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["bench", "gradients", "--quick", f"--results={tmp_path / 'a_file'}"]) == 2
+    _one_line_error(capsys, "a_file", "expected a folder")
+    target = tmp_path / "a_file" / "below"
+    assert cli.main(["bench", "gradients", "--quick", f"--results={target}"]) == 2
+    _one_line_error(capsys, "below")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["reproduce", "table1", "--group-sizes", "٦٤"],
+        ["reproduce", "table1", "--seeds", "٣"],
+        ["reproduce", "table1", "--force", "--seeds", "10000000"],
+        ["train", "--run-dir=x", "--steps", "１０"],
+    ],
+)
+def test_numbers_are_ascii_and_seeds_bounded_even_with_force(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(reproduce, "table_cells", lambda *a, **k: pytest.fail("built cells"))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 15, 17, 18. usability
+
+
+@pytest.mark.parametrize("command", ["demo", "reproduce", "train"])
+def test_a_missing_extra_is_named_before_any_work(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.abc
+    import sys
+
+    class Uninstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: Any) -> None:
+            if name.split(".")[0] in ("matplotlib", "tqdm"):
+                raise ModuleNotFoundError(name)
+            return None
+
+    for name in [n for n in sys.modules if n.split(".")[0] in ("matplotlib", "tqdm")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Uninstalled(), *sys.meta_path])
+    monkeypatch.setattr(cli, "_dataset", lambda *a, **k: pytest.fail("started work"))
+    argv = {"demo": ["demo"], "reproduce": ["reproduce", "table1"],
+            "train": ["train", "--run-dir=unused"]}[command]  # fmt: skip
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "tqdm", "pip install 'stableeig[bench]'")
+
+
+def test_help_strings_say_each_default_once_and_name_the_presets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (["train", "--help"], ["reproduce", "--help"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert re.search(r"\(default: [^)]*\) \(default:", text) is None, text
+        assert "see the README" not in text
+    assert "long (1,000 steps" in text and "paper (CIFAR-10" in text
+
+
+def test_reproduce_reports_overall_progress_and_time_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def runner(cell: reproduce.Cell) -> tuple[dict[str, Any], dict[str, Any]]:
+        outcome = {"success": True, "test_error": 10.0, "failure_step": None,
+                   "failure_reason": None, "seconds": 0.0, "losses": [1.0]}  # fmt: skip
+        return outcome, {"steps": 1}
+
+    cells = [reproduce.Cell("table1", "power", 4, seed) for seed in range(3)]
+    reproduce.run_cells(cells, tiny_dataset(), "quick", tmp_path / "r.jsonl", runner=runner)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert all("elapsed, about" in line and "left" in line for line in lines)
+    assert lines[-1].endswith("about 0s left")

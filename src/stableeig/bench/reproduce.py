@@ -14,6 +14,7 @@ import os
 import re
 import statistics
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -501,7 +502,9 @@ def run_cells(
     make_dirs(results.parent, "results folder")
     check_appendable(results)  # a results path that cannot be appended to fails before work
     todo = [c for c in cells if c.key() not in _done(results)]
+    started, durations = time.monotonic(), []
     for number, cell in enumerate(todo, 1):
+        tick = time.monotonic()
         with _claim(results, cell) as claimed:
             if not claimed or cell.key() in _done(results):
                 continue  # another process runs (or ran) this cell
@@ -535,12 +538,25 @@ def run_cells(
             if line["success"]
             else f"FAILED at step {line['failure_step']}: {line['failure_reason']}"
         )
+        durations.append(time.monotonic() - tick)
+        left = statistics.median(durations) * (len(todo) - number)
         print(
             f"[{number}/{len(todo)}] {cell.method} d={cell.group_size} seed={cell.seed}: "
-            f"{summary} ({line['seconds']}s)",
+            f"{summary} ({line['seconds']}s); {_duration(time.monotonic() - started)} "
+            f"elapsed, about {_duration(left)} left",
             flush=True,
         )
     return unique_rows(read_results(results))
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``7m05s`` or ``3h12m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def wilson_interval(successes: int, runs: int, z: float = 1.96) -> tuple[float, float]:

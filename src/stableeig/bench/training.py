@@ -395,15 +395,125 @@ def _checkpoint_problem(saved: Any, steps: int) -> Optional[str]:
     return None
 
 
+def _epoch_ends(step: int, config: RunConfig) -> int:
+    """How many epochs end at or before ``step`` (a checkpoint holds one loss per epoch)."""
+    return step // config.steps_per_epoch + (
+        step == config.steps and step % config.steps_per_epoch != 0
+    )
+
+
+def _expected_lr(step: int, config: RunConfig, fresh: _State) -> float:
+    """The learning rate after ``step`` steps of the schedule ``fresh`` was built with."""
+    milestones = fresh.schedule.state_dict()["milestones"]
+    drops = sum(count for milestone, count in milestones.items() if milestone <= step)
+    return float(config.lr * fresh.schedule.gamma**drops)
+
+
+def _is_finite_number(value: Any, low: float = -math.inf) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= low
+    )
+
+
+def _state_problem(saved: dict[str, Any], config: RunConfig, fresh: _State) -> Optional[str]:
+    """Why the values of a well-typed checkpoint cannot continue this run, or None: the
+    fields must agree with each other and with what this configuration's run holds at that
+    step (0.8.1 trusted them: any scheduler attribute could be set, an ``lr`` of ``'x'``
+    loaded, a run with no losses reported success, a NaN first loss disabled the
+    divergence test)."""
+    step, losses, metrics = saved["step"], saved["losses"], saved["metrics"]
+    if step < 1 or not (step % config.steps_per_epoch == 0 or step == config.steps):
+        return f"'step' = {step} is not the end of an epoch"
+    if len(losses) != _epoch_ends(step, config) or len(metrics) != len(losses):
+        return f"{len(losses)} losses and {len(metrics)} metrics for {step} steps"
+    if not all(_is_finite_number(x, 0.0) for x in losses):
+        return "a loss that is not a finite number >= 0"
+    if not _is_finite_number(saved["first_loss"], 0.0):
+        return f"'first_loss' = {saved['first_loss']!r} is not a finite number >= 0"
+    keys = {"step", "epoch", "train_loss", "seconds"}
+    for index, (record, loss) in enumerate(zip(metrics, losses)):
+        if set(record) != keys or not all(_is_finite_number(record[k], 0.0) for k in keys):
+            return f"metrics[{index}] is not a record of {', '.join(sorted(keys))}"
+        if record["train_loss"] != loss or not isinstance(record["step"], int):
+            return f"metrics[{index}] disagrees with the losses"
+    return _optimizer_problem(saved, config, fresh)
+
+
+def _optimizer_problem(saved: dict[str, Any], config: RunConfig, fresh: _State) -> Optional[str]:
+    """The schedule and optimizer states against a fresh run's: the same fields, the same
+    hyperparameters, the learning rate of this step, momentum buffers shaped as the
+    parameters and finite."""
+    step, lr = saved["step"], _expected_lr(saved["step"], config, fresh)
+    schedule, expected = saved["schedule"], fresh.schedule.state_dict()
+    if set(schedule) != set(expected):
+        return "the schedule's fields are not a MultiStepLR's"
+    moving = {"last_epoch": step, "_step_count": step + 1}
+    for key, value in schedule.items():
+        if key in moving:
+            if type(value) is not int or value != moving[key]:
+                return f"schedule {key!r} = {value!r} (expected {moving[key]})"
+        elif key == "_last_lr":
+            if not (
+                isinstance(value, list)
+                and len(value) == len(expected[key])
+                and all(_is_finite_number(v) and math.isclose(v, lr) for v in value)
+            ):
+                return f"schedule '_last_lr' = {value!r} (expected {lr:g})"  # fmt: skip
+        elif key in ("_is_initial", "_get_lr_called_within_step"):
+            if not isinstance(value, bool):
+                return f"schedule {key!r} = {value!r} is not a bool"
+        elif type(value) is not type(expected[key]) or value != expected[key]:
+            return f"schedule {key!r} = {value!r} (expected {expected[key]!r})"
+    optimizer, fresh_optimizer = saved["optimizer"], fresh.optimizer.state_dict()
+    if set(optimizer) != {"state", "param_groups"} or not isinstance(optimizer["state"], dict):
+        return "the optimizer's fields are not SGD's"
+    groups = optimizer["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(fresh_optimizer["param_groups"]):
+        return "the optimizer's parameter groups are not this model's"
+    for group, expected_group in zip(groups, fresh_optimizer["param_groups"]):
+        if not isinstance(group, dict) or set(group) != set(expected_group) | {"initial_lr"}:
+            return "an optimizer parameter group with other fields"
+        for key, value in group.items():
+            if key in ("lr", "initial_lr"):
+                target = lr if key == "lr" else config.lr
+                if not _is_finite_number(value) or not math.isclose(value, target):
+                    return f"optimizer {key!r} = {value!r} (expected {target:g})"
+            elif type(value) is not type(expected_group[key]) or value != expected_group[key]:
+                return f"optimizer {key!r} = {value!r} (expected {expected_group[key]!r})"
+    parameters = list(fresh.model.parameters())
+    for index, buffers in optimizer["state"].items():
+        if type(index) is not int or not 0 <= index < len(parameters):
+            return f"optimizer state for a parameter {index!r} this model does not have"
+        if not isinstance(buffers, dict) or set(buffers) != {"momentum_buffer"}:
+            return f"optimizer state {index} is not a momentum buffer"
+        buffer, parameter = buffers["momentum_buffer"], parameters[index]
+        if not (
+            isinstance(buffer, torch.Tensor)
+            and buffer.shape == parameter.shape
+            and buffer.dtype == parameter.dtype
+            and bool(torch.isfinite(buffer).all())
+        ):
+            return f"optimizer state {index} does not fit parameter {index}"  # fmt: skip
+    return None
+
+
 def _load_checkpoint(
-    run_dir: Path, steps: int = 1 << 62, limit: Optional[int] = None
+    run_dir: Path,
+    steps: int = 1 << 62,
+    limit: Optional[int] = None,
+    config: Optional[RunConfig] = None,
+    fresh: Optional[_State] = None,
 ) -> Optional[dict[str, Any]]:
     """The newest usable checkpoint of ``run_dir``, falling back to the previous one.
 
     Checkpoints hold only tensors, numbers, strings and containers of them and are read with
     ``torch.load(weights_only=True)``: a crafted file cannot run code, it is just unreadable.
     Before loading: a regular file (no FIFO, symlink or hard link), at most ``limit`` bytes
-    decompressed; after: every field's type and range (``step`` within ``[0, steps]``).
+    decompressed; after: every field's type and range (``step`` within ``[0, steps]``), and
+    with ``config`` and a ``fresh`` state of it, every value (:func:`_state_problem`).
     """
     candidates = [run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"]
     existing = [path for path in candidates if os.path.lexists(path)]
@@ -417,6 +527,10 @@ def _load_checkpoint(
             reason = _first_line(error)
         else:
             problem = _checkpoint_problem(saved, steps)
+            if problem is None and config is not None and fresh is not None:
+                # (a checkpoint of another configuration is _restore's error to report)
+                same = not config_differences(saved["config"], config)
+                problem = _state_problem(saved, config, fresh) if same else None
             if problem is None:
                 return dict(saved)
             reason = problem
@@ -539,7 +653,8 @@ def train_run(
     state = _new_state(config, dataset)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved = _load_checkpoint(run_dir, config.steps, checkpoint_size_limit(state.model))
+        limit = checkpoint_size_limit(state.model)
+        saved = _load_checkpoint(run_dir, config.steps, limit, config, state)
         if saved is not None:
             _restore(state, saved, config)
     images, labels = dataset.train_images, dataset.train_labels
