@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .bench.models import STEM_CHANNELS
+from .bench.config import STEM_CHANNELS
 
 __all__ = ["EXIT_FAILED_RUN", "EXIT_OK", "EXIT_REFUSED", "Refused", "main"]
 
@@ -435,7 +435,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
-    from .bench.training import RunConfig
+    from .bench.config import RunConfig
 
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
@@ -456,8 +456,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .bench.training import DATASETS
-    from .rules import RULES
+    from .bench.config import DATASETS, RULE_NAMES
 
     parser = argparse.ArgumentParser(prog="stableeig", description=__doc__)
     parser.add_argument("--version", action="version", version=f"stableeig {__version__}")
@@ -548,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_comma_list(
             choices=(
-                *RULES,
+                *RULE_NAMES,
                 "average",
                 "batchnorm",
                 "newton-schulz",

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..nn import CovariancePooling2d, PCADenoising2d, ZCAWhitening2d
 from ..nn.spd import symmetric_to_vector
+from .config import HEADS, POOL_METHODS, STEM_CHANNELS
 
 __all__ = [
     "HEADS",
@@ -25,7 +26,6 @@ __all__ = [
 ]
 
 STEM_NORMS = ("batchnorm", "zca", "pca")
-STEM_CHANNELS = 64  # the paper's stem width (one home: models, run configuration, CLI)
 
 DEPTHS = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -86,10 +86,6 @@ def stem_norm(name: str, channels: int, **kwargs: Any) -> nn.Module:
     if name == "pca":
         return PCADenoising2d(channels, **kwargs)
     raise ValueError(f"stem norm: expected one of {', '.join(STEM_NORMS)} (got {name!r})")
-
-
-HEADS = ("average", "covpool")
-POOL_METHODS = ("analytic", "power", "taylor", "clip", "loewner", "newton-schulz")
 
 
 def newton_schulz_sqrt(

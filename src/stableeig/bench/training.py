@@ -22,16 +22,23 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_in_range
 from ..exceptions import ArgumentError
-from ..nn import CONVENTIONS
-from ..rules import RULES, Power, PowerIteration
+from ..rules import Power, PowerIteration
+from .config import DATASETS, DTYPES, NORMS, RunConfig
 from .data import Dataset, augment
 from .files import atomic_write, read_bytes
-from .models import DEPTHS as MODEL_DEPTHS
-from .models import HEADS, POOL_METHODS, STEM_CHANNELS, resnet
+from .models import resnet
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "RunConfig", "RunResult", "train_run"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DATASETS",
+    "DTYPES",
+    "NORMS",
+    "CheckpointError",
+    "RunConfig",
+    "RunResult",
+    "train_run",
+]
 
 # 2: format field, loaded with weights_only=True (format 1, unversioned, loads the same way)
 CHECKPOINT_FORMAT = 2
@@ -48,108 +55,6 @@ CHECKPOINT_KEYS = (
     "seconds",
     "first_loss",
 )
-
-
-def _option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
-    """A RunConfig field whose help text and choices also make its command-line option."""
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-DATASETS = ("fashion-mnist", "fashion-mnist-subset", "cifar10", "cifar100")
-DEPTHS = tuple(MODEL_DEPTHS)  # one home: the model registry
-NORMS = ("batchnorm", "zca", "pca")
-DTYPES = ("float32", "float64")
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run; its fields are recorded with the result, and each is
-    an option of ``stableeig train`` (help text and choices from the field's metadata)."""
-
-    dataset: str = _option("fashion-mnist", "data set", DATASETS)
-    depth: str = _option("resnet18", "CIFAR ResNet depth", DEPTHS)
-    width: float = _option(
-        0.125, f"stage width multiplier (the stem keeps {STEM_CHANNELS} channels), > 0"
-    )
-    norm: str = _option("zca", "normalization after the stem convolution", NORMS)
-    head: str = _option("average", "pooling before the classifier", HEADS)
-    pool_method: str = _option(
-        "loewner", "the covariance head's square root (head covpool)", POOL_METHODS
-    )
-    method: str = _option("loewner", "gradient rule of the stem ZCA/PCA layer", tuple(RULES))
-    group_size: Optional[int] = _option(
-        STEM_CHANNELS, f"channels per group of the stem layer (divides {STEM_CHANNELS})"
-    )
-    compute_dtype: str = _option("float64", "precision of the stem's decomposition", DTYPES)
-    convention: str = _option(
-        "stableeig", "the layer's arithmetic where it differs from the authors' code", CONVENTIONS
-    )
-    energy: float = _option(0.99, "PCA: share of the trace kept, in (0, 1]")
-    n_components: Optional[int] = _option(None, "PCA: eigenvectors kept (overrides energy)")
-    num_iters: Optional[int] = _option(None, "power iterations of power/pi (default: 19)")
-    eps: float = _option(1e-4, "ridge added to the group covariances, > 0")
-    steps: int = _option(120, "SGD steps, >= 1")
-    steps_per_epoch: int = _option(40, "steps between metrics lines and checkpoints, >= 1")
-    batch_size: int = _option(128, "images per step, >= 2")
-    lr: float = _option(0.1, "initial learning rate, > 0")
-    momentum: float = _option(0.9, "SGD momentum, in [0, 1)")
-    weight_decay: float = _option(5e-4, "SGD weight decay, >= 0")
-    train_subset: Optional[int] = _option(None, "use the first N training images, >= 1")
-    test_subset: Optional[int] = _option(2000, "evaluate on the first N test images, >= 1")
-    seed: int = _option(0, "random seed")
-    device: str = _option("cpu", "torch device, e.g. cpu or cuda")
-    divergence_factor: float = _option(10.0, "failure when the loss exceeds this x the first")
-    lr_milestones: tuple[float, ...] = (100 / 350, 200 / 350, 300 / 350)  # the paper's, scaled
-
-    def __post_init__(self) -> None:
-        """Every field checked before any work: :class:`ArgumentError` names the field."""
-        for name, choices in (  # the dataset's name is a label here; the CLI checks it
-            ("depth", DEPTHS),
-            ("norm", NORMS),
-            ("head", HEADS),
-            ("pool_method", POOL_METHODS),
-            ("method", tuple(RULES)),
-            ("compute_dtype", DTYPES),
-            ("convention", CONVENTIONS),
-        ):
-            check_choice(name, getattr(self, name), choices)
-        if self.group_size is not None:
-            check_in_range("group_size", self.group_size, 1, STEM_CHANNELS, integer=True)
-            if STEM_CHANNELS % self.group_size:
-                raise ArgumentError(
-                    f"group_size: expected a divisor of the stem's {STEM_CHANNELS} channels "
-                    f"(got {self.group_size})"
-                )
-        for name, low, high in (  # upper bounds: beyond them a run only exhausts memory/time
-            ("steps", 1, 10**7),
-            ("steps_per_epoch", 1, 10**7),
-            ("batch_size", 2, 65536),
-            ("train_subset", 1, 10**7),
-            ("test_subset", 1, 10**7),
-            ("num_iters", 1, 1000),
-            ("seed", 0, 2**63 - 1),
-            ("n_components", 1, self.group_size or STEM_CHANNELS),
-        ):
-            if getattr(self, name) is not None:
-                check_in_range(name, getattr(self, name), low, high, integer=True)
-        intervals: tuple[tuple[str, float, float, bool, bool], ...] = (
-            ("width", 1 / STEM_CHANNELS, 16, False, False),  # every stage keeps >= 1 channel
-            ("eps", 0, 1, True, False),  # a ridge on unit-variance activations
-            ("lr", 0, 1e4, True, False),
-            ("energy", 0, 1, True, False),
-            ("momentum", 0, 1, False, True),
-            ("weight_decay", 0, 1, False, False),
-            ("divergence_factor", 1, 1e6, True, False),
-        )
-        for name, lower, upper, open_low, open_high in intervals:
-            check_in_range(name, getattr(self, name), lower, upper, open_low, open_high)
-        if self.num_iters is not None and self.method not in ("power", "pi"):
-            raise ArgumentError(
-                f"num_iters: expected method power or pi (got method {self.method!r})"
-            )
-        if self.n_components is not None and self.norm != "pca":
-            raise ArgumentError(f"n_components: expected norm 'pca' (got norm {self.norm!r})")
-        check_device("device", self.device)
 
 
 def check_device(name: str, device: object) -> str:

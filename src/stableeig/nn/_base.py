@@ -165,6 +165,39 @@ class GroupLayer(nn.Module):
 
     # ---- BatchNorm conventions ----------------------------------------------------------
 
+    @torch.no_grad()
+    def load_batchnorm_statistics(
+        self,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        eps: float,
+        num_batches_tracked: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Start the running statistics from a BatchNorm's (C,) ``running_mean`` and
+        ``running_var`` with its ``eps``: in eval the layer then computes the BatchNorm's
+        output (exactly for ZCA with ``running="whitening"`` and PCA with
+        ``running="projector"``, the defaults; with ``running="covariance"`` where ``var +
+        eps > self.eps``). :func:`~stableeig.nn.convert_batchnorm` and loading a
+        BatchNorm's state dict call it."""
+        running = self._running()
+        if running is None:
+            return
+        C = self.num_features
+        for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (C,):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ArgumentError(
+                    f"{type(self).__name__}: expected a BatchNorm {name} of shape ({C},) "
+                    f"(got {got})"
+                )
+        values = self._batchnorm_values(running_var, eps)
+        self._buffer("running_mean").copy_(running_mean)
+        running.matrix.copy_(values.matrix)
+        if running.var is not None and values.var is not None:
+            running.var.copy_(values.var)
+        if num_batches_tracked is not None:
+            self._buffer("num_batches_tracked").copy_(num_batches_tracked)
+
     def reset_running_stats(self) -> None:
         if not self.track_running_stats:
             return
@@ -217,7 +250,9 @@ class GroupLayer(nn.Module):
         key = prefix + "num_batches_tracked"
         if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
-        if (version is None or version < 2) and self.track_running_stats:
+        if self._is_batchnorm_state(state_dict, prefix):
+            self._load_batchnorm_state(state_dict, prefix)
+        elif (version is None or version < 2) and self.track_running_stats:
             for old in _VERSION1_MATRIX_NAMES:  # version 1 -> 2
                 if prefix + old in state_dict:
                     state_dict[prefix + "running_matrix"] = state_dict.pop(prefix + old)
@@ -227,6 +262,35 @@ class GroupLayer(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _is_batchnorm_state(self, state_dict: dict[str, Any], prefix: str) -> bool:
+        """A BatchNorm's entries (a ``running_var`` of one value per channel, no running
+        matrix under any of this layer's names) where this layer's are expected."""
+        names = ("running_matrix", *_VERSION1_MATRIX_NAMES)
+        var = state_dict.get(prefix + "running_var")
+        return (
+            self.track_running_stats
+            and isinstance(var, torch.Tensor)
+            and tuple(var.shape) == (self.num_features,)
+            and prefix + "running_mean" in state_dict
+            and not any(prefix + name in state_dict for name in names)
+        )
+
+    def _batchnorm_values(self, running_var: torch.Tensor, eps: float) -> RunningValues:
+        """The running values for a BatchNorm's variance (C,), computed in float64."""
+        var = running_var.detach().to(torch.float64).view(self.num_groups, self.group_size)
+        return self.transform().from_batchnorm(var, float(eps))
+
+    def _load_batchnorm_state(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Rewrite a BatchNorm's entries as this layer's (:meth:`load_batchnorm_statistics`;
+        the BatchNorm's ``eps`` is taken to be this layer's, which
+        :func:`~stableeig.nn.convert_batchnorm` copies)."""
+        values = self._batchnorm_values(state_dict[prefix + "running_var"], self.eps)
+        state_dict[prefix + "running_matrix"] = values.matrix.float()
+        if values.var is None:
+            del state_dict[prefix + "running_var"]
+        else:
+            state_dict[prefix + "running_var"] = values.var.float()
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise RuntimeError(

@@ -34,6 +34,7 @@ def _replacement(
     else:
         cls = next(new for old, new in _REPLACEMENTS[kind].items() if isinstance(bn, old))
     kwargs.setdefault("momentum", bn.momentum)
+    kwargs.setdefault("eps", bn.eps)
     try:
         layer: GroupLayer = cls(
             bn.num_features,
@@ -49,8 +50,10 @@ def _replacement(
         if bn.affine:
             layer.weight.copy_(bn.weight)
             layer.bias.copy_(bn.bias)
-        if bn.track_running_stats and bn.running_mean is not None:
-            layer.get_buffer("running_mean").copy_(bn.running_mean)
+        if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+            layer.load_batchnorm_statistics(
+                bn.running_mean, bn.running_var, bn.eps, bn.num_batches_tracked
+            )
     layer.train(bn.training)
     return layer.to(bn.running_mean.device) if bn.running_mean is not None else layer
 
@@ -64,10 +67,18 @@ def convert_batchnorm(
     ``sync_statistics=True`` and the same process group. Other normalizations (BatchNorm3d,
     LayerNorm, GroupNorm, ...) are left as they are; each is named in a ``UserWarning``.
 
-    Affine parameters, the running mean, momentum, device, dtype and the training flag are
-    copied; the running whitening/projector starts at the identity (a BatchNorm has no
-    cross-channel statistics to copy). A BatchNorm module used at several places is replaced
-    at every place by one shared new layer. The model is changed in place and returned (a
+    Affine parameters, ``eps``, momentum, device, dtype, the training flag and the running
+    statistics are copied: the running mean, and the running variance as a diagonal
+    covariance (a BatchNorm has no cross-channel statistics), so that a pretrained model in
+    eval mode gives the BatchNorm model's output before any training step (to float32
+    round-off; exact for the default ``running`` modes, see
+    :meth:`~stableeig.nn.GroupLayer.load_batchnorm_statistics`). Pass ``eps`` to choose
+    another ridge (the paper's 1e-4) — then the eval output moves by that difference. A
+    BatchNorm checkpoint also loads into the converted model, strictly: the layers read a
+    BatchNorm's ``running_var`` as that diagonal.
+
+    A BatchNorm module used at several places is replaced at every place by one shared new
+    layer. The model is changed in place and returned (a
     BatchNorm passed as ``module`` itself is returned replaced).
 
     Args:

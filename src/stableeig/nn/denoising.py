@@ -97,6 +97,17 @@ class PCATransform(GroupTransform):
         G, d, _ = running.matrix.shape
         return running.matrix * (running.var + self.eps).rsqrt().view(G, 1, d)
 
+    def from_batchnorm(self, var: torch.Tensor, eps: float) -> RunningValues:
+        """``"projector"``: the identity and ``var + eps - self.eps`` (where positive) as the
+        running variance, so that ``P D^{-1/2}`` is BatchNorm's ``(var + eps)^{-1/2}``
+        (``"covariance"``: :meth:`GroupTransform.from_batchnorm`)."""
+        if self.running != "projector":
+            return super().from_batchnorm(var, eps)
+        shifted = var + (eps - self.eps)
+        G, d = var.shape
+        eye = torch.eye(d, dtype=var.dtype, device=var.device).expand(G, d, d)
+        return RunningValues(eye.clone(), torch.where(shifted > 0, shifted, var).flatten())
+
     def initial_matrix(self, group_size: int) -> torch.Tensor:
         """The identity (``"reference"``: a running projector starts at 0, as the reference
         code's ``reset_running_stats``)."""

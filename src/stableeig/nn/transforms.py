@@ -115,6 +115,18 @@ class GroupTransform:
         """Start value of the running matrix: the identity (d, d)."""
         return torch.eye(group_size)
 
+    def from_batchnorm(self, var: torch.Tensor, eps: float) -> RunningValues:
+        """Running values for a BatchNorm's per-channel variance ``var`` (G, d) (unbiased,
+        the BatchNorm's ``eps``): those whose eval transform is BatchNorm's, ``(var +
+        eps)^{-1/2}`` per channel, exactly where the running mode allows it. Here
+        (``"covariance"``): ``diag(var + eps - self.eps)`` where that is positive (then
+        ``(Σ + εI)^{-1/2}`` is exact), else ``diag(var)``."""
+        shifted = var + (eps - self.eps)
+        diagonal = torch.where(shifted > 0, shifted, var)
+        return RunningValues(
+            torch.diag_embed(diagonal), var.flatten() if self.tracks_variance else None
+        )
+
     # ---- what the forward calls ---------------------------------------------------------
 
     def working_dtype(self, statistics_dtype: torch.dtype) -> torch.dtype:

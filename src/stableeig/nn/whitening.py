@@ -225,3 +225,10 @@ class ZCATransform(GroupTransform):
 
     def from_averages(self, running: RunningValues) -> torch.Tensor:
         return running.matrix
+
+    def from_batchnorm(self, var: torch.Tensor, eps: float) -> RunningValues:
+        """``"whitening"``: ``diag((var + eps)^{-1/2})``, BatchNorm's eval transform exactly
+        (``"covariance"``: :meth:`GroupTransform.from_batchnorm`)."""
+        if self.running != "whitening":
+            return super().from_batchnorm(var, eps)
+        return RunningValues(torch.diag_embed((var + eps).rsqrt()))
