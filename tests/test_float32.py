@@ -324,3 +324,64 @@ def test_zca_whitening_shrinkage_whitens_the_shrunk_covariance() -> None:
         torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
     with pytest.raises(se.ArgumentError, match="shrinkage"):
         se.nn.functional.zca_whitening(x, shrinkage=1.5)
+
+
+def test_default_compute_dtype_is_per_thread_and_nests() -> None:
+    """Issue 39.3: another thread saw one thread's float32 scope, and two overlapping scopes
+    in two threads left float32 as the default for the rest of the process."""
+    import threading
+
+    from stableeig._precision import working_dtype
+
+    def default() -> torch.dtype:
+        return working_dtype(torch.float32, None)
+
+    entered, release = threading.Barrier(2), threading.Barrier(2)
+    seen: dict[str, list[torch.dtype]] = {"a": [], "b": []}
+
+    def scoped(name: str, dtype: torch.dtype) -> None:
+        seen[name].append(default())
+        with se.default_compute_dtype(dtype):
+            entered.wait()
+            seen[name].append(default())
+            release.wait()
+        seen[name].append(default())
+
+    threads = [threading.Thread(target=scoped, args=("a", torch.float32)),
+               threading.Thread(target=scoped, args=("b", torch.float64))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen["a"] == [torch.float64, torch.float32, torch.float64]
+    assert seen["b"] == [torch.float64, torch.float64, torch.float64]
+    assert default() == torch.float64  # the rest of the process: the default
+    with se.default_compute_dtype(torch.float32):  # nesting, inner wins, outer restored
+        with se.default_compute_dtype(torch.float64):
+            assert default() == torch.float64
+        assert default() == torch.float32
+        other: list[torch.dtype] = []
+        watcher = threading.Thread(target=lambda: other.append(default()))
+        watcher.start()
+        watcher.join()
+        assert other == [torch.float64]  # not this thread's scope
+    assert default() == torch.float64
+
+
+def test_compiled_code_follows_each_thread_s_scope() -> None:
+    import threading
+
+    A = _rotated(8, torch.float32)
+    A = (A + A.T) / 2
+    compiled = torch.compile(se.inv_sqrtm, fullgraph=True, backend="eager")
+    explicit32 = se.inv_sqrtm(A, compute_dtype=torch.float32)
+    explicit64 = se.inv_sqrtm(A, compute_dtype=torch.float64)
+    assert torch.equal(compiled(A), explicit64)
+    with se.default_compute_dtype(torch.float32):
+        assert torch.equal(compiled(A), explicit32)
+        other: list[torch.Tensor] = []
+        worker = threading.Thread(target=lambda: other.append(compiled(A)))
+        worker.start()
+        worker.join()
+        assert torch.equal(other[0], explicit64)
+    assert torch.equal(compiled(A), explicit64)

@@ -11,6 +11,7 @@ costs 1.04× the float32 one on a 2-thread CPU (``python benchmarks/precision.py
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Optional
 
@@ -19,14 +20,25 @@ import torch
 from ._validation import DTypeError
 
 DEFAULT_COMPUTE_DTYPE = torch.float64
-_DEFAULT = [DEFAULT_COMPUTE_DTYPE]
+# Per thread, as torch's grad mode: the stack of the thread's open default_compute_dtype
+# scopes. (A plain threading.local instance holding a list: torch.compile guards on its
+# contents, and re-traces where a thread's scope differs; a threading.local subclass with a
+# class default was not guarded.)
+_SCOPES = threading.local()
+
+
+def _current_default() -> torch.dtype:
+    scopes = getattr(_SCOPES, "stack", None)
+    return scopes[-1] if scopes else DEFAULT_COMPUTE_DTYPE
 
 
 @contextlib.contextmanager
 def default_compute_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Inside the ``with`` block, ``compute_dtype=None`` means ``dtype`` (float32 or float64)
-    for every function and layer, as ``torch.backends`` flags do; an explicit
-    ``compute_dtype=`` still wins, and a float64 input is never lowered.
+    for every function and layer called **in this thread** (thread-local, as torch's grad
+    mode: other threads keep their own default); an explicit ``compute_dtype=`` still wins,
+    and a float64 input is never lowered. Blocks nest; compiled code is re-traced where the
+    scope differs.
 
     float32 halves the cost of large decompositions (2048²: 2.0× → ~1× ``torch.linalg.eigh``
     in float32, issue 29's measurement) and costs accuracy where eigenvalues sit near the
@@ -44,12 +56,14 @@ def default_compute_dtype(dtype: torch.dtype) -> Iterator[None]:
         raise DTypeError(
             f"default_compute_dtype: expected torch.float32 or torch.float64 (got {dtype})"
         )
-    previous = _DEFAULT[0]
-    _DEFAULT[0] = dtype
+    scopes = getattr(_SCOPES, "stack", None)
+    if scopes is None:
+        scopes = _SCOPES.stack = []
+    scopes.append(dtype)
     try:
         yield
     finally:
-        _DEFAULT[0] = previous
+        scopes.pop()
 
 
 def working_dtype(input_dtype: torch.dtype, compute_dtype: Optional[torch.dtype]) -> torch.dtype:
@@ -59,7 +73,7 @@ def working_dtype(input_dtype: torch.dtype, compute_dtype: Optional[torch.dtype]
     float16 and bfloat16 are always raised to at least float32; a float64 input is never
     lowered.
     """
-    requested = _DEFAULT[0] if compute_dtype is None else compute_dtype
+    requested = _current_default() if compute_dtype is None else compute_dtype
     if requested not in (torch.float32, torch.float64):
         raise DTypeError(
             f"compute_dtype: expected torch.float32 or torch.float64 (got {requested})"
