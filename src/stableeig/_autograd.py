@@ -300,33 +300,82 @@ def _first_order_backward(
     return grad_A
 
 
-def second_divided_differences(w: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
-    """``T[i, k, j] = f[λᵢ, λₖ, λⱼ]`` (..., n, n, n): the quotient ``(L[i,k] - L[k,j]) /
-    (λᵢ - λⱼ)`` of the (cancellation-free) first divided differences ``L`` where
-    ``|λᵢ - λⱼ| > ∛eps · max|λ|``; within it, at the midpoint ``m``,
-    ``(f'(m) - f[m, λₖ]) / (m - λₖ)``, and ``f''(m) / 2`` where all three are that close
-    (error ``O(gap)`` relative: below 1e-8 at gaps up to ~1e-8 · max|λ|)."""
-    L = function.loewner(w)
-    n = w.shape[-1]
+def _tie_scale(w: torch.Tensor) -> torch.Tensor:
+    """``δ = ∛eps · max|λ|`` (..., 1, 1): below this spread three eigenvalues count as one
+    point (where a quotient's cancellation ``eps/δ`` and the midpoint rule's ``δ²`` balance
+    at ``eps^(2/3)``: 4e-11 in float64)."""
     scale = w.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    delta = torch.finfo(w.dtype).eps ** (1 / 3) * scale  # (..., 1)
-    wi = w[..., :, None, None]
-    wk = w[..., None, :, None]
-    wj = w[..., None, None, :]
-    gap_ij = wi - wj
-    near_ij = gap_ij.abs() <= delta[..., None, None]
-    Lik = L[..., :, :, None]  # f[λi, λk]
-    Lkj = L[..., None, :, :]  # f[λk, λj]
-    quotient = (Lik - Lkj) / torch.where(near_ij, torch.ones_like(gap_ij), gap_ij)
-    mid = ((wi + wj) / 2).expand(*w.shape[:-1], n, n, n).contiguous()
-    first = _elementwise_derivative(function.values, mid)
-    second = _elementwise_derivative(lambda x: _elementwise_derivative(function.values, x), mid)
-    gap_mk = mid - wk
-    near_mk = gap_mk.abs() <= delta[..., None, None]
-    f_mk = (Lik + Lkj.transpose(-1, -3)) / 2  # f[m, λk] ≈ mean of f[λi, λk], f[λj, λk]
-    at_tie = (first - f_mk) / torch.where(near_mk, torch.ones_like(gap_mk), gap_mk)
-    tied = torch.where(near_mk, second / 2, at_tie)
-    return torch.where(near_ij, tied, quotient)
+    return (torch.finfo(w.dtype).eps ** (1 / 3) * scale)[..., None]
+
+
+def _third_point(
+    x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+    Lxy: torch.Tensor, Lxz: torch.Tensor, Lyz: torch.Tensor,
+    function: SpectralFunction, delta: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """``f[x, y, z]`` from the (cancellation-free) first divided differences: the quotient
+    ``(L[p, r] - L[q, r]) / (p - q)`` over the pair ``(p, q)`` farthest apart, or, where
+    the three lie within ``δ``, ``f''(c) / 2`` at their centroid ``c`` (the first-order
+    term of the expansion vanishes there: error ``O(spread²)``, not ``O(spread)``)."""
+    gxy, gxz, gyz = x - y, x - z, y - z
+    axy, axz, ayz = gxy.abs(), gxz.abs(), gyz.abs()
+    use_xy = (axy >= axz) & (axy >= ayz)
+    use_xz = ~use_xy & (axz >= ayz)
+    numerator = torch.where(use_xy, Lxz - Lyz, torch.where(use_xz, Lxy - Lyz, Lxy - Lxz))
+    gap = torch.where(use_xy, gxy, torch.where(use_xz, gxz, gyz))
+    close = torch.maximum(torch.maximum(axy, axz), ayz) <= delta
+    quotient = numerator / torch.where(close, torch.ones_like(gap), gap)
+    centroid = (x + y + z) / 3
+    second = _elementwise_derivative(
+        lambda t: _elementwise_derivative(function.values, t), centroid
+    )
+    return torch.where(close, second / 2, quotient)
+
+
+def second_divided_differences(w: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
+    """``T[i, k, j] = f[λᵢ, λₖ, λⱼ]`` (..., n, n, n), every triple by :func:`_third_point`
+    (the reference for :func:`contract_second_differences`, which never forms it)."""
+    L = function.loewner(w)
+    x, y, z = w[..., :, None, None], w[..., None, :, None], w[..., None, None, :]
+    Lxy, Lxz, Lyz = L[..., :, :, None], L[..., :, None, :], L[..., None, :, :]
+    return _third_point(x, y, z, Lxy, Lxz, Lyz, function, _tie_scale(w)[..., None])
+
+
+def contract_second_differences(
+    w: torch.Tensor, function: SpectralFunction, X: torch.Tensor, Y: torch.Tensor
+) -> torch.Tensor:
+    """``C[a, b] = Σⱼ f[λₐ, λ_b, λⱼ] X[a, j] Y[b, j]`` (..., n, n) without the n³ tensor.
+
+    Where ``|λₐ - λ_b| > δ`` the divided difference is ``(L[a,j] - L[b,j]) / (λₐ - λ_b)``, so
+    ``C = ((L ∘ X) Yᵀ - X (L ∘ Y)ᵀ) / (λₐ - λ_b)``: two matrix products. The pairs within
+    ``δ`` (the diagonal; more at ties) lie on the diagonals ``b - a = o`` with ``|o| <= K``,
+    the widest such band: each diagonal is one (n, n) evaluation of :func:`_third_point`.
+    Time ``O(n³)`` in matrix products plus ``O((2K + 1) n²)``; extra memory ``O(n²)``.
+    """
+    n = w.shape[-1]
+    L = function.loewner(w)
+    delta = _tie_scale(w)
+    gap = w[..., :, None] - w[..., None, :]
+    near = gap.abs() <= delta
+    far = ((L * X) @ Y.mT - X @ (L * Y).mT) / torch.where(near, torch.ones_like(gap), gap)
+    result = torch.where(near, torch.zeros_like(far), far)
+    index = torch.arange(n, device=w.device)
+    distance = (index[:, None] - index[None, :]).abs()
+    if checks._under_vmap() or not checks.readable(w):
+        band = n - 1  # (a batched tensor has no single band width)
+    else:
+        band = int(torch.where(near, distance, torch.zeros_like(distance)).amax())
+    for offset in range(-band, band + 1):
+        rows = slice(max(0, -offset), min(n, n - offset))
+        cols = slice(max(0, offset), min(n, n + offset))
+        x, y = w[..., rows, None], w[..., cols, None]  # (..., m, 1): the pairs (a, a + o)
+        L_ab = L.diagonal(offset, -2, -1)[..., None]  # (..., m, 1)
+        T = _third_point(x, y, w[..., None, :], L_ab, L[..., rows, :], L[..., cols, :],
+                         function, delta)  # fmt: skip
+        values = (T * X[..., rows, :] * Y[..., cols, :]).sum(-1)
+        values = torch.where(near.diagonal(offset, -2, -1), values, torch.zeros_like(values))
+        result = result + torch.diag_embed(values, offset)
+    return result
 
 
 def _elementwise_derivative(
@@ -342,7 +391,8 @@ class _LoewnerSecond(Function):
     with the exact second-order backward: ``∂/∂G = V (L ∘ (Vᵀ H V)) Vᵀ`` and
     ``∂/∂A = sym(V D Vᵀ)``,
     ``D[a,b] = Σⱼ T[a,b,j] Ĥ[a,j] Ĝ[b,j] + Σᵢ T[i,a,b] Ĥ[i,b] Ĝ[i,a]`` with the second
-    divided differences ``T`` (finite at ties); forward mode (``jacfwd`` of a gradient:
+    divided differences ``T`` (finite at ties; contracted without forming the n³ tensor,
+    :func:`contract_second_differences`); forward mode (``jacfwd`` of a gradient:
     ``hessian``) ``dB = V (L ∘ dĜ + D²[dÂ, Ĝ]) Vᵀ``. Third derivatives: refused."""
 
     generate_vmap_rule = True
@@ -367,11 +417,10 @@ class _LoewnerSecond(Function):
         inner = torch.zeros_like(V)
         if dG is not None:
             inner = inner + function.loewner(w) * (V.mT @ dG @ V)
-        if dA is not None:
-            T = second_divided_differences(w, function)
+        if dA is not None:  # Σₖ T[i,k,j] (Ê[i,k] Ĝ[k,j] + Ĝ[i,k] Ê[k,j]), T symmetric
             E_hat, G_hat = V.mT @ symmetrized(dA) @ V, V.mT @ G @ V
-            inner = inner + torch.einsum("...ikj,...ik,...kj->...ij", T, E_hat, G_hat)
-            inner = inner + torch.einsum("...ikj,...ik,...kj->...ij", T, G_hat, E_hat)
+            inner = inner + contract_second_differences(w, function, E_hat, G_hat.mT)
+            inner = inner + contract_second_differences(w, function, G_hat, E_hat.mT)
         return V @ inner @ V.mT
 
     @staticmethod
@@ -381,10 +430,9 @@ class _LoewnerSecond(Function):
         G_hat = V.mT @ G @ V
         H_hat = V.mT @ H @ V
         grad_G = V @ (function.loewner(w) * H_hat) @ V.mT
-        T = second_divided_differences(w, function)
-        inner = torch.einsum("...abj,...aj,...bj->...ab", T, H_hat, G_hat) + torch.einsum(
-            "...iab,...ib,...ia->...ab", T, H_hat, G_hat
-        )
+        # Σⱼ T[a,b,j] Ĥ[a,j] Ĝ[b,j] + Σᵢ T[i,a,b] Ĥ[i,b] Ĝ[i,a], T symmetric
+        inner = contract_second_differences(w, function, H_hat, G_hat)
+        inner = inner + contract_second_differences(w, function, G_hat.mT, H_hat.mT)
         grad_A = V @ inner @ V.mT
         if checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
             raise NotDifferentiableError(
