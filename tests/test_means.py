@@ -73,7 +73,9 @@ def test_dim_batches_and_dtype() -> None:
     per_row = torch.stack([se.airm_mean(row) for row in X])
     torch.testing.assert_close(se.airm_mean(X, dim=1), per_row)
     torch.testing.assert_close(se.airm_mean(X.transpose(0, 1), dim=0), per_row)
-    torch.testing.assert_close(se.airm_mean(X, dim=-1), per_row)
+    torch.testing.assert_close(se.airm_mean(X, dim=-3), per_row)  # as torch counts axes
+    with pytest.raises(se.ArgumentError, match=r"got -1 \(a matrix axis\)"):
+        se.airm_mean(X, dim=-1)  # 0.8.1 read -1 as the last batch axis
     torch.testing.assert_close(
         se.log_euclidean_mean(X, dim=1), torch.stack([se.log_euclidean_mean(r) for r in X])
     )
@@ -141,7 +143,9 @@ def test_gradient_at_equal_tied_matrices_is_the_arithmetic_mean_where_eigh_is_na
 
 def test_errors_name_what_was_expected() -> None:
     X = _spd(3, 3, 8)
-    with pytest.raises(se.ArgumentError, match=r"dim: expected an axis .* in \[-1, 0\]"):
+    with pytest.raises(
+        se.ArgumentError, match=r"dim: expected an axis .* in \[0, 0\] or \[-3, -3\]"
+    ):
         se.airm_mean(X, dim=1)
     with pytest.raises(se.ArgumentError, match="dim"):
         se.log_euclidean_mean(X, dim=True)  # type: ignore[arg-type]

@@ -234,9 +234,17 @@ def check_symmetric(name: str, matrix: torch.Tensor) -> None:
     scale = max_abs(matrix)
     tol = symmetry_tolerance(matrix.dtype)
     if bool(asym > tol * scale):
+        hint = ""
+        if matrix.dtype == torch.float64 and bool(
+            asym <= symmetry_tolerance(torch.float32) * scale
+        ):
+            hint = (
+                "; that is float32 round-off: for a float32 matrix cast to float64, symmetrize "
+                "it ((A + A.mT) / 2), pass check_symmetric=False, or keep it float32"
+            )
         raise NotSymmetricError(
             f"{name}: expected a symmetric matrix, max|A - Aᵀ| <= {tol:.2g} * max|A| "
-            f"(got max|A - Aᵀ| = {float(asym):.3g} with max|A| = {float(scale):.3g})"
+            f"(got max|A - Aᵀ| = {float(asym):.3g} with max|A| = {float(scale):.3g}){hint}"
         )
 
 

@@ -38,6 +38,7 @@ def eigh(
     *,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
+    UPLO: Optional[str] = None,
 ) -> EighResult:
     """Symmetric eigendecomposition with a stable, selectable eigenvector gradient.
 
@@ -54,6 +55,9 @@ def eigh(
             Default: ``None`` (float64; see ``stableeig._precision``).
         check_symmetric: raise :class:`NotSymmetricError` if ``A`` is not symmetric within
             ``sqrt(eps)`` of its dtype. Default: ``True``.
+        UPLO: ``"L"`` or ``"U"``: read only that triangle of ``A`` (the other is ignored, not
+            checked), as ``torch.linalg.eigh(A, UPLO)``; the gradient flows to that
+            triangle. Default: ``None`` (both triangles, symmetrized and checked).
 
     Returns:
         ``EighResult(eigenvalues, eigenvectors)`` (a named tuple, as ``torch.linalg.eigh``'s):
@@ -73,6 +77,11 @@ def eigh(
     """
     rule = resolve(backward, kinds=("eigenvector",))
     assert isinstance(rule, EigenvectorRule)
+    if UPLO is not None:
+        checks.check_choice("UPLO", UPLO, ("L", "U"))
+        A = checks.check_square_matrix("A", A)
+        triangle = A.tril() if UPLO == "L" else A.triu()
+        A, check_symmetric = triangle + triangle.mT - torch.diag_embed(A.diagonal(0, -2, -1)), False
     work = prepare_symmetric("A", A, compute_dtype, check_symmetric, symmetrize=False)
     with autocast_off(work.device):
         w, V = eigh_function(work, rule)  # decomposes (A + Aᵀ) / 2

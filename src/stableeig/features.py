@@ -22,7 +22,7 @@ import torch
 from . import _validation as checks
 from ._precision import autocast_off, working_dtype
 from .exceptions import ArgumentError, ShapeError
-from .spectral import sqrtm
+from .spectral import SQRT, apply_spectral, require_semidefinite
 
 __all__ = ["frechet_distance_from_features", "nuclear_norm"]
 
@@ -170,8 +170,22 @@ def frechet_distance_from_features(
             S2 = sigma2.to(work)
             trace2 = S2.diagonal().sum()
             with torch.no_grad():  # reference statistics are constants
-                reference = sqrtm(sigma2, compute_dtype=work).to(work)
+                reference = apply_spectral(
+                    sigma2, SQRT, compute_dtype=work, eigenvalue_check=require_semidefinite(),
+                    name="sigma2", where=where,
+                ).to(work)  # fmt: skip
         product = centred1 @ reference  # (N₁, N₂) or (N₁, d)
         fidelity = nuclear_norm(product) * scale1
         distance = (mean1 - mean2).square().sum() + trace1 + trace2 - 2 * fidelity
+    if by_features and _same_features(X1, features2):  # 0, not the round-off (1e-14)
+        distance = distance - distance.detach()  # the gradient stays the computed one
     return distance.clamp_min(0).to(result)
+
+
+def _same_features(X1: torch.Tensor, X2: Optional[torch.Tensor]) -> bool:
+    """Whether two feature batches hold the same values (eager, readable tensors only)."""
+    if X2 is None or X1.shape != X2.shape or torch.compiler.is_compiling():
+        return False
+    if not (checks.host_checks_enabled(X1, X2)):
+        return False
+    return X1 is X2 or torch.equal(X1.detach(), X2.detach().to(X1.dtype))

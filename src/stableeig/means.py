@@ -37,12 +37,16 @@ def _samples(name: str, X: object, dim: int) -> tuple[torch.Tensor, int]:
             f"{name}: X: expected matrices to average, (N, n, n) or (..., N, ..., n, n) (got "
             f"one matrix of shape {tuple(X.shape)})"
         )
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -batch <= dim < batch:
+    total = X.dim()  # a negative dim counts every axis, as in torch
+    axis = dim + total if isinstance(dim, int) and not isinstance(dim, bool) and dim < 0 else dim
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= axis < batch:
+        matrix = " (a matrix axis)" if isinstance(axis, int) and batch <= axis < total else ""
         raise ArgumentError(
             f"{name}: dim: expected an axis of the batch dimensions of X, in "
-            f"[{-batch}, {batch - 1}] for shape {tuple(X.shape)} (got {dim!r})"
+            f"[0, {batch - 1}] or [{-total}, {-3}] for shape {tuple(X.shape)} (got "
+            f"{dim!r}{matrix})"
         )
-    dim = dim % batch
+    dim = axis
     if X.shape[dim] == 0:
         raise ShapeError(f"{name}: X: expected at least one matrix along dim {dim} (got 0)")
     return X, dim

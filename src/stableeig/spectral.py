@@ -345,10 +345,18 @@ def require_semidefinite() -> EigenvalueCheck:
         below = w.detach() < -tolerance
         if bool(below.any()):
             ratio = float((w.detach() / tolerance.clamp_min(torch.finfo(w.dtype).tiny)).amin())
+            hint = ""
+            loose = semidefinite_tolerance(w, torch.float32)
+            if dtype == torch.float64 and bool((w.detach() >= -loose).all()):
+                hint = (
+                    "; that is float32 round-off: for a float32 matrix cast to float64, "
+                    "keep it float32 (judged at its own round-off) or clamp its eigenvalues "
+                    "(stableeig.clamp_eigenvalues)"
+                )
             raise NotPositiveDefiniteError(
                 f"{name}: expected a positive semidefinite matrix, eigenvalues >= "
                 f"-sqrt(eps({dtype})) * max|λ| (got smallest eigenvalue "
-                f"{float(w.detach().amin()):.3g}, {-ratio:.3g} times that tolerance)"
+                f"{float(w.detach().amin()):.3g}, {-ratio:.3g} times that tolerance){hint}"
             )
 
     check.condition = condition  # type: ignore[attr-defined]
