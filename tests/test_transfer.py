@@ -16,11 +16,11 @@ def _features(c: int, n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
 
 
 def _reference(content: torch.Tensor, style: torch.Tensor, threshold: float) -> torch.Tensor:
-    """PytorchWCT's recipe by eigh: keep eigenvalues above the threshold."""
+    """PytorchWCT's recipe by eigh, with the threshold relative to the largest eigenvalue."""
 
     def truncated(cov: torch.Tensor, p: float) -> torch.Tensor:
         w, V = torch.linalg.eigh(cov)
-        kept = w > threshold
+        kept = w > threshold * w.max()
         values = torch.where(kept, torch.where(kept, w, 1.0).pow(p), 0.0)
         return (V * values) @ V.T
 
@@ -61,3 +61,12 @@ def test_bad_arguments_are_named() -> None:
         se.whiten_colour(torch.randn(4, 10), torch.randn(5, 10))
     with pytest.raises(se.ArgumentError, match="alpha"):
         se.whiten_colour(torch.randn(4, 10), torch.randn(4, 10), alpha=2.0)
+
+
+def test_the_threshold_is_relative_to_the_spectrum() -> None:
+    """Issue 39.5: an absolute 1e-5 turned content of standard deviation 1e-3 (eigenvalues
+    ~1e-6) into the style's mean; whitening is scale-free, and so is the cut now."""
+    content, style = _features(6, 50, 0), _features(6, 40, 1, scale=2.0)
+    small = se.whiten_colour(1e-3 * content, style)
+    torch.testing.assert_close(small, se.whiten_colour(content, style))
+    assert float((small - style.mean(1, keepdim=True)).abs().max()) > 0.1

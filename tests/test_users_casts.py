@@ -74,3 +74,19 @@ def test_eigh_reads_one_triangle_as_torch(UPLO: str) -> None:
         se.eigh(A, UPLO="X")
     with pytest.raises(se.NotSymmetricError):
         se.eigh(half)  # without UPLO both triangles are read, and checked
+
+
+def test_airm_mean_beyond_the_resolvable_condition_names_it() -> None:
+    """At condition 1e12 the Karcher gradient is resolved only to ~eps · 1e12: one error
+    naming X, the condition and the tolerance that converges."""
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))[0]
+    X = []
+    for i in range(4):
+        Qi = torch.linalg.qr(Q + 0.01 * torch.randn(5, 5, generator=g, dtype=torch.float64))[0]
+        X.append((Qi * torch.logspace(0, 12, 5, dtype=torch.float64) * (1 + 0.1 * i)) @ Qi.T)
+    stack = torch.stack(X)
+    with pytest.raises(se.StableEigError, match=r"airm_mean: X: .*condition number 1e\+12"):
+        se.airm_mean(stack)
+    G = se.airm_mean(stack, tolerance=1e-3)
+    assert bool(torch.isfinite(G).all())

@@ -267,9 +267,18 @@ def _converged(
     residual = float(norm.amax())
     if residual <= limit:
         return G
+    w = torch.linalg.eigvalsh(X.detach())
+    condition = float((w[..., -1] / w[..., 0].clamp_min(torch.finfo(w.dtype).tiny)).amax())
+    floor = torch.finfo(X.dtype).eps * condition  # the tangent's round-off at that condition
+    why = (
+        f"; at X's condition number {condition:.3g} the gradient norm is resolved only to "
+        f"about eps · condition = {floor:.2g}: pass tolerance >= {floor:.2g}"
+        if floor > limit
+        else ""
+    )
     raise StableEigError(
-        f"airm_mean: the Karcher flow did not converge in max_steps={max_steps} "
-        f"steps (gradient norm {residual:.3g} > tolerance {limit:.3g}); raise "
+        f"airm_mean: X: the Karcher flow did not converge in max_steps={max_steps} "
+        f"steps (gradient norm {residual:.3g} > tolerance {limit:.3g}){why}; raise "
         f"max_steps or tolerance, or pass steps= for a fixed number of steps"
     )
 
