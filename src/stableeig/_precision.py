@@ -45,7 +45,7 @@ def default_compute_dtype(dtype: torch.dtype) -> Iterator[None]:
     float32 round-off of the largest (rank-deficient covariances plus a small ``eps``):
     ``docs/functions.md`` (Precision) has the measured trade.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> with se.default_compute_dtype(torch.float32):
         ...     W = se.inv_sqrtm(4 * torch.eye(2))

@@ -100,7 +100,7 @@ def host_checks(enabled: bool) -> Iterator[None]:
     refused nor recomputed in float64 (the running statistics can then become NaN).
     Shapes, dtypes and arguments are still checked.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> with se.host_checks(False):
         ...     W = se.inv_sqrtm(torch.eye(3))

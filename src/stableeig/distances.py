@@ -178,7 +178,7 @@ def trace_sqrt_product(
     has two zero eigenvalues (rank-deficient covariances) it is infinite, and the backward
     raises :class:`NotDifferentiableError` (add ``eps·I``) rather than return NaN.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> round(float(se.trace_sqrt_product(torch.eye(3), 4 * torch.eye(3))), 4)
         6.0
@@ -209,7 +209,7 @@ def bures_wasserstein(
         squared: return the square (smooth at ``A == B``). Default: False.
         compute_dtype: least working precision. Default: None (float64).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> round(float(se.bures_wasserstein(torch.eye(2), 4 * torch.eye(2))), 4)
         1.4142
@@ -240,7 +240,7 @@ def frechet_distance(
     samples than dimensions) it is infinite and the backward raises; the gradient with
     respect to the features exists there: :func:`stableeig.frechet_distance_from_features`.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> float(se.frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(3)))
         0.0
@@ -268,7 +268,7 @@ def log_euclidean_distance(
 ) -> torch.Tensor:
     """``‖log A - log B‖_F`` of symmetric positive definite matrices: (...).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> round(float(se.log_euclidean_distance(torch.eye(2), torch.e * torch.eye(2))), 4)
         1.4142
@@ -292,7 +292,7 @@ def airm_distance(
     """Affine-invariant Riemannian distance ``‖log(A^{-1/2} B A^{-1/2})‖_F`` of symmetric
     positive definite matrices: (...).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> round(float(se.airm_distance(2 * torch.eye(2), 2 * torch.e * torch.eye(2))), 4)
         1.4142

@@ -54,7 +54,7 @@ def extreme_eigenvector(
         :class:`ExtremeEigenvector` ``(vector, defined)``. The sign is the eigensolver's:
         use sign-invariant losses (``(v·n)²``, ``|v·n|``).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> C = torch.stack([torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.eye(3)])
         >>> v, defined = se.extreme_eigenvector(C, undefined="zero")

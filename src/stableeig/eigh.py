@@ -65,9 +65,13 @@ def eigh(
         shape (..., n, n), in ``A``'s dtype.
 
     Raises:
-        ShapeError, DTypeError, NonFiniteError, NotSymmetricError, ArgumentError.
+        ShapeError: ``A`` is not a batch of square matrices.
+        DTypeError: ``A`` is not a floating tensor.
+        NonFiniteError: ``A`` holds NaN or Inf.
+        NotSymmetricError: ``A`` is not symmetric within ``sqrt(eps)`` (``UPLO`` unset).
+        ArgumentError: an unknown ``backward`` or ``UPLO``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> A = torch.eye(3, requires_grad=True)
         >>> w, V = se.eigh(A, backward=se.rules.Power(num_iters=19))

@@ -108,7 +108,7 @@ def frechet_distance_from_features(
     Returns:
         The distance in the promoted dtype of the inputs.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> x = torch.randn(16, 64, requires_grad=True)      # 16 samples < 64 dimensions
         >>> d = se.frechet_distance_from_features(x, torch.randn(32, 64))

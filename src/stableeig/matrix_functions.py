@@ -181,7 +181,7 @@ def funm(
         NotDifferentiableError: (in backward) ``f`` has no finite derivative at an
             eigenvalue, or the gradient overflows ``A``'s dtype.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> A = torch.eye(3, requires_grad=True)             # tied eigenvalues
         >>> se.funm(A, torch.tanh).sum().backward()
@@ -212,7 +212,7 @@ def logm(
 
     Divided differences ``log1p(δ / λ_low) / δ`` (exact at every gap).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> [round(v, 6) for v in se.logm(torch.eye(2) * torch.e).diagonal().tolist()]
         [1.0, 1.0]
@@ -231,7 +231,7 @@ def expm(
 
     Divided differences ``exp(λ_low) · expm1(δ) / δ``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> round(float(se.expm(torch.zeros(2, 2))[0, 0]), 4)
         1.0
@@ -259,7 +259,7 @@ def powm(
     normalization): its gradient is ``⟨Ḡ, V (Λ^p log Λ) Vᵀ⟩`` (first order in ``p``; a zero
     eigenvalue contributes 0, the limit of ``λ^p log λ`` for ``p > 0``).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> se.powm(torch.eye(2) * 4, 1.5).diagonal().tolist()
         [8.0, 8.0]
@@ -328,7 +328,7 @@ def clamp_eigenvalues(
     or ``max`` and beyond (SPDNet's ``λ > ε`` mask). Divided differences of clamped values
     are exact; a pair tied bit for bit takes ``f'``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> se.clamp_eigenvalues(torch.diag(torch.tensor([-1.0, 2.0])), min=0.5).diagonal().tolist()
         [0.5, 2.0]

@@ -98,7 +98,7 @@ def log_euclidean_mean(
 
     ``weights`` (one per matrix along ``dim``, >= 0) give ``exp(Σ wᵢ log Xᵢ / Σ wᵢ)``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> X = torch.stack([torch.eye(2), torch.e ** 2 * torch.eye(2)])
         >>> [round(v, 4) for v in se.log_euclidean_mean(X).diagonal().tolist()]
@@ -181,7 +181,7 @@ def airm_mean(
         StableEigError: the flow did not reach ``tolerance`` within ``max_steps`` (data too
             spread for the unit step of the Karcher flow).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> X = torch.diag_embed(torch.tensor([[1.0, 4.0], [4.0, 1.0]]))
         >>> se.airm_mean(X).diagonal().tolist()
@@ -295,7 +295,7 @@ def airm_geodesic(
     (``t = 1``): ``A^{1/2} (A^{-1/2} B A^{-1/2})^t A^{1/2}`` (any real ``t``; a 0-dim tensor
     ``t`` may require grad): (..., n, n). ``t = 1/2`` is the mean of two matrices.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> se.airm_geodesic(torch.eye(2), 4 * torch.eye(2), 0.5).diagonal().tolist()
         [2.0, 2.0]

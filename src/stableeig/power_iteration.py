@@ -173,7 +173,7 @@ def power_iteration_eigh(
         (ascending, like :func:`stableeig.eigh`, when power iteration converged), in ``A``'s
         dtype.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> g = torch.Generator().manual_seed(0)
         >>> w, V = se.power_iteration_eigh(torch.diag(torch.tensor([1.0, 10.0])), k=1,

@@ -400,7 +400,7 @@ def inv_sqrtm(
     Raises:
         NotPositiveDefiniteError: an eigenvalue of ``A`` is <= 0.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> A = torch.eye(4, requires_grad=True)       # all eigenvalues equal
         >>> se.inv_sqrtm(A).sum().backward()
@@ -437,7 +437,7 @@ def sqrtm(
         NotDifferentiableError: (in backward, ``loewner``) the derivative is infinite
             because eigenvalues are 0.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> S = se.sqrtm(4 * torch.eye(2))
         >>> S.diagonal().tolist()
@@ -476,7 +476,7 @@ def top_k_projector(
         NotDifferentiableError: (in backward, ``loewner``, ``undefined="raise"``) the gap at
             the cut is exactly 0.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> P = se.top_k_projector(torch.diag(torch.tensor([1.0, 3.0, 2.0])), k=2)
         >>> P.diagonal().tolist()

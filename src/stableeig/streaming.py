@@ -37,7 +37,7 @@ class FeatureStatistics(nn.Module):
         num_features: ``d``.
         device: of the buffers. Default: None (CPU).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> real, fake = se.FeatureStatistics(8), se.FeatureStatistics(8)
         >>> for _ in range(3):

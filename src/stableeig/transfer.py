@@ -69,7 +69,7 @@ def whiten_colour(
         (..., C, N_c) in the promoted dtype of the inputs; gradients to both inputs are
         exact where no eigenvalue equals ``threshold``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> content, style = torch.randn(8, 100), 3 * torch.randn(8, 50) + 1
         >>> out = se.whiten_colour(content, style)

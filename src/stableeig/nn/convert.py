@@ -92,7 +92,7 @@ def convert_batchnorm(
     Returns:
         The converted module.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16))
         >>> net = se.nn.convert_batchnorm(net, "zca", which="first", group_size=8)

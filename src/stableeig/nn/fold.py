@@ -55,7 +55,7 @@ def fold_eval(module: Foldable, layer: nn.Module) -> Foldable:
     Returns:
         A new module (the inputs are not modified) in ``module``'s dtype and device.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> conv, zca = torch.nn.Conv2d(3, 8, 3), se.nn.ZCAWhitening2d(8, group_size=4)
         >>> _ = zca(conv(torch.randn(16, 3, 6, 6)))   # running statistics move
@@ -126,7 +126,7 @@ class LeafTracer(torch.fx.Tracer):
     built-in ``nn`` layers), so ``torch.fx.GraphModule(model, LeafTracer().trace(model))``
     works on models that contain them.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), se.nn.ZCAWhitening2d(8))
         >>> graph = se.nn.LeafTracer().trace(net)

@@ -253,7 +253,7 @@ def zca_whitening(
     Returns:
         The whitened activations, same shape and dtype as ``x``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> y = se.nn.functional.zca_whitening(torch.randn(64, 4), group_size=2)
         >>> torch.allclose(y.T @ y / 64, torch.eye(4), atol=1e-2)  # each group of 2 whitened
@@ -301,10 +301,11 @@ def pca_denoising(
     Running statistics (``running_mean``, ``running_var`` (C,), and ``running_projector``
     or ``running_covariance`` (C/d, d, d)) are used and updated as in :func:`zca_whitening`.
 
+    ``x``, ``group_size``, ``running_mean``, ``running_covariance``, ``weight``, ``bias``,
+    ``training``, ``momentum``, ``eps``, ``method``, ``convention``, ``compute_dtype``,
+    ``sync_statistics`` and ``process_group`` are as in :func:`zca_whitening`.
+
     Args:
-        x, group_size, running_mean, running_covariance, weight, bias, training, momentum,
-        eps, method, convention, compute_dtype, sync_statistics, process_group: as in
-            :func:`zca_whitening`.
         running_var: (C,) running unbiased variance. Default: None.
         running_projector: (C/d, d, d) running projector (the paper's). Default: None.
         n_components: eigenvectors kept per group (overrides ``energy``). Default: None.
@@ -313,7 +314,7 @@ def pca_denoising(
     Returns:
         The denoised activations, same shape and dtype as ``x``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> se.nn.functional.pca_denoising(torch.randn(32, 8), n_components=2).shape
         torch.Size([32, 8])

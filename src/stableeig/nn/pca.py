@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+import torch
+
 from .._docs import fill_args
 from ..rules import Rule
 from ._base import GroupLayer, RunningMatrix
@@ -35,11 +37,24 @@ class _PCADenoising(GroupLayer):
         n_components: Optional[int] = None,
         energy: float = 0.99,
         method: Union[str, Rule] = "loewner",
-        **kwargs: Any,
+        *,
+        eps: float = 1e-4,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        running: Optional[str] = None,
+        convention: str = "stableeig",
+        compute_dtype: Optional[torch.dtype] = None,
+        sync_statistics: bool = False,
+        process_group: Optional[Any] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        **settings: Any,
     ) -> None:
         super().__init__(
-            num_features, group_size, method=method, n_components=n_components, energy=energy,
-            **kwargs,
+            num_features, group_size, eps, momentum, affine, track_running_stats, method,
+            running, convention, compute_dtype, sync_statistics, process_group, device, dtype,
+            n_components=n_components, energy=energy, **settings,
         )  # fmt: skip
 
     running_projector = RunningMatrix("projector")  # with running="projector"
@@ -62,8 +77,10 @@ _ARGS = """
             BatchNorm does; running projector starts at the identity) or ``"reference"``
             (the authors' code: the unbiased variance, running projector starting at 0,
             weight initialised ``uniform_()``).
-        eps, momentum, affine, track_running_stats, compute_dtype, sync_statistics,
-        process_group, device, dtype: as in :class:`stableeig.nn.ZCAWhitening2d`.
+
+    ``eps``, ``momentum``, ``affine``, ``track_running_stats``, ``compute_dtype``,
+    ``sync_statistics``, ``process_group``, ``device`` and ``dtype`` are as in
+    :class:`stableeig.nn.ZCAWhitening2d`.
 """
 
 
@@ -73,7 +90,7 @@ class PCADenoising1d(_PCADenoising):
     Shape:
         - Input: (N, C) or (N, C, L). Output: same shape and dtype.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> layer = se.nn.PCADenoising1d(8, n_components=2)
         >>> layer(torch.randn(32, 8)).shape
@@ -89,7 +106,7 @@ class PCADenoising2d(_PCADenoising):
     Shape:
         - Input: (N, C, H, W), contiguous or channels_last. Output: same shape and dtype.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> layer = se.nn.PCADenoising2d(16, group_size=8, energy=0.99, method="power")
         >>> layer(torch.randn(4, 16, 8, 8)).shape

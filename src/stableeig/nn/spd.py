@@ -100,7 +100,7 @@ class CovariancePooling2d(nn.Module):
     Shape:
         Input (N, C, H, W); output (N, d (d + 1) / 2) or (N, d, d), ``d`` the channels.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> pool = se.nn.CovariancePooling2d(16, reduced_channels=8)
         >>> pool(torch.randn(4, 16, 7, 7)).shape
@@ -212,7 +212,7 @@ class BiMap(nn.Module):
     Shape:
         (N, in, in) or (N, channels, in, in) → (N, out, out) or (N, channels, out, out).
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> X = torch.eye(6).expand(2, 6, 6)
         >>> se.nn.BiMap(6, 3)(X).shape
@@ -280,7 +280,7 @@ class ReEig(nn.Module):
     """SPDNet's rectified eigenvalues ``V max(Λ, eps) Vᵀ`` (subgradient 1 above ``eps``, 0 at
     or below, as SPDNet); exact and finite where ReEig makes eigenvalues tie at ``eps``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> X = torch.diag(torch.tensor([0.1, 2.0])).unsqueeze(0)
         >>> se.nn.ReEig(0.5)(X).diagonal(dim1=1, dim2=2)

@@ -194,7 +194,7 @@ class ZCATransform(GroupTransform):
             :class:`~stableeig.nn.transforms.GroupTransform`; ``running`` is
             ``"whitening"`` (default) or ``"covariance"``.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> T, _ = se.nn.ZCATransform(eps=1e-4).batch(4 * torch.eye(2)[None], torch.tensor(8))
         >>> torch.allclose(T, torch.eye(2) / 2, atol=1e-4)

@@ -8,9 +8,12 @@ covariance plus ``eps·I``. The whitening matrix and its gradient come from the 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+import torch
 
 from .._docs import fill_args
+from ..rules import Rule
 from ._base import GroupLayer, RunningMatrix
 from .whitening import (
     TRUNCATIONS,
@@ -36,10 +39,31 @@ __all__ = [
 class _ZCAWhitening(GroupLayer):
     _transform_type = ZCATransform
 
-    def __init__(
-        self, num_features: int, *args: Any, truncation: Optional[str] = None, **kwargs: Any
+    def __init__(  # GroupLayer's arguments, spelled out for help() and the API reference
+        self,
+        num_features: int,
+        group_size: Optional[int] = None,
+        eps: float = 1e-4,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        method: Union[str, Rule] = "loewner",
+        running: Optional[str] = None,
+        convention: str = "stableeig",
+        compute_dtype: Optional[torch.dtype] = None,
+        sync_statistics: bool = False,
+        process_group: Optional[Any] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        truncation: Optional[str] = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(num_features, *args, truncation=truncation, **kwargs)
+        super().__init__(
+            num_features, group_size, eps, momentum, affine, track_running_stats, method,
+            running, convention, compute_dtype, sync_statistics, process_group, device, dtype,
+            truncation=truncation, **settings,
+        )  # fmt: skip
 
     running_whitening = RunningMatrix("whitening")  # with running="whitening"
 
@@ -90,7 +114,7 @@ class ZCAWhitening1d(_ZCAWhitening):
     Shape:
         - Input: (N, C) or (N, C, L). Output: same shape and dtype.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> layer = se.nn.ZCAWhitening1d(8, group_size=4)
         >>> y = layer(torch.randn(32, 8))
@@ -109,7 +133,7 @@ class ZCAWhitening2d(_ZCAWhitening):
         - Input: (N, C, H, W), contiguous or channels_last. Output: same shape, dtype and
           memory format.
 
-    Example:
+    Examples:
         >>> import torch, stableeig as se
         >>> layer = se.nn.ZCAWhitening2d(16, group_size=8)
         >>> layer(torch.randn(4, 16, 8, 8)).shape
