@@ -8,15 +8,28 @@ from typing import Any
 __all__ = ["new_figure", "save_figure"]
 
 
-def new_figure(columns: int, width: float = 5.5, height: float = 4.0) -> tuple[Any, Any]:
-    """A headless figure with ``columns`` axes side by side: ``(figure, axes array)``."""
+MAX_COLUMNS = 2
+"""Panels per row: a figure is read at the page's width (~760 px on a desktop, ~360 px on a
+phone), and five panels side by side (the survival plot of 0.8.1) left each ~90 px tall."""
+
+
+def new_figure(panels: int, width: float = 5.5, height: float = 4.0) -> tuple[Any, Any]:
+    """A headless figure of ``panels`` axes, at most :data:`MAX_COLUMNS` per row (the rows
+    as needed, unused cells hidden): ``(figure, list of axes)`` in reading order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, columns, figsize=(width * columns, height), squeeze=False)
-    return figure, axes[0]
+    columns = min(panels, MAX_COLUMNS)
+    rows = -(-panels // columns)
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(width * columns, height * rows), squeeze=False
+    )
+    axes = list(grid.flat)
+    for unused in axes[panels:]:
+        unused.set_visible(False)
+    return figure, axes[:panels]
 
 
 def save_figure(figure: Any, path: Path) -> None:
