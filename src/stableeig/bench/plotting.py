@@ -8,9 +8,11 @@ from typing import Any
 __all__ = ["new_figure", "save_figure"]
 
 
-MAX_COLUMNS = 2
-"""Panels per row: a figure is read at the page's width (~760 px on a desktop, ~360 px on a
-phone), and five panels side by side (the survival plot of 0.8.1) left each ~90 px tall."""
+MAX_COLUMNS = 1
+"""Panels per row: a figure is read at the page's width (~690 px on a desktop, ~360 px on a
+phone; ``benchmarks/screenshot_docs.py``): five panels side by side (the survival plot of
+0.8.1) left each ~90 px tall, and two side by side left a phone ~4 px text; one panel per
+row keeps the axis labels legible at both widths."""
 
 
 def new_figure(panels: int, width: float = 5.5, height: float = 4.0) -> tuple[Any, Any]:
