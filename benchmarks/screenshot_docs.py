@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {  # name: (page, selector scrolled into view)
     "home": ("", "h1"),
+    "math": ("functions/", "h2"),
     "survival": ("reproduction/", "img[alt=survival]"),
     "table1": ("reproduction/", "img[src$='table1_quick_fashion-mnist.png']"),
     "benchmarks": ("benchmarks/", "img"),
