@@ -198,3 +198,19 @@ def test_the_contraction_equals_the_full_tensor(spectrum: str) -> None:
     expected = torch.einsum("...abj,...aj,...bj->...ab", T, X, Y)
     got = contract_second_differences(w, LOG, X, Y)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_contraction_is_finite_where_only_the_third_derivative_is_infinite() -> None:
+    """powm(A, 2.5) at a zero eigenvalue: f'' = 3.75 √λ is 0 there, f''' infinite; the
+    expansion's linear term must not form Inf · 0."""
+    from stableeig import matrix_functions as mf
+    from stableeig._autograd import contract_second_differences, second_divided_differences
+
+    function = mf._function("powm", lambda w: w.pow(2.5), mf._pow_loewner(2.5), "")
+    w = torch.tensor([0.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.randn(2, 4, 4, generator=g, dtype=torch.float64)
+    got = contract_second_differences(w, function, X, Y)
+    T = second_divided_differences(w, function)
+    expected = torch.einsum("abj,aj,bj->ab", T, X, Y)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
