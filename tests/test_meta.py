@@ -42,6 +42,8 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "airm_mean": se.airm_mean,
     "log_euclidean_mean": se.log_euclidean_mean,
     "airm_geodesic": lambda A: se.airm_geodesic(A[0], A[1], 0.3),
+    "polar": se.polar,
+    "svd_funm": lambda A: se.svd_funm(A[..., :3], torch.tanh),
 }
 
 

@@ -62,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "sqrtm": ".spectral",
     "top_k_projector": ".spectral",
     "FeatureStatistics": ".streaming",
+    "polar": ".singular",
+    "svd_funm": ".singular",
     "whiten_colour": ".transfer",
 }
 
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .means import airm_geodesic, airm_mean, log_euclidean_mean
     from .power_iteration import power_iteration_eigh
     from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
+    from .singular import polar, svd_funm
     from .spectral import inv_sqrtm, sqrtm, top_k_projector
     from .streaming import FeatureStatistics
     from .transfer import whiten_colour
@@ -171,11 +174,13 @@ __all__ = [
     "logm",
     "nn",
     "nuclear_norm",
+    "polar",
     "power_iteration_eigh",
     "powm",
     "rules",
     "softplusm",
     "sqrtm",
+    "svd_funm",
     "top_k_projector",
     "trace_sqrt_product",
     "whiten_colour",
