@@ -43,6 +43,8 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "log_euclidean_mean": se.log_euclidean_mean,
     "airm_geodesic": lambda A: se.airm_geodesic(A[0], A[1], 0.3),
     "polar": se.polar,
+    "special_orthogonalize": se.special_orthogonalize,
+    "procrustes": lambda A: se.procrustes(A[0], A[1]),
     "svd_funm": lambda A: se.svd_funm(A[..., :3], torch.tanh),
 }
 

@@ -132,3 +132,133 @@ def test_vmap_and_compile_agree_with_eager() -> None:
         leaf = A[index].clone().requires_grad_()
         (G * se.polar(leaf)).sum().backward()
         torch.testing.assert_close(grads[index], leaf.grad)
+
+
+# ---------------------------------------------------------------- rotations and alignment
+
+ROTATION_POINTS = {
+    "generic": lambda: _randn(10, 3, 3),
+    "I3": lambda: torch.eye(3, dtype=torch.float64),
+    "rotation": lambda: _rotation(3, 0),
+    "det < 0, distinct": lambda: _diagonal(3.0, 2.0, -1.0),
+    "det > 0, two tied": lambda: _rotation(3, 1) @ _diagonal(2.0, 1.0, 1.0),
+    "rank n - 1": lambda: _diagonal(2.0, 1.0, 0.0),
+    "batch 4x4": lambda: _randn(11, 2, 4, 4),
+}
+
+
+@pytest.mark.parametrize("point", sorted(ROTATION_POINTS))
+def test_special_orthogonalize_gradcheck_and_determinant(point: str) -> None:
+    A = ROTATION_POINTS[point]().requires_grad_()
+    R = se.special_orthogonalize(A)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(A.shape[:-2], dtype=A.dtype))
+    torch.testing.assert_close(R @ R.mT, torch.eye(A.shape[-1], dtype=A.dtype).expand_as(R))
+    assert torch.autograd.gradcheck(se.special_orthogonalize, (A,))
+
+
+def test_special_orthogonalize_not_unique_raises_or_zeroes_per_sample() -> None:
+    """det < 0 with the two smallest singular values tied: the rotation is not unique."""
+    bad = _diagonal(3.0, 1.0, -1.0)
+    batch = torch.stack([bad, _randn(12, 3, 3)]).requires_grad_()
+    with pytest.raises(se.NotDifferentiableError, match="got 1 of 2 matrices"):
+        se.special_orthogonalize(batch).sum().backward()
+    se.special_orthogonalize(batch, undefined="zero").sum().backward()
+    assert batch.grad is not None
+    assert float(batch.grad[0].abs().max()) == 0.0
+    alone = batch[1].detach().clone().requires_grad_()
+    se.special_orthogonalize(alone).sum().backward()
+    torch.testing.assert_close(batch.grad[1], alone.grad)  # the others: their exact gradient
+    with pytest.raises(se.ArgumentError, match="undefined"):
+        se.special_orthogonalize(bad, undefined="nan")
+
+
+def _points(shape: str) -> torch.Tensor:
+    if shape == "square (tied singular values)":
+        return torch.tensor([[1.0, 1, 0], [-1, 1, 0], [-1, -1, 0], [1, -1, 0]], dtype=torch.float64)
+    if shape == "regular tetrahedron (all tied)":
+        return torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]],
+                            dtype=torch.float64)  # fmt: skip
+    return _randn(13, 8, 3)
+
+
+@pytest.mark.parametrize("shape", ["generic", "square (tied singular values)",
+                                   "regular tetrahedron (all tied)"])  # fmt: skip
+@pytest.mark.parametrize("options", [{}, {"scale": True}, {"reflection": True}])
+def test_procrustes_recovers_the_transform_with_exact_gradients(
+    shape: str, options: dict[str, bool]
+) -> None:
+    X = _points(shape)
+    R = _rotation(3, 5)
+    Y = 1.5 * X @ R.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    fit = se.procrustes(X, Y, scale=True)
+    torch.testing.assert_close(fit.rotation, R)
+    torch.testing.assert_close(fit.scale, torch.tensor(1.5, dtype=torch.float64))
+    torch.testing.assert_close(fit.translation, torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    noisy = Y + 0.01 * _randn(14, *Y.shape)
+
+    def rotation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return se.procrustes(x, y, **options).rotation
+
+    if options.get("reflection") and shape.startswith("square"):
+        # planar points with reflections allowed: the mirror image fits as well (not unique)
+        with pytest.raises(se.NotDifferentiableError, match="not unique"):
+            rotation(X.clone().requires_grad_(), noisy).sum().backward()
+        return
+    assert torch.autograd.gradcheck(rotation, (X.clone().requires_grad_(),
+                                               noisy.clone().requires_grad_()))  # fmt: skip
+
+
+def test_the_kabsch_people_copy_is_nan_at_a_symmetric_frame_where_ours_is_exact() -> None:
+    """The square's cross-covariance has tied singular values: differentiating U and V one by
+    one (the SVD-based Kabsch people copy) is NaN; ours matches finite differences."""
+    X = _points("square (tied singular values)")
+    Y = X.clone()
+
+    def copied(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x - x.mean(0), y - y.mean(0)
+        U, _, Vh = torch.linalg.svd(y.T @ x)
+        d = torch.sign(torch.linalg.det(U @ Vh))
+        return U @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ Vh
+
+    leaf = X.clone().requires_grad_()
+    (copied(leaf, Y) * _randn(15, 3, 3)).sum().backward()
+    assert leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all())
+    assert torch.autograd.gradcheck(
+        lambda x: se.procrustes(x, Y).rotation, (X.clone().requires_grad_(),)
+    )
+
+
+def test_collinear_points_and_padding() -> None:
+    line = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]], dtype=torch.float64)
+    fine = _randn(16, 3, 3)
+    X = torch.stack([line, fine]).requires_grad_()
+    Y = torch.stack([line + 1, fine @ _rotation(3, 6).T])
+    with pytest.raises(se.NotDifferentiableError, match="got 1 of 2"):
+        se.procrustes(X, Y).rotation.sum().backward()
+    se.procrustes(X, Y, undefined="zero").rotation.sum().backward()
+    assert X.grad is not None and float(X.grad[0].abs().max()) == 0.0
+    # padded points (weight 0) change nothing
+    padded_x = torch.cat([fine, 100 * torch.ones(2, 3, dtype=torch.float64)])
+    padded_y = torch.cat([fine @ _rotation(3, 6).T, -7 * torch.ones(2, 3, dtype=torch.float64)])
+    weights = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        se.procrustes(padded_x, padded_y, weights=weights).rotation, _rotation(3, 6)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"Y": torch.zeros(4, 3)}, se.ShapeError, r"Y: expected the shape of X"),
+        ({"weights": torch.zeros(5)}, se.ArgumentError, "not all 0"),
+        ({"weights": -torch.ones(5)}, se.ArgumentError, "values >= 0"),
+        ({"weights": torch.ones(4)}, se.ShapeError, r"weights: expected shape \(5,\)"),
+        ({"Y": torch.full((5, 3), float("inf"))}, se.NonFiniteError, "procrustes: Y"),
+    ],
+)
+def test_procrustes_refuses_bad_input_by_name(
+    kwargs: dict[str, torch.Tensor], error: type, match: str
+) -> None:
+    arguments = {"X": torch.randn(5, 3), "Y": torch.randn(5, 3), **kwargs}
+    with pytest.raises(error, match=match):
+        se.procrustes(arguments.pop("X"), arguments.pop("Y"), **arguments)

@@ -62,7 +62,10 @@ _EXPORTS: dict[str, str] = {
     "sqrtm": ".spectral",
     "top_k_projector": ".spectral",
     "FeatureStatistics": ".streaming",
+    "ProcrustesResult": ".singular",
     "polar": ".singular",
+    "procrustes": ".singular",
+    "special_orthogonalize": ".singular",
     "svd_funm": ".singular",
     "whiten_colour": ".transfer",
 }
@@ -96,7 +99,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .means import airm_geodesic, airm_mean, log_euclidean_mean
     from .power_iteration import power_iteration_eigh
     from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
-    from .singular import polar, svd_funm
+    from .singular import ProcrustesResult, polar, procrustes, special_orthogonalize, svd_funm
     from .spectral import inv_sqrtm, sqrtm, top_k_projector
     from .streaming import FeatureStatistics
     from .transfer import whiten_colour
@@ -149,6 +152,7 @@ __all__ = [
     "NotSymmetricError",
     "Power",
     "PowerIteration",
+    "ProcrustesResult",
     "ShapeError",
     "StableEigError",
     "Taylor",
@@ -177,8 +181,10 @@ __all__ = [
     "polar",
     "power_iteration_eigh",
     "powm",
+    "procrustes",
     "rules",
     "softplusm",
+    "special_orthogonalize",
     "sqrtm",
     "svd_funm",
     "top_k_projector",

@@ -16,17 +16,17 @@ are: ``σᵢ + σⱼ > 0`` for every pair, or ``f(0) = 0``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from . import _validation as checks
 from ._autograd import Function
 from ._precision import autocast_off, working_dtype
-from .exceptions import DTypeError, NotDifferentiableError, ShapeError
+from .exceptions import ArgumentError, DTypeError, NotDifferentiableError, ShapeError
 from .matrix_functions import _derivative, divided_differences
 
-__all__ = ["polar", "svd_funm"]
+__all__ = ["ProcrustesResult", "polar", "procrustes", "special_orthogonalize", "svd_funm"]
 
 Elementwise = Callable[[torch.Tensor], torch.Tensor]
 
@@ -194,3 +194,227 @@ def _apply(
         X = X.mT if wide else X  # F(Aᵀ) = F(A)ᵀ: one path, m >= n
         F = _SingularFunction.apply(X, f, df, name)[0]
     return (F.mT if wide else F).to(A.dtype)
+
+
+class _SpecialPolar(Function):
+    """The nearest rotation ``U diag(1, …, 1, det(U Vᵀ)) Vᵀ`` of square (..., n, n): the
+    polar factor of the signed SVD ``A = U' diag(s̃) Vᵀ`` (``s̃ₙ = ±σₙ``, ``u'ₙ = ±uₙ``,
+    ``det(U' Vᵀ) = 1``), whose gradient is ``U' (D⁺ ∘ skew Ĝ) Vᵀ`` with
+    ``D⁺ᵢⱼ = 2 / (s̃ᵢ + s̃ⱼ)`` off the diagonal (the diagonal of a skew matrix is 0).
+    Undefined (the rotation not unique) exactly where some ``s̃ᵢ + s̃ⱼ = 0``, i ≠ j: a
+    negative determinant with the two smallest singular values tied, or rank <= n - 2.
+    Returns ``(R, defined)`` with ``defined`` (...,) per matrix."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        U, s, Vh = torch.linalg.svd(A)
+        sign = torch.linalg.det(U) * torch.linalg.det(Vh)  # ±1
+        flip = torch.ones_like(s)
+        flip[..., -1] = sign
+        U = U * flip[..., None, :]
+        signed = s * flip
+        pairs = signed[..., :, None] + signed[..., None, :]
+        off = ~torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
+        defined = ((pairs != 0) | ~off).all(-1).all(-1)
+        return U @ Vh, defined, U, signed, Vh  # type: ignore[return-value]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*output[2:])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_R, _defined, _U, _s, _Vh):  # type: ignore[no-untyped-def]
+        U, signed, Vh = ctx.saved_tensors
+        if grad_R is None:
+            return None
+        G_hat = U.mT @ grad_R @ Vh.mT
+        pairs = signed[..., :, None] + signed[..., None, :]
+        off = ~torch.eye(signed.shape[-1], dtype=torch.bool, device=signed.device)
+        usable = off & (pairs != 0)
+        # undefined pairs: 0 here; _UndefinedGate has already refused or zeroed their matrix
+        total = torch.where(usable, 2 / torch.where(usable, pairs, torch.ones_like(pairs)), 0)
+        return U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
+
+
+def special_orthogonalize(
+    A: torch.Tensor,
+    *,
+    undefined: str = "raise",
+    compute_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The nearest rotation (determinant +1) to each square ``A`` (..., n, n): the 9-D → SO(3)
+    map of rotation regression (Levinson et al., 2020) for any n, with the exact gradient.
+
+    Exact at ``I``, at rotations and at tied singular values, where the gradient through
+    ``torch.linalg.svd`` is NaN. The rotation is not unique — and its gradient undefined —
+    exactly where two signed singular values cancel: ``det(A) < 0`` with the two smallest
+    singular values tied, or rank <= n - 2. There ``undefined="raise"`` raises
+    :class:`~stableeig.NotDifferentiableError` in the backward (naming how many of the batch),
+    and ``"zero"`` gives those matrices a zero gradient, the others their exact one: one
+    degenerate sample never aborts a batch.
+
+    Args:
+        A: real square matrices (..., n, n); float16 … float64.
+        undefined: ``"raise"`` or ``"zero"``. Default: ``"raise"``.
+        compute_dtype: least working precision. Default: None (float64).
+
+    Returns:
+        (..., n, n) rotations in ``A``'s dtype.
+
+    Examples:
+        >>> import torch, stableeig as se
+        >>> M = torch.randn(4, 3, 3, requires_grad=True)     # a batch of 9-D network outputs
+        >>> R = se.special_orthogonalize(M)
+        >>> bool(torch.allclose(torch.linalg.det(R), torch.ones(4), atol=1e-5))
+        True
+    """
+    A = _check_matrices("special_orthogonalize: A", A)
+    checks.check_square_matrix("special_orthogonalize: A", A)
+    checks.check_choice("special_orthogonalize: undefined", undefined, ("raise", "zero"))
+    return _special(A, undefined, compute_dtype, "special_orthogonalize")
+
+
+def _special(
+    A: torch.Tensor, undefined: str, compute_dtype: Optional[torch.dtype], name: str
+) -> torch.Tensor:
+    work = working_dtype(A.dtype, compute_dtype)
+    with autocast_off(A.device):
+        R, defined = _SpecialPolar.apply(A.to(work))[:2]
+        R = _UndefinedGate.apply(R, defined, undefined, name)
+    return R.to(A.dtype)
+
+
+class _UndefinedGate(Function):
+    """Identity forward; backward zeroes (``"zero"``) or refuses (``"raise"``) the gradient
+    of the matrices whose result is not unique (``defined`` False)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(R: torch.Tensor, defined: torch.Tensor, policy: str, name: str) -> torch.Tensor:
+        return R.view_as(R)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        _, defined, ctx.policy, ctx.name = inputs
+        ctx.save_for_backward(defined)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (defined,) = ctx.saved_tensors
+        if ctx.policy == "raise" and checks.host_checks_enabled(defined):
+            if not bool(defined.all()):
+                count = int((~defined).sum())
+                raise NotDifferentiableError(
+                    f"{ctx.name} backward: expected a unique rotation (got {count} of "
+                    f"{defined.numel()} matrices with det < 0 and the two smallest singular "
+                    "values tied, or rank <= n - 2); pass undefined='zero' for a zero "
+                    "gradient there"
+                )
+            return grad, None, None, None
+        return torch.where(defined[..., None, None], grad, torch.zeros_like(grad)), None, None, None
+
+
+class ProcrustesResult(NamedTuple):
+    """``s R x + t`` maps the source points onto the targets: ``rotation`` (..., d, d),
+    ``translation`` (..., d), ``scale`` (...,) (1 without ``scale=True``)."""
+
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    scale: torch.Tensor
+
+
+def procrustes(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    *,
+    weights: Optional[torch.Tensor] = None,
+    reflection: bool = False,
+    scale: bool = False,
+    center: bool = True,
+    undefined: str = "raise",
+    compute_dtype: Optional[torch.dtype] = None,
+) -> ProcrustesResult:
+    """Orthogonal Procrustes / Kabsch / Umeyama alignment with exact gradients: the ``R``
+    (a rotation, or with ``reflection=True`` any orthogonal matrix), ``t`` and ``s`` that
+    minimize ``Σᵢ wᵢ ‖s R xᵢ + t - yᵢ‖²``, batched.
+
+    ``R`` is :func:`special_orthogonalize` (or :func:`polar`) of the weighted
+    cross-covariance ``M = Σ wᵢ (yᵢ - ȳ)(xᵢ - x̄)ᵀ``, so the gradients to both point sets are
+    exact at symmetric configurations (tied singular values of ``M``: squares, regular
+    polygons, coplanar frames), where the gradient through ``torch.linalg.svd`` is NaN.
+    Where the rotation is not unique (collinear points: rank ``M`` <= d - 2; a reflection
+    with tied smallest singular values), ``undefined`` decides: ``"raise"`` or ``"zero"``
+    (those samples get a zero gradient). Padded points: weight 0.
+
+    Args:
+        X: source points (..., N, d).
+        Y: target points (..., N, d), the same shape.
+        weights: (..., N) finite, >= 0, not all 0 per sample. Default: None (all 1).
+        reflection: allow ``det R = -1``. Default: False (Kabsch: a rotation).
+        scale: fit the scale ``s`` too (Umeyama). Default: False.
+        center: fit the translation (centre both sets first). Default: True.
+        undefined: ``"raise"`` or ``"zero"``. Default: ``"raise"``.
+        compute_dtype: least working precision. Default: None (float64).
+
+    Returns:
+        :class:`ProcrustesResult` in the promoted dtype of the inputs.
+
+    Examples:
+        >>> import torch, stableeig as se
+        >>> X = torch.randn(10, 3, dtype=torch.float64)
+        >>> R = se.special_orthogonalize(torch.randn(3, 3, dtype=torch.float64))
+        >>> fit = se.procrustes(X, X @ R.T + 1.0)
+        >>> torch.allclose(fit.rotation, R), torch.allclose(fit.translation, 1 + 0 * X[0])
+        (True, True)
+    """
+    name = "procrustes"
+    X = _check_matrices(f"{name}: X", X)
+    Y = _check_matrices(f"{name}: Y", Y)
+    if X.shape != Y.shape:
+        raise ShapeError(
+            f"{name}: Y: expected the shape of X, {tuple(X.shape)} (got {tuple(Y.shape)})"
+        )
+    checks.check_choice(f"{name}: undefined", undefined, ("raise", "zero"))
+    result = torch.promote_types(X.dtype, Y.dtype)
+    work = working_dtype(result, compute_dtype)
+    if weights is None:
+        w = torch.ones(X.shape[:-1], dtype=work, device=X.device)
+    else:
+        if not isinstance(weights, torch.Tensor) or weights.shape != X.shape[:-1]:
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights)
+            raise ShapeError(
+                f"{name}: weights: expected shape {tuple(X.shape[:-1])}, one per point (got {got})"
+            )
+        checks.check_finite(f"{name}: weights", weights)
+        w = weights.to(work)
+        if checks.host_checks_enabled(w) and not bool(((w >= 0).all(-1) & (w > 0).any(-1)).all()):
+            raise ArgumentError(
+                f"{name}: weights: expected values >= 0, not all 0 in any sample (got a negative "
+                "weight or a sample whose weights are all 0)"
+            )
+    with autocast_off(X.device):
+        x, y = X.to(work), Y.to(work)
+        total = w.sum(-1, keepdim=True)  # (..., 1)
+        if center:
+            x_mean = (w[..., None] * x).sum(-2) / total
+            y_mean = (w[..., None] * y).sum(-2) / total
+            x, y = x - x_mean[..., None, :], y - y_mean[..., None, :]
+        else:
+            x_mean = y_mean = torch.zeros(X.shape[:-2] + X.shape[-1:], dtype=work, device=X.device)
+        M = (w[..., None] * y).mT @ x  # (..., d, d): Σ wᵢ yᵢ xᵢᵀ
+        if reflection:
+            R = _apply(M, torch.ones_like, _zero, work, name)
+        else:
+            R = _special(M, undefined, work, name)
+        if scale:
+            spread = (w * x.square().sum(-1)).sum(-1)
+            s = (R * M).sum((-2, -1)) / spread
+        else:
+            s = torch.ones(X.shape[:-2], dtype=work, device=X.device)
+        t = y_mean - s[..., None] * (R @ x_mean[..., None])[..., 0]
+    return ProcrustesResult(R.to(result), t.to(result), s.to(result))
