@@ -111,6 +111,8 @@ class _SingularFunction(Function):
                     f"values, or f(0) = 0 (got a zero singular value, smallest "
                     f"{float(s.amin()):.3g}: the result is not unique at a rank-deficient A)"
                 )
+        if torch.is_grad_enabled():  # create_graph: refuse a second derivative
+            grad_A = _FirstOrderOnly.apply(grad_A, ctx.name)
         return grad_A, None, None, None
 
 
@@ -237,7 +239,10 @@ class _SpecialPolar(Function):
         usable = off & (pairs != 0)
         # undefined pairs: 0 here; _UndefinedGate has already refused or zeroed their matrix
         total = torch.where(usable, 2 / torch.where(usable, pairs, torch.ones_like(pairs)), 0)
-        return U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
+        grad_A = U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
+        if torch.is_grad_enabled():  # create_graph: refuse a second derivative
+            grad_A = _FirstOrderOnly.apply(grad_A, "special_orthogonalize")
+        return grad_A
 
 
 def special_orthogonalize(
@@ -418,3 +423,26 @@ def procrustes(
             s = torch.ones(X.shape[:-2], dtype=work, device=X.device)
         t = y_mean - s[..., None] * (R @ x_mean[..., None])[..., 0]
     return ProcrustesResult(R.to(result), t.to(result), s.to(result))
+
+
+class _FirstOrderOnly(Function):
+    """Identity on a first-order gradient computed with ``create_graph=True``: its own
+    backward raises, so that a second derivative through an SVD function is an error, never
+    a silently wrong number (the backward above treats ``U``, ``Σ``, ``V`` as constants)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad: torch.Tensor, name: str) -> torch.Tensor:
+        return grad.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        ctx.name = inputs[1]
+
+    @staticmethod
+    def backward(ctx, _grad):  # type: ignore[no-untyped-def]
+        raise NotDifferentiableError(
+            f"{ctx.name}: second derivatives through the singular value decomposition are "
+            "not implemented (the first derivative is exact); differentiate once"
+        )
