@@ -21,6 +21,7 @@ def test_there_is_an_example_per_story() -> None:
         "compile_resnet",
         "spdnet_eeg",
         "style_transfer",
+        "rotations",
     } <= names
 
 
