@@ -281,3 +281,24 @@ def test_a_second_derivative_is_refused_never_silently_wrong(name: str) -> None:
     torch.testing.assert_close(grad.detach(), leaf.grad)  # the first derivative unchanged
     with pytest.raises(se.NotDifferentiableError, match="second derivatives"):
         torch.autograd.grad(grad.sum(), A)
+
+
+@pytest.mark.parametrize("name", ["polar", "svd_funm", "special_orthogonalize", "procrustes"])
+def test_compiled_whole_with_the_checks_on_equals_eager(name: str) -> None:
+    """fullgraph=True (0 graph breaks): the backward's checks become in-graph assertions."""
+    apply = {
+        "polar": se.polar,
+        "svd_funm": lambda X: se.svd_funm(X, torch.tanh),
+        "special_orthogonalize": se.special_orthogonalize,
+        "procrustes": lambda X: se.procrustes(X, X.detach() + 0.1).rotation,
+    }[name]
+    A = _randn(19, 4, 3, 3)
+    G = _randn(20, 4, 3, 3)
+    torch._dynamo.reset()
+    compiled = torch.compile(apply, fullgraph=True, backend="aot_eager")
+    leaf_c, leaf_e = A.clone().requires_grad_(), A.clone().requires_grad_()
+    out_c, out_e = compiled(leaf_c), apply(leaf_e)
+    (G * out_c).sum().backward()
+    (G * out_e).sum().backward()
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(leaf_c.grad, leaf_e.grad)

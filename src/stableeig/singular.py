@@ -103,13 +103,19 @@ class _SingularFunction(Function):
         if U.shape[-2] > U.shape[-1]:  # m > n: the part of G outside U's columns
             outside = grad_F @ V - U @ G_hat
             grad_A = grad_A + (outside * scaled[..., None, :]) @ Vh
-        if checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
+        expected = (
+            f"{ctx.name} backward: expected σᵢ + σⱼ > 0 for every pair of singular values, "
+            "or f(0) = 0"
+        )
+        if torch.compiler.is_compiling():  # an assertion in the graph, no host sync
+            defined = torch.isfinite(total).all() & torch.isfinite(scaled).all()
+            checks.assert_in_graph(defined, expected)
+        elif checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
             defined = bool(torch.isfinite(total).all()) and bool(torch.isfinite(scaled).all())
             if not defined:
                 raise NotDifferentiableError(
-                    f"{ctx.name} backward: expected σᵢ + σⱼ > 0 for every pair of singular "
-                    f"values, or f(0) = 0 (got a zero singular value, smallest "
-                    f"{float(s.amin()):.3g}: the result is not unique at a rank-deficient A)"
+                    f"{expected} (got a zero singular value, smallest {float(s.amin()):.3g}: "
+                    "the result is not unique at a rank-deficient A)"
                 )
         if torch.is_grad_enabled():  # create_graph: refuse a second derivative
             grad_A = _FirstOrderOnly.apply(grad_A, ctx.name)
@@ -311,14 +317,19 @@ class _UndefinedGate(Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         (defined,) = ctx.saved_tensors
-        if ctx.policy == "raise" and checks.host_checks_enabled(defined):
-            if not bool(defined.all()):
+        if ctx.policy == "raise":
+            why = (
+                "matrices with det < 0 and the two smallest singular values tied, or rank "
+                "<= n - 2); pass undefined='zero' for a zero gradient there"
+            )
+            if torch.compiler.is_compiling():  # an assertion in the graph, no host sync
+                message = f"{ctx.name} backward: expected a unique rotation (got {why}"
+                checks.assert_in_graph(defined.all(), message)
+            elif checks.host_checks_enabled(defined) and not bool(defined.all()):
                 count = int((~defined).sum())
                 raise NotDifferentiableError(
                     f"{ctx.name} backward: expected a unique rotation (got {count} of "
-                    f"{defined.numel()} matrices with det < 0 and the two smallest singular "
-                    "values tied, or rank <= n - 2); pass undefined='zero' for a zero "
-                    "gradient there"
+                    f"{defined.numel()} {why}"
                 )
             return grad, None, None, None
         return torch.where(defined[..., None, None], grad, torch.zeros_like(grad)), None, None, None
