@@ -1,0 +1,243 @@
+"""Gradients and speed of the rotation / polar maps against the code people use (issue 40).
+
+    python benchmarks/svd.py [--quick]
+
+Accuracy: the gradient of ``⟨G, R(A)⟩`` for the nearest rotation ``R`` (the 9-D map) at the
+points where the SVD's gradient is in question, against an independent reference: central
+differences of the same map computed with mpmath's SVD at 60 digits (step 1e-25; ``R`` is
+smooth there, so the reference does not depend on the SVD's basis). Methods:
+``se.special_orthogonalize``, the copied code (``torch.linalg.svd`` autograd with the
+determinant flip), RoMa's ``special_procrustes`` (``pip install roma --no-deps``).
+
+Speed: forward + backward, median of interleaved repeats, ratio to the copied code, one
+thread: ``B × 3×3`` rotations, and the polar factor of 64×64 and 512×256 matrices.
+
+Writes ``results/bench_svd.md`` and ``results/bench_svd.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+import stableeig as se
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copied_rotation(M: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(M)
+    flip = torch.ones_like(U[..., 0, :])
+    flip[..., -1] = torch.sign(torch.linalg.det(U @ Vh))
+    return (U * flip[..., None, :]) @ Vh
+
+
+def copied_polar(M: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(M, full_matrices=False)
+    return U @ Vh
+
+
+def roma_rotation() -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    try:
+        import roma
+    except ImportError:
+        return None
+    return lambda M: roma.special_procrustes(M)
+
+
+def _rotation(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    return Q * torch.linalg.det(Q).sign()
+
+
+def points(quick: bool) -> dict[str, torch.Tensor]:
+    diagonal = lambda *v: torch.diag(torch.tensor(v, dtype=torch.float64))  # noqa: E731
+    chosen = {
+        "I₃": torch.eye(3, dtype=torch.float64),
+        "diag(2,1,1)": diagonal(2.0, 1.0, 1.0),
+        "exact rotation": _rotation(0),
+        "diag(2,1,0)": diagonal(2.0, 1.0, 0.0),
+        "generic": torch.randn(
+            3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+        ),
+    }
+    for gap in (1e-3, 1e-6) if quick else (1e-3, 1e-6, 1e-9, 1e-12):
+        chosen[f"gap {gap:g}"] = _rotation(2) @ diagonal(2.0, 1.0 + gap, 1.0) @ _rotation(3)
+    return chosen
+
+
+def reference_gradient(A: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """∂⟨G, R(A)⟩/∂A by central differences of mpmath's 60-digit SVD, step 1e-25."""
+    import mpmath
+
+    mpmath.mp.dps = 60
+
+    def rotation(M: Any) -> Any:
+        U, _, V = mpmath.svd_r(M)
+        d = mpmath.sign(mpmath.det(U * V))
+        flip = mpmath.diag([1, 1, d])
+        return U * flip * V
+
+    base = mpmath.matrix(A.tolist())
+    weights = mpmath.matrix(G.tolist())
+    h = mpmath.mpf("1e-25")
+    grad = torch.zeros(3, 3, dtype=torch.float64)
+    for i in range(3):
+        for j in range(3):
+            up, down = base.copy(), base.copy()
+            up[i, j] += h
+            down[i, j] -= h
+            difference = rotation(up) - rotation(down)
+            value = sum(weights[a, b] * difference[a, b] for a in range(3) for b in range(3))
+            grad[i, j] = float(value / (2 * h))
+    return grad
+
+
+def gradient(method: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor,
+             G: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    leaf = A.clone().requires_grad_()
+    (G * method(leaf)).sum().backward()
+    assert leaf.grad is not None
+    return leaf.grad
+
+
+def accuracy(quick: bool) -> list[dict[str, Any]]:
+    G = torch.randn(3, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    methods = {"stableeig": se.special_orthogonalize, "torch.linalg.svd (copied)": copied_rotation}
+    roma = roma_rotation()
+    if roma is not None:
+        methods["RoMa special_procrustes"] = roma
+    rows = []
+    for name, A in points(quick).items():
+        expected = reference_gradient(A, G)
+        for method, apply in methods.items():
+            try:
+                got = gradient(apply, A, G)
+                finite = bool(torch.isfinite(got).all())
+                error = float((got - expected).norm() / expected.norm()) if finite else None
+                outcome = "finite" if finite else "NaN/Inf"
+            except se.StableEigError as raised:
+                error, outcome = None, type(raised).__name__
+            rows.append({"point": name, "method": method, "outcome": outcome, "error": error})
+    return rows
+
+
+def _time(call: Callable[[], None], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - tick)
+    return times
+
+
+def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)
+    cases: list[tuple[str, tuple[int, ...], dict[str, Callable[[torch.Tensor], torch.Tensor]]]]
+    rotations = {
+        "stableeig": se.special_orthogonalize,
+        "stableeig, float32 compute": lambda M: se.special_orthogonalize(
+            M, compute_dtype=torch.float32
+        ),
+        "copied": copied_rotation,
+    }
+    roma = roma_rotation()
+    if roma is not None:
+        rotations["RoMa"] = roma
+    polars = {
+        "stableeig": se.polar,
+        "stableeig, float32 compute": lambda M: se.polar(M, compute_dtype=torch.float32),
+        "copied": copied_polar,
+    }
+    batches = (64, 1024) if quick else (64, 1024, 16384, 100_000)
+    cases = [(f"{b} × 3×3 rotation", (b, 3, 3), rotations) for b in batches]
+    cases += [("64×64 polar", (64, 64), polars), ("512×256 polar", (512, 256), polars)]
+    rows = []
+    for label, shape, methods in cases:
+        A = torch.randn(*shape, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+        G = torch.randn_like(A)
+
+        def run(
+            apply: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor = A,
+            G: torch.Tensor = G,
+        ) -> Callable[[], None]:  # fmt: skip
+            def call() -> None:
+                leaf = A.clone().requires_grad_()
+                (G * apply(leaf)).sum().backward()
+
+            return call
+
+        for apply in methods.values():
+            run(apply)()  # warm-up
+        samples: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(repeats):  # interleaved: the machine's drift hits every method alike
+            for name, apply in methods.items():
+                samples[name] += _time(run(apply), 1)
+        base = statistics.median(samples["copied"])
+        for name, times in samples.items():
+            rows.append({"case": label, "method": name, "median_s": statistics.median(times),
+                         "ratio": statistics.median(times) / base})  # fmt: skip
+    return rows
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        "# The rotation and polar maps against the code people use",
+        "",
+        f"`python benchmarks/svd.py`; {result['machine']}, torch {result['torch']}.",
+        "",
+        "## Gradient of ⟨G, R(A)⟩, nearest rotation, float64, relative error against "
+        "60-digit mpmath differences",
+        "",
+    ]
+    methods = list(dict.fromkeys(r["method"] for r in result["accuracy"]))
+    lines += ["| point | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for point in dict.fromkeys(r["point"] for r in result["accuracy"]):
+        cells = []
+        for method in methods:
+            row = next(
+                r for r in result["accuracy"] if r["point"] == point and r["method"] == method
+            )
+            cells.append(f"{row['error']:.1e}" if row["error"] is not None else row["outcome"])
+        lines.append(f"| {point} | " + " | ".join(cells) + " |")
+    lines += ["", "## Forward + backward, float32 input, one thread: median seconds "
+              "(ratio to the copied code)", ""]  # fmt: skip
+    methods = list(dict.fromkeys(r["method"] for r in result["speed"]))
+    lines += ["| case | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for case in dict.fromkeys(r["case"] for r in result["speed"]):
+        cells = []
+        for method in methods:
+            row = next((r for r in result["speed"] if r["case"] == case and r["method"] == method),
+                       None)  # fmt: skip
+            cells.append("—" if row is None else f"{row['median_s']:.3g} ({row['ratio']:.2f}×)")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}",
+        "torch": torch.__version__,
+        "accuracy": accuracy(args.quick),
+        "speed": speed(args.quick, 3 if args.quick else args.repeats),
+    }
+    stem = "bench_svd" + ("_quick" if args.quick else "")
+    (ROOT / "results" / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (ROOT / "results" / f"{stem}.md").write_text(render(result))
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
