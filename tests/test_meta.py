@@ -45,6 +45,8 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "polar": se.polar,
     "special_orthogonalize": se.special_orthogonalize,
     "procrustes": lambda A: se.procrustes(A[0], A[1]),
+    "principal_angles": lambda A: se.principal_angles(A[0][:, :2], A[1][:, :3]),
+    "grassmann_distance": lambda A: se.grassmann_distance(A[0][:, :2], A[1][:, :3]),
     "svd_funm": lambda A: se.svd_funm(A[..., :3], torch.tanh),
 }
 

@@ -6,6 +6,8 @@ unique; the symmetric positive definite case equals ``funm``."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -302,3 +304,50 @@ def test_compiled_whole_with_the_checks_on_equals_eager(name: str) -> None:
     (G * out_e).sum().backward()
     torch.testing.assert_close(out_c, out_e)
     torch.testing.assert_close(leaf_c.grad, leaf_e.grad)
+
+
+# ---------------------------------------------------------------- subspaces
+
+
+def _subspaces(a: float, b: float, seed: int = 21) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bases of two planes in R⁵ at principal angles a and b, rotated at random, with
+    non-orthonormal bases (mixed columns)."""
+    e = torch.eye(5, dtype=torch.float64)
+    X = e[:, :2]
+    Y = torch.stack([math.cos(a) * e[0] + math.sin(a) * e[2],
+                     math.cos(b) * e[1] + math.sin(b) * e[3]], dim=1)  # fmt: skip
+    Q = torch.linalg.qr(_randn(seed, 5, 5))[0]
+    mix = torch.tensor([[2.0, 1.0], [0.5, 1.0]], dtype=torch.float64)
+    return Q @ X @ mix, Q @ Y @ mix.T
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.3, 1.2), (1e-10, 0.5), (1e-12, 1e-12), (0.7, 0.7),
+                                      (0.0, 1.5707963267948966)])  # fmt: skip
+def test_principal_angles_are_accurate_at_both_ends(a: float, b: float) -> None:
+    X, Y = _subspaces(a, b)
+    angles = se.principal_angles(X, Y)
+    expected = torch.tensor(sorted([a, b]), dtype=torch.float64)
+    torch.testing.assert_close(angles, expected, rtol=1e-9, atol=1e-15)
+    arccos_only = torch.acos(torch.linalg.svdvals(
+        torch.linalg.qr(X).Q.mT @ torch.linalg.qr(Y).Q).clamp(max=1)).flip(-1)  # fmt: skip
+    if min(a, b) == 1e-10:  # what arccos alone gives a small angle
+        assert float((arccos_only[0] - 1e-10).abs()) > 1e-9
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.3, 1.2), (0.7, 0.7), (0.4, 0.4)])
+def test_grassmann_distance_gradcheck_also_where_angles_coincide(a: float, b: float) -> None:
+    X, Y = _subspaces(a, b)
+    torch.testing.assert_close(se.grassmann_distance(X, Y),
+                               torch.tensor(math.hypot(a, b), dtype=torch.float64))  # fmt: skip
+    assert torch.autograd.gradcheck(se.grassmann_distance, (X.requires_grad_(), Y.requires_grad_()))
+
+
+def test_identical_subspaces_are_at_distance_0_with_a_zero_gradient() -> None:
+    X, _ = _subspaces(0.3, 0.5)
+    Y = (X @ torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)).requires_grad_()
+    distance = se.grassmann_distance(X, Y)
+    distance.backward()
+    assert float(distance) < 1e-7 and Y.grad is not None
+    assert bool(torch.isfinite(Y.grad).all())
+    with pytest.raises(se.ShapeError, match=r"Y: expected 5 rows"):
+        se.principal_angles(X, torch.zeros(4, 2, dtype=torch.float64))

@@ -63,7 +63,9 @@ _EXPORTS: dict[str, str] = {
     "top_k_projector": ".spectral",
     "FeatureStatistics": ".streaming",
     "ProcrustesResult": ".singular",
+    "grassmann_distance": ".singular",
     "polar": ".singular",
+    "principal_angles": ".singular",
     "procrustes": ".singular",
     "special_orthogonalize": ".singular",
     "svd_funm": ".singular",
@@ -99,7 +101,15 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .means import airm_geodesic, airm_mean, log_euclidean_mean
     from .power_iteration import power_iteration_eigh
     from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
-    from .singular import ProcrustesResult, polar, procrustes, special_orthogonalize, svd_funm
+    from .singular import (
+        ProcrustesResult,
+        grassmann_distance,
+        polar,
+        principal_angles,
+        procrustes,
+        special_orthogonalize,
+        svd_funm,
+    )
     from .spectral import inv_sqrtm, sqrtm, top_k_projector
     from .streaming import FeatureStatistics
     from .transfer import whiten_colour
@@ -171,6 +181,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "funm",
+    "grassmann_distance",
     "host_checks",
     "inv_sqrtm",
     "log_euclidean_distance",
@@ -181,6 +192,7 @@ __all__ = [
     "polar",
     "power_iteration_eigh",
     "powm",
+    "principal_angles",
     "procrustes",
     "rules",
     "softplusm",
