@@ -279,6 +279,20 @@ SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training", "comp
 USERS_SECTIONS = ("calls", "embeddings", "spdnet", "fid", "precision", "compiled")  # bench.users
 
 
+def _bench_svd(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import svd
+
+    torch.set_num_threads(args.threads)
+    result = svd.measure(quick=args.quick, repeats=args.repeats)
+    stem = "bench_svd" + ("_quick" if args.quick else "")
+    svd.write(result, Path(args.results), stem)
+    print(svd.render(result))
+    print(f"wrote {args.results}/{stem}.json, .md")
+    return 0
+
+
 def _bench_spectral(args: argparse.Namespace) -> int:
     import torch
 
@@ -622,6 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
     timed_options(speed_parser, "timed repeats", SPEED_PARTS, "all; placement needs a GPU")
     speed_parser.add_argument(
         "--device", type=_device, default="cpu", help="cpu or cuda (default: cpu)"
+    )
+    svd_parser = bench_command(
+        "svd", "rotations and polar factors vs torch.linalg.svd autograd and RoMa: gradient "
+        "accuracy against mpmath, speed (JSON, MD)", _bench_svd, "fewer points and sizes (smoke)",
+    )  # fmt: skip
+    svd_parser.add_argument(
+        "--repeats", type=_at_least(1), default=7, help="timed repeats (default: 7)"
     )
     users_parser = bench_command(
         "users",

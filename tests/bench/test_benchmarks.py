@@ -105,6 +105,21 @@ def test_demo_mechanism_shows_analytic_failing_at_a_tie_and_the_others_finite() 
     assert tail == {"analytic": "NON-FINITE", "power": "finite", "loewner": "finite"}
 
 
+def test_bench_svd_quick_shows_ours_exact_where_the_copied_svd_is_nan(tmp_path: Path) -> None:
+    pytest.importorskip("mpmath")
+    from stableeig import cli
+
+    assert cli.main(["bench", "svd", "--quick", f"--results={tmp_path}", "--quiet"]) == 0
+    result = json.loads((tmp_path / "bench_svd_quick.json").read_text())
+    ours = [r for r in result["accuracy"] if r["method"] == "stableeig"]
+    assert ours and all(r["outcome"] == "finite" and r["error"] < 1e-12 for r in ours)
+    copied = {r["point"]: r["outcome"] for r in result["accuracy"]
+              if r["method"] == "torch.linalg.svd (copied)"}  # fmt: skip
+    assert copied["I₃"] == "NaN/Inf" and copied["exact rotation"] == "NaN/Inf"
+    assert {r["case"] for r in result["speed"]} >= {"64 × 3×3 rotation", "64×64 polar"}
+    assert "| I₃ |" in (tmp_path / "bench_svd_quick.md").read_text()
+
+
 def test_bench_spectral_quick_meets_the_accuracy_target(tmp_path: Path) -> None:
     pytest.importorskip("mpmath")
     from stableeig.bench import spectral

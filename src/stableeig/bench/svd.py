@@ -1,6 +1,5 @@
-"""Gradients and speed of the rotation / polar maps against the code people use (issue 40).
-
-    python benchmarks/svd.py [--quick]
+"""``stableeig bench svd``: gradients and speed of the rotation / polar maps against the
+code people use (issue 40).
 
 Accuracy: the gradient of ``⟨G, R(A)⟩`` for the nearest rotation ``R`` (the 9-D map) at the
 points where the SVD's gradient is in question, against an independent reference: central
@@ -12,12 +11,11 @@ determinant flip), RoMa's ``special_procrustes`` (``pip install roma --no-deps``
 Speed: forward + backward, median of interleaved repeats, ratio to the copied code, one
 thread: ``B × 3×3`` rotations, and the polar factor of 64×64 and 512×256 matrices.
 
-Writes ``results/bench_svd.md`` and ``results/bench_svd.json``.
+Writes ``bench_svd.md`` and ``bench_svd.json`` (``--quick``: ``bench_svd_quick.*``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -29,7 +27,11 @@ import torch
 
 import stableeig as se
 
-ROOT = Path(__file__).resolve().parents[1]
+from .files import make_dirs, write_text
+
+__all__ = ["accuracy", "measure", "render", "speed", "write"]
+
+Method = Callable[[torch.Tensor], torch.Tensor]
 
 
 def copied_rotation(M: torch.Tensor) -> torch.Tensor:
@@ -111,7 +113,10 @@ def gradient(method: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor,
 
 def accuracy(quick: bool) -> list[dict[str, Any]]:
     G = torch.randn(3, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    methods = {"stableeig": se.special_orthogonalize, "torch.linalg.svd (copied)": copied_rotation}
+    methods: dict[str, Method] = {
+        "stableeig": se.special_orthogonalize,
+        "torch.linalg.svd (copied)": copied_rotation,
+    }
     roma = roma_rotation()
     if roma is not None:
         methods["RoMa special_procrustes"] = roma
@@ -141,8 +146,7 @@ def _time(call: Callable[[], None], repeats: int) -> list[float]:
 
 def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
-    cases: list[tuple[str, tuple[int, ...], dict[str, Callable[[torch.Tensor], torch.Tensor]]]]
-    rotations = {
+    rotations: dict[str, Method] = {
         "stableeig": se.special_orthogonalize,
         "stableeig, float32 compute": lambda M: se.special_orthogonalize(
             M, compute_dtype=torch.float32
@@ -152,13 +156,15 @@ def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
     roma = roma_rotation()
     if roma is not None:
         rotations["RoMa"] = roma
-    polars = {
+    polars: dict[str, Method] = {
         "stableeig": se.polar,
         "stableeig, float32 compute": lambda M: se.polar(M, compute_dtype=torch.float32),
         "copied": copied_polar,
     }
     batches = (64, 1024) if quick else (64, 1024, 16384, 100_000)
-    cases = [(f"{b} × 3×3 rotation", (b, 3, 3), rotations) for b in batches]
+    cases: list[tuple[str, tuple[int, ...], dict[str, Method]]] = [
+        (f"{b} × 3×3 rotation", (b, 3, 3), rotations) for b in batches
+    ]
     cases += [("64×64 polar", (64, 64), polars), ("512×256 polar", (512, 256), polars)]
     rows = []
     for label, shape, methods in cases:
@@ -192,7 +198,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         "# The rotation and polar maps against the code people use",
         "",
-        f"`python benchmarks/svd.py`; {result['machine']}, torch {result['torch']}.",
+        f"`stableeig bench svd`; {result['machine']}, torch {result['torch']}.",
         "",
         "## Gradient of ⟨G, R(A)⟩, nearest rotation, float64, relative error against "
         "60-digit mpmath differences",
@@ -222,22 +228,17 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-    result = {
+def measure(quick: bool = False, repeats: int = 7) -> dict[str, Any]:
+    """Both tables' rows, with the machine and torch version."""
+    return {
         "machine": f"{platform.processor() or platform.machine()}",
         "torch": torch.__version__,
-        "accuracy": accuracy(args.quick),
-        "speed": speed(args.quick, 3 if args.quick else args.repeats),
+        "accuracy": accuracy(quick),
+        "speed": speed(quick, 3 if quick else repeats),
     }
-    stem = "bench_svd" + ("_quick" if args.quick else "")
-    (ROOT / "results" / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (ROOT / "results" / f"{stem}.md").write_text(render(result))
-    print(render(result))
 
 
-if __name__ == "__main__":
-    main()
+def write(result: dict[str, Any], folder: Path, stem: str = "bench_svd") -> None:
+    make_dirs(folder, "results folder")
+    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    write_text(folder / f"{stem}.md", render(result))
