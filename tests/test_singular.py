@@ -351,3 +351,22 @@ def test_identical_subspaces_are_at_distance_0_with_a_zero_gradient() -> None:
     assert bool(torch.isfinite(Y.grad).all())
     with pytest.raises(se.ShapeError, match=r"Y: expected 5 rows"):
         se.principal_angles(X, torch.zeros(4, 2, dtype=torch.float64))
+
+
+def test_parameters_held_by_f_receive_their_gradient() -> None:
+    """A learned singular-value threshold: ∂/∂τ of ⟨G, U relu(Σ - τ) Vᵀ⟩ = -Σ over the kept
+    σ of uᵢᵀ G vᵢ (a parameter inside f was silently detached before)."""
+    A = _randn(22, 5, 4)
+    G = _randn(23, 5, 4)
+    tau = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    leaf = A.clone().requires_grad_()
+    (G * se.svd_funm(leaf, lambda s: torch.relu(s - tau))).sum().backward()
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    kept = s > 0.8
+    expected = -((U.mT @ G @ Vh.mT).diagonal() * kept).sum()
+    assert tau.grad is not None
+    torch.testing.assert_close(tau.grad, expected)
+    assert torch.autograd.gradcheck(
+        lambda t: se.svd_funm(A, lambda s: torch.relu(s - t)),
+        (tau.detach().clone().requires_grad_(),),
+    )

@@ -146,7 +146,8 @@ def svd_funm(
 
     Args:
         A: real matrices (..., m, n), m, n >= 1; float16 … float64.
-        f: elementwise function of the singular values (a tensor in, a tensor out).
+        f: elementwise function of the singular values (a tensor in, a tensor out); tensors
+            it holds that require grad (a learned threshold) receive their gradient.
         df: its derivative. Default: None (forward-mode autograd of ``f``).
         compute_dtype: least working precision. Default: None (float64).
 
@@ -208,7 +209,11 @@ def _apply(
     with autocast_off(A.device):
         X = A.to(work)
         X = X.mT if wide else X  # F(Aᵀ) = F(A)ᵀ: one path, m >= n
-        F = _SingularFunction.apply(X, f, df, name)[0]
+        F, U, s, Vh = _SingularFunction.apply(X, f, df, name)
+        values = f(s.detach())
+        if values.requires_grad:  # f holds parameters (a learned threshold): their gradient
+            change = values - values.detach()  # U (∂f/∂θ)(Σ) Vᵀ, 0 in value
+            F = F + (U.detach() * change[..., None, :]) @ Vh.detach()
     return (F.mT if wide else F).to(A.dtype)
 
 
