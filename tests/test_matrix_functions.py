@@ -264,3 +264,24 @@ def test_funm_in_float32_keeps_the_float32_floor_where_f_is_flat(gap: float) -> 
     ours = gradient(torch.float32)
     ratio = (ours - expected).norm() / (floor - expected).norm()
     assert ratio <= 2.0, float(ratio)
+
+
+def test_parameters_held_by_f_receive_their_gradient() -> None:
+    """A learned threshold inside funm's f: its gradient V (∂f/∂τ)(Λ) Vᵀ (0.8.1 detached
+    it: the result did not require grad, or the gradient was silently missing)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    A = X @ X.T
+    tau = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    G = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    leaf = A.clone().requires_grad_()
+    (G * se.funm(leaf, lambda w: torch.nn.functional.softplus(w - tau))).sum().backward()
+    w, V = torch.linalg.eigh(A)
+    slope = -torch.sigmoid(w - 1.5)  # ∂/∂τ softplus(w - τ)
+    expected = ((V.T @ G @ V).diagonal() * slope).sum()
+    assert tau.grad is not None
+    torch.testing.assert_close(tau.grad, expected)
+    start = tau.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: se.funm(A, lambda w: torch.nn.functional.softplus(w - t)), (start,)
+    )

@@ -190,6 +190,7 @@ class SpectralFunction:
     values: Callable[[torch.Tensor], torch.Tensor]  # (..., n) -> (..., n)
     loewner: Callable[[torch.Tensor], torch.Tensor]  # (..., n) -> (..., n, n)
     undefined_gradient: Callable[[torch.Tensor], str]  # why L is infinite at these w
+    user_defined: bool = False  # f may hold tensors that require grad (``funm``'s closures)
 
 
 class _LoewnerReverse(Function):

@@ -197,7 +197,9 @@ def funm(
             return divided_differences(w, f, df)
         return divided_differences(w.to(wide), f, df).to(w.dtype)
 
-    function = _function("funm", f, loewner, "f has no finite derivative at an eigenvalue of A")
+    function = SpectralFunction(
+        "funm", f, loewner, lambda w: "f has no finite derivative at an eigenvalue of A", True
+    )
     return apply_spectral(A, function, backward, compute_dtype, check_symmetric)
 
 

@@ -213,7 +213,11 @@ def spectral_unchecked(
         if rule.kind != "spectral":  # eigenvector and decomposition rules
             w, V = decompose_by_rule(symmetric, rule)
             return compose(V, function.values(w)), w
-        F, w, _ = loewner_function(symmetric, function, grad_dtype or symmetric.dtype)
+        F, w, V = loewner_function(symmetric, function, grad_dtype or symmetric.dtype)
+        if function.user_defined:  # parameters held by f: their gradient V (∂f/∂θ)(Λ) Vᵀ
+            values = function.values(w.detach())
+            if values.requires_grad:
+                F = F + compose(V.detach(), values - values.detach())
         return F, w
 
 
