@@ -112,19 +112,25 @@ class _SingularFunction(Function):
             outside = grad_F @ V - U @ G_hat
             grad_A = grad_A + (outside * scaled[..., None, :]) @ Vh
         expected = (
-            f"{ctx.name} backward: expected σᵢ + σⱼ > 0 for every pair of singular values, "
-            "or f(0) = 0"
+            f"{ctx.name} backward: expected a finite derivative of f at every singular value "
+            "and σᵢ + σⱼ > 0 for every pair, or f(0) = 0"
         )
         if torch.compiler.is_compiling():  # an assertion in the graph, no host sync
-            defined = torch.isfinite(total).all() & torch.isfinite(scaled).all()
-            checks.assert_in_graph(defined, expected)
-        elif checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
-            defined = bool(torch.isfinite(total).all()) and bool(torch.isfinite(scaled).all())
-            if not defined:
-                raise NotDifferentiableError(
-                    f"{expected} (got a zero singular value, smallest {float(s.amin()):.3g}: "
-                    "the result is not unique at a rank-deficient A)"
-                )
+            fine = torch.isfinite(grad_A).all() | ~torch.isfinite(grad_F).all()
+            checks.assert_in_graph(fine, expected)
+        elif (
+            checks.host_checks_enabled(grad_A)
+            and not checks.all_finite(grad_A)
+            and checks.all_finite(grad_F)  # a non-finite incoming gradient is not ours to judge
+        ):
+            zero = bool(torch.isfinite(total).all()) and bool(torch.isfinite(scaled).all())
+            why = (
+                "an infinite derivative of f at a singular value"
+                if zero
+                else f"a zero singular value, smallest {float(s.amin()):.3g}: the result is "
+                "not unique at a rank-deficient A"
+            )
+            raise NotDifferentiableError(f"{expected} (got {why})")
         if torch.is_grad_enabled():  # create_graph: refuse a second derivative
             grad_A = _FirstOrderOnly.apply(grad_A, ctx.name)
         return grad_A, None, None, None
