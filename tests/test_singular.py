@@ -378,3 +378,26 @@ def test_an_infinite_derivative_of_f_raises_never_nan() -> None:
     F = se.svd_funm(A, lambda s: (s - 1).abs().sqrt())
     with pytest.raises(se.NotDifferentiableError, match="infinite derivative of f"):
         F.sum().backward()
+
+
+def test_thresholding_and_clipping_values_gradients_and_learned_parameters() -> None:
+    A = _randn(24, 6, 4)
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    torch.testing.assert_close(se.singular_value_threshold(A, 0.9), (U * (s - 0.9).relu()) @ Vh)
+    torch.testing.assert_close(se.spectral_clip(A, 1.2), (U * s.clamp(max=1.2)) @ Vh)
+    start = A.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda X: se.singular_value_threshold(X, 0.9), (start,))
+    assert torch.autograd.gradcheck(lambda X: se.spectral_clip(X, 1.2), (start,))
+    # the identity: every singular value tied, thresholded or clipped together
+    eye = torch.eye(3, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda X: se.singular_value_threshold(X, 0.5), (eye,))
+    tau = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    se.singular_value_threshold(A, tau).sum().backward()
+    kept = s > 0.9
+    expected = -((U.mT @ torch.ones_like(A) @ Vh.mT).diagonal() * kept).sum()
+    assert tau.grad is not None
+    torch.testing.assert_close(tau.grad, expected)
+    with pytest.raises(se.ArgumentError, match="tau"):
+        se.singular_value_threshold(A, -1.0)
+    with pytest.raises(se.ShapeError, match="0-dim"):
+        se.spectral_clip(A, torch.ones(2, dtype=torch.float64))

@@ -32,7 +32,9 @@ __all__ = [
     "polar",
     "principal_angles",
     "procrustes",
+    "singular_value_threshold",
     "special_orthogonalize",
+    "spectral_clip",
     "svd_funm",
 ]
 
@@ -550,3 +552,60 @@ def grassmann_distance(
     squared = angles.square().sum(-1)
     positive = squared > 0
     return torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
+
+
+def _scalar(name: str, value: object, minimum: float) -> torch.Tensor | float:
+    """A number, or a 0-dim floating tensor (which may require grad), at least ``minimum``."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or not value.is_floating_point():
+            raise ShapeError(
+                f"{name}: expected a number or a 0-dim floating tensor (got a tensor of shape "
+                f"{tuple(value.shape)} and dtype {value.dtype})"
+            )
+        checks.check_finite(name, value)
+        if checks.host_checks_enabled(value) and float(value.detach()) < minimum:
+            raise ArgumentError(f"{name}: expected a value >= {minimum} (got {float(value):g})")
+        return value
+    return checks.check_in_range(name, value, minimum, float("inf"))
+
+
+def singular_value_threshold(
+    A: torch.Tensor,
+    tau: float | torch.Tensor,
+    *,
+    compute_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The proximal operator of ``τ ‖·‖_*``: ``U max(Σ - τ, 0) Vᵀ`` (..., m, n), the step of
+    nuclear-norm regularized solvers (matrix completion, robust PCA), with the exact
+    gradient (:func:`svd_funm`), finite where the singular values tie — below the threshold
+    they all tie at 0 after it. ``tau`` may be a 0-dim tensor that requires grad (a learned
+    threshold): it receives its gradient.
+
+    Examples:
+        >>> import torch, stableeig as se
+        >>> A = torch.diag(torch.tensor([3.0, 1.0, 0.5]))
+        >>> [round(v, 4) for v in se.singular_value_threshold(A, 0.8).diagonal().tolist()]
+        [2.2, 0.2, 0.0]
+    """
+    threshold = _scalar("singular_value_threshold: tau", tau, 0.0)
+    return svd_funm(A, lambda s: torch.relu(s - threshold), compute_dtype=compute_dtype)
+
+
+def spectral_clip(
+    A: torch.Tensor,
+    max_value: float | torch.Tensor,
+    *,
+    compute_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """``U min(Σ, c) Vᵀ`` (..., m, n): every singular value clipped at ``c`` (spectral-norm
+    control of a weight, a Lipschitz bound), with the exact gradient (:func:`svd_funm`),
+    finite where the clipped singular values tie at ``c``. ``max_value`` may be a 0-dim
+    tensor that requires grad.
+
+    Examples:
+        >>> import torch, stableeig as se
+        >>> se.spectral_clip(torch.diag(torch.tensor([3.0, 1.0])), 2.0).diagonal().tolist()
+        [2.0, 1.0]
+    """
+    clip = _scalar("spectral_clip: max_value", max_value, 0.0)
+    return svd_funm(A, lambda s: torch.clamp(s, max=clip), compute_dtype=compute_dtype)
