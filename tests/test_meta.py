@@ -43,6 +43,7 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "log_euclidean_mean": se.log_euclidean_mean,
     "airm_geodesic": lambda A: se.airm_geodesic(A[0], A[1], 0.3),
     "polar": se.polar,
+    "low_rank": lambda A: se.low_rank(A, 2),
     "singular_value_threshold": lambda A: se.singular_value_threshold(A, 0.5),
     "spectral_clip": lambda A: se.spectral_clip(A, 2.0),
     "special_orthogonalize": se.special_orthogonalize,

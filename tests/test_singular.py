@@ -285,10 +285,13 @@ def test_a_second_derivative_is_refused_never_silently_wrong(name: str) -> None:
         torch.autograd.grad(grad.sum(), A)
 
 
-@pytest.mark.parametrize("name", ["polar", "svd_funm", "special_orthogonalize", "procrustes"])
+@pytest.mark.parametrize(
+    "name", ["polar", "svd_funm", "special_orthogonalize", "procrustes", "low_rank"]
+)
 def test_compiled_whole_with_the_checks_on_equals_eager(name: str) -> None:
     """fullgraph=True (0 graph breaks): the backward's checks become in-graph assertions."""
     apply = {
+        "low_rank": lambda X: se.low_rank(X, 2),
         "polar": se.polar,
         "svd_funm": lambda X: se.svd_funm(X, torch.tanh),
         "special_orthogonalize": se.special_orthogonalize,
@@ -401,3 +404,30 @@ def test_thresholding_and_clipping_values_gradients_and_learned_parameters() -> 
         se.singular_value_threshold(A, -1.0)
     with pytest.raises(se.ShapeError, match="0-dim"):
         se.spectral_clip(A, torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("point", ["tall 5x3", "wide 2x4", "batch", "diag(3,2,2,1)"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_low_rank_values_and_exact_gradients(point: str, k: int) -> None:
+    A = _diagonal(3.0, 2.0, 2.0, 1.0) if point == "diag(3,2,2,1)" else POINTS[point]()
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    expected = (U[..., :, :k] * s[..., None, :k]) @ Vh[..., :k, :]
+    torch.testing.assert_close(se.low_rank(A, k), expected)
+    if point == "diag(3,2,2,1)" and k == 2:  # the cut inside the tie 2 = 2: not unique
+        leaf = A.clone().requires_grad_()
+        with pytest.raises(se.NotDifferentiableError, match="cut inside tied"):
+            se.low_rank(leaf, k).sum().backward()
+        return
+    assert torch.autograd.gradcheck(lambda X: se.low_rank(X, k), (A.clone().requires_grad_(),))
+
+
+def test_low_rank_zero_policy_and_errors() -> None:
+    tied = _diagonal(3.0, 2.0, 2.0)
+    batch = torch.stack([tied, _randn(25, 3, 3)]).requires_grad_()
+    se.low_rank(batch, 2, undefined="zero").sum().backward()
+    assert batch.grad is not None and float(batch.grad[0].abs().max()) == 0.0
+    alone = batch[1].detach().clone().requires_grad_()
+    se.low_rank(alone, 2).sum().backward()
+    torch.testing.assert_close(batch.grad[1], alone.grad)
+    with pytest.raises(se.ArgumentError, match="k"):
+        se.low_rank(tied, 4)

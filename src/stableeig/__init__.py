@@ -64,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "FeatureStatistics": ".streaming",
     "ProcrustesResult": ".singular",
     "grassmann_distance": ".singular",
+    "low_rank": ".singular",
     "polar": ".singular",
     "principal_angles": ".singular",
     "procrustes": ".singular",
@@ -106,6 +107,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .singular import (
         ProcrustesResult,
         grassmann_distance,
+        low_rank,
         polar,
         principal_angles,
         procrustes,
@@ -191,6 +193,7 @@ __all__ = [
     "log_euclidean_distance",
     "log_euclidean_mean",
     "logm",
+    "low_rank",
     "nn",
     "nuclear_norm",
     "polar",

@@ -29,6 +29,7 @@ from .matrix_functions import _derivative, divided_differences
 __all__ = [
     "ProcrustesResult",
     "grassmann_distance",
+    "low_rank",
     "polar",
     "principal_angles",
     "procrustes",
@@ -310,48 +311,50 @@ def special_orthogonalize(
     return _special(A, undefined, compute_dtype, "special_orthogonalize")
 
 
+_ROTATION = (
+    "{name} backward: expected a unique rotation (got {count} matrices with det < 0 and the "
+    "two smallest singular values tied, or rank <= n - 2); pass undefined='zero' for a zero "
+    "gradient there"
+)
+
+
 def _special(
     A: torch.Tensor, undefined: str, compute_dtype: Optional[torch.dtype], name: str
 ) -> torch.Tensor:
     work = working_dtype(A.dtype, compute_dtype)
     with autocast_off(A.device):
         R, defined = _SpecialPolar.apply(A.to(work))[:2]
-        R = _UndefinedGate.apply(R, defined, undefined, name)
+        R = _UndefinedGate.apply(
+            R, defined, undefined, _ROTATION.format(name=name, count="{count}")
+        )
     return R.to(A.dtype)
 
 
 class _UndefinedGate(Function):
-    """Identity forward; backward zeroes (``"zero"``) or refuses (``"raise"``) the gradient
-    of the matrices whose result is not unique (``defined`` False)."""
+    """Identity forward; backward zeroes (``"zero"``) or refuses (``"raise"``, with
+    ``message``, whose ``{count}`` is filled in) the gradient of the matrices whose result
+    is not unique (``defined`` False)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(R: torch.Tensor, defined: torch.Tensor, policy: str, name: str) -> torch.Tensor:
+    def forward(R: torch.Tensor, defined: torch.Tensor, policy: str, message: str) -> torch.Tensor:
         return R.view_as(R)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        _, defined, ctx.policy, ctx.name = inputs
+        _, defined, ctx.policy, ctx.message = inputs
         ctx.save_for_backward(defined)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         (defined,) = ctx.saved_tensors
         if ctx.policy == "raise":
-            why = (
-                "matrices with det < 0 and the two smallest singular values tied, or rank "
-                "<= n - 2); pass undefined='zero' for a zero gradient there"
-            )
             if torch.compiler.is_compiling():  # an assertion in the graph, no host sync
-                message = f"{ctx.name} backward: expected a unique rotation (got {why}"
-                checks.assert_in_graph(defined.all(), message)
+                checks.assert_in_graph(defined.all(), ctx.message.format(count="some"))
             elif checks.host_checks_enabled(defined) and not bool(defined.all()):
-                count = int((~defined).sum())
-                raise NotDifferentiableError(
-                    f"{ctx.name} backward: expected a unique rotation (got {count} of "
-                    f"{defined.numel()} {why}"
-                )
+                count = f"{int((~defined).sum())} of {defined.numel()}"
+                raise NotDifferentiableError(ctx.message.format(count=count))
             return grad, None, None, None
         return torch.where(defined[..., None, None], grad, torch.zeros_like(grad)), None, None, None
 
@@ -609,3 +612,103 @@ def spectral_clip(
     """
     clip = _scalar("spectral_clip: max_value", max_value, 0.0)
     return svd_funm(A, lambda s: torch.clamp(s, max=clip), compute_dtype=compute_dtype)
+
+
+class _Truncation(Function):
+    """``U_k Σ_k V_kᵀ`` of tall or square (..., m, n), m >= n, 1 <= k <= n, with the exact
+    backward: :class:`_SingularFunction`'s formula for ``f(σᵢ) = σᵢ`` on the ``k`` largest
+    and 0 on the rest (by position): ``D⁻`` and ``D⁺`` are 1 within the kept, 0 within the
+    dropped, ``σᵢ / (σᵢ ∓ σⱼ)`` across the cut, which needs ``σ_k > σ_{k+1}``; ``f(σ)/σ``
+    is 1 on the kept, 0 on the dropped. Returns ``(F, defined)``, ``defined`` (...,)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        kept = torch.arange(s.shape[-1], device=s.device) < k
+        F = (U * torch.where(kept, s, torch.zeros_like(s))[..., None, :]) @ Vh
+        if k < s.shape[-1]:
+            gap = s[..., k - 1] - s[..., k]
+            scale = s[..., :1].squeeze(-1).clamp_min(torch.finfo(s.dtype).tiny)
+            defined = gap > s.shape[-1] * torch.finfo(s.dtype).eps * scale
+        else:
+            defined = torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device)
+        return F, defined, U, s, Vh
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        ctx.k = inputs[1]
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(*output[2:])
+
+    @staticmethod
+    def backward(ctx, grad_F, _defined, _U, _s, _Vh):  # type: ignore[no-untyped-def]
+        U, s, Vh = ctx.saved_tensors
+        if grad_F is None:
+            return None, None
+        kept = torch.arange(s.shape[-1], device=s.device) < ctx.k
+        both = kept[:, None] & kept[None, :]
+        across = kept[:, None] ^ kept[None, :]
+        big = torch.where(kept[:, None], s[..., :, None], s[..., None, :])  # the kept one
+        minus = s[..., :, None] - s[..., None, :]
+        plus = s[..., :, None] + s[..., None, :]
+        sign = torch.where(kept[:, None], 1.0, -1.0).to(s.dtype)  # (kept_i - kept_j) order
+        safe = torch.where(across & (minus != 0), minus, torch.ones_like(minus))
+        difference = torch.where(both, 1.0, 0.0).to(s.dtype) + torch.where(
+            across, sign * big / safe, torch.zeros_like(minus)
+        )
+        total = torch.where(both, 1.0, 0.0).to(s.dtype) + torch.where(
+            across & (plus != 0), big / torch.where(plus != 0, plus, torch.ones_like(plus)), 0.0
+        )
+        G_hat = U.mT @ grad_F @ Vh.mT
+        core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
+        grad_A = U @ core @ Vh
+        if U.shape[-2] > U.shape[-1]:
+            outside = grad_F @ Vh.mT - U @ G_hat
+            grad_A = grad_A + (outside * kept.to(s.dtype)) @ Vh
+        if torch.is_grad_enabled():
+            grad_A = _FirstOrderOnly.apply(grad_A, "low_rank")
+        return grad_A, None
+
+
+_CUT = (
+    "low_rank backward: expected σ_k > σ_{{k+1}}, a gap at the cut (got {count} matrices with "
+    "the cut inside tied singular values: the truncation is not unique); pass "
+    "undefined='zero' for a zero gradient there"
+)
+
+
+def low_rank(
+    A: torch.Tensor,
+    k: int,
+    *,
+    undefined: str = "raise",
+    compute_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The best rank-``k`` approximation ``U_k Σ_k V_kᵀ`` of ``A`` (..., m, n) (Eckart–Young),
+    with the exact gradient: finite at ties among the kept and among the dropped singular
+    values; defined only where ``σ_k > σ_{k+1}`` (a gap at the cut, beyond
+    ``min(m, n) · eps · σ₁``). Where the cut falls in a tie, the truncation is not unique:
+    ``undefined="raise"`` raises :class:`~stableeig.NotDifferentiableError` in the backward,
+    ``"zero"`` gives those matrices a zero gradient (the others their exact one).
+
+    Examples:
+        >>> import torch, stableeig as se
+        >>> A = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+        >>> se.low_rank(A, 2).diagonal().tolist()
+        [3.0, 2.0, 0.0]
+    """
+    name = "low_rank"
+    A = _check_matrices(f"{name}: A", A)
+    checks.check_choice(f"{name}: undefined", undefined, ("raise", "zero"))
+    size = min(A.shape[-2], A.shape[-1])
+    checks.check_k(f"{name}: k", k, size)
+    work = working_dtype(A.dtype, compute_dtype)
+    wide = A.shape[-2] < A.shape[-1]
+    with autocast_off(A.device):
+        X = A.to(work)
+        F, defined = _Truncation.apply(X.mT if wide else X, k)[:2]
+        F = _UndefinedGate.apply(F, defined, undefined, _CUT)
+    return (F.mT if wide else F).to(A.dtype)
