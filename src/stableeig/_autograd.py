@@ -302,44 +302,11 @@ def _first_order_backward(
 
 
 def _tie_scale(w: torch.Tensor) -> torch.Tensor:
-    """``δ = ∛eps · max|λ|`` (..., 1, 1): below this spread three eigenvalues count as one
-    point (where a quotient's cancellation ``eps/δ`` and the midpoint rule's ``δ²`` balance
-    at ``eps^(2/3)``: 4e-11 in float64)."""
+    """``δ = ∛eps · max|λ|`` (..., 1, 1): within it eigenvalues count as one point (where a
+    quotient's cancellation ``eps/δ`` and the expansion's ``δ²`` balance at ``eps^(2/3)``:
+    4e-11 in float64)."""
     scale = w.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
     return (torch.finfo(w.dtype).eps ** (1 / 3) * scale)[..., None]
-
-
-def _third_point(
-    x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
-    Lxy: torch.Tensor, Lxz: torch.Tensor, Lyz: torch.Tensor,
-    function: SpectralFunction, delta: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
-    """``f[x, y, z]`` from the (cancellation-free) first divided differences: the quotient
-    ``(L[p, r] - L[q, r]) / (p - q)`` over the pair ``(p, q)`` farthest apart, or, where
-    the three lie within ``δ``, ``f''(c) / 2`` at their centroid ``c`` (the first-order
-    term of the expansion vanishes there: error ``O(spread²)``, not ``O(spread)``)."""
-    gxy, gxz, gyz = x - y, x - z, y - z
-    axy, axz, ayz = gxy.abs(), gxz.abs(), gyz.abs()
-    use_xy = (axy >= axz) & (axy >= ayz)
-    use_xz = ~use_xy & (axz >= ayz)
-    numerator = torch.where(use_xy, Lxz - Lyz, torch.where(use_xz, Lxy - Lyz, Lxy - Lxz))
-    gap = torch.where(use_xy, gxy, torch.where(use_xz, gxz, gyz))
-    close = torch.maximum(torch.maximum(axy, axz), ayz) <= delta
-    quotient = numerator / torch.where(close, torch.ones_like(gap), gap)
-    centroid = (x + y + z) / 3
-    second = _elementwise_derivative(
-        lambda t: _elementwise_derivative(function.values, t), centroid
-    )
-    return torch.where(close, second / 2, quotient)
-
-
-def second_divided_differences(w: torch.Tensor, function: SpectralFunction) -> torch.Tensor:
-    """``T[i, k, j] = f[λᵢ, λₖ, λⱼ]`` (..., n, n, n), every triple by :func:`_third_point`
-    (the reference for :func:`contract_second_differences`, which never forms it)."""
-    L = function.loewner(w)
-    x, y, z = w[..., :, None, None], w[..., None, :, None], w[..., None, None, :]
-    Lxy, Lxz, Lyz = L[..., :, :, None], L[..., :, None, :], L[..., None, :, :]
-    return _third_point(x, y, z, Lxy, Lxz, Lyz, function, _tie_scale(w)[..., None])
 
 
 def contract_second_differences(
