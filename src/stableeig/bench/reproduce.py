@@ -35,7 +35,7 @@ from .files import (
     write_text,
 )
 from .plotting import new_figure, save_figure
-from .training import RunConfig, config_dict, train_run
+from .training import RunConfig, config_dict, is_finite_number, train_run
 
 __all__ = ["PRESETS", "TABLES", "Cell", "TableKind", "render_table", "run_cells", "table_cells"]
 
@@ -313,15 +313,6 @@ def cell_config(cell: Cell, preset: str, device: str = "cpu", **overrides: Any) 
     )
 
 
-def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and low <= value <= high
-    )
-
-
 def _is_count(value: Any, low: int = 0, high: int = 2**31) -> bool:
     return type(value) is int and low <= value <= high
 
@@ -340,7 +331,7 @@ def _is_name(value: Any) -> bool:
 
 def _is_scalar(value: Any) -> bool:
     """A variant's value: a name, a finite number, a bool or None (hashable, printable)."""
-    return value is None or isinstance(value, bool) or _is_number(value) or _is_name(value)
+    return value is None or isinstance(value, bool) or is_finite_number(value) or _is_name(value)
 
 
 ROW_SCHEMA: dict[str, Callable[[Any], bool]] = {
@@ -349,11 +340,11 @@ ROW_SCHEMA: dict[str, Callable[[Any], bool]] = {
     "group_size": lambda v: v is None or _is_count(v, 1, MAX_GROUP_SIZE),
     "seed": _is_count,
     "success": lambda v: isinstance(v, bool),
-    "test_error": lambda v: v is None or _is_number(v, 0, 100),
+    "test_error": lambda v: v is None or is_finite_number(v, 0, 100),
     "failure_step": lambda v: v is None or _is_count(v, 0, MAX_STEPS),
-    "seconds": lambda v: _is_number(v, 0, 1e9),
+    "seconds": lambda v: is_finite_number(v, 0, 1e9),
     "losses": lambda v: isinstance(v, list) and len(v) <= 10**6
-    and all(_is_number(x, 0, MAX_LOSS) for x in v),
+    and all(is_finite_number(x, 0, MAX_LOSS) for x in v),
     "config": lambda v: isinstance(v, dict) and _is_count(v.get("steps"), 1, MAX_STEPS),
 }  # fmt: skip
 """The fields every table reads, with their types and ranges; :func:`row_problem` adds the
@@ -388,10 +379,12 @@ def row_problem(row: Any) -> Optional[str]:
     if row["table"].startswith("ablation_"):
         varied = row["table"].removeprefix("ablation_")
         # the varied value is plotted on a log axis: positive, within a plottable range
-        if not _is_number(variant.get(varied), 1e-30, 1e30) or not _is_name(row.get("preset")):
+        if not is_finite_number(variant.get(varied), 1e-30, 1e30) or not _is_name(
+            row.get("preset")
+        ):
             return f"an ablation row without its varied value {varied!r} or its preset"
     if row["table"] == "wide":
-        if row["group_size"] is None or not _is_number(row.get("seconds_per_step"), 0, 1e9):
+        if row["group_size"] is None or not is_finite_number(row.get("seconds_per_step"), 0, 1e9):
             return "a wide row without its width or seconds_per_step"
         measured = row.get("gradient_errors", [])
         if not isinstance(measured, list) or not all(

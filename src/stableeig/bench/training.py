@@ -314,12 +314,14 @@ def _expected_lr(step: int, config: RunConfig, fresh: _State) -> float:
     return float(config.lr * fresh.schedule.gamma**drops)
 
 
-def _is_finite_number(value: Any, low: float = -math.inf) -> bool:
+def is_finite_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """A finite int or float (not a bool) in ``[low, high]``: the value checks of checkpoints
+    and results rows (``reproduce.row_problem``)."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and value >= low
+        and low <= value <= high
     )
 
 
@@ -334,13 +336,13 @@ def _state_problem(saved: dict[str, Any], config: RunConfig, fresh: _State) -> O
         return f"'step' = {step} is not the end of an epoch"
     if len(losses) != _epoch_ends(step, config) or len(metrics) != len(losses):
         return f"{len(losses)} losses and {len(metrics)} metrics for {step} steps"
-    if not all(_is_finite_number(x, 0.0) for x in losses):
+    if not all(is_finite_number(x, 0.0) for x in losses):
         return "a loss that is not a finite number >= 0"
-    if not _is_finite_number(saved["first_loss"], 0.0):
+    if not is_finite_number(saved["first_loss"], 0.0):
         return f"'first_loss' = {saved['first_loss']!r} is not a finite number >= 0"
     keys = {"step", "epoch", "train_loss", "seconds"}
     for index, (record, loss) in enumerate(zip(metrics, losses)):
-        if set(record) != keys or not all(_is_finite_number(record[k], 0.0) for k in keys):
+        if set(record) != keys or not all(is_finite_number(record[k], 0.0) for k in keys):
             return f"metrics[{index}] is not a record of {', '.join(sorted(keys))}"
         if record["train_loss"] != loss or not isinstance(record["step"], int):
             return f"metrics[{index}] disagrees with the losses"
@@ -364,7 +366,7 @@ def _optimizer_problem(saved: dict[str, Any], config: RunConfig, fresh: _State) 
             if not (
                 isinstance(value, list)
                 and len(value) == len(expected[key])
-                and all(_is_finite_number(v) and math.isclose(v, lr) for v in value)
+                and all(is_finite_number(v) and math.isclose(v, lr) for v in value)
             ):
                 return f"schedule '_last_lr' = {value!r} (expected {lr:g})"  # fmt: skip
         elif key in ("_is_initial", "_get_lr_called_within_step"):
@@ -384,7 +386,7 @@ def _optimizer_problem(saved: dict[str, Any], config: RunConfig, fresh: _State) 
         for key, value in group.items():
             if key in ("lr", "initial_lr"):
                 target = lr if key == "lr" else config.lr
-                if not _is_finite_number(value) or not math.isclose(value, target):
+                if not is_finite_number(value) or not math.isclose(value, target):
                     return f"optimizer {key!r} = {value!r} (expected {target:g})"
             elif type(value) is not type(expected_group[key]) or value != expected_group[key]:
                 return f"optimizer {key!r} = {value!r} (expected {expected_group[key]!r})"
