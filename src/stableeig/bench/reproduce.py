@@ -379,9 +379,8 @@ def row_problem(row: Any) -> Optional[str]:
     if row["table"].startswith("ablation_"):
         varied = row["table"].removeprefix("ablation_")
         # the varied value is plotted on a log axis: positive, within a plottable range
-        if not is_finite_number(variant.get(varied), 1e-30, 1e30) or not _is_name(
-            row.get("preset")
-        ):
+        plottable = is_finite_number(variant.get(varied), 1e-30, 1e30)
+        if not plottable or not _is_name(row.get("preset")):
             return f"an ablation row without its varied value {varied!r} or its preset"
     if row["table"] == "wide":
         if row["group_size"] is None or not is_finite_number(row.get("seconds_per_step"), 0, 1e9):
