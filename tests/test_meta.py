@@ -51,6 +51,9 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "principal_angles": lambda A: se.principal_angles(A[0][:, :2], A[1][:, :3]),
     "grassmann_distance": lambda A: se.grassmann_distance(A[0][:, :2], A[1][:, :3]),
     "svd_funm": lambda A: se.svd_funm(A[..., :3], torch.tanh),
+    "svd": lambda A: se.svd(A[..., :3]),
+    "svdvals": lambda A: se.svdvals(A[..., :3, :]),
+    "schatten_norm": lambda A: se.schatten_norm(A, 3.0),
 }
 
 

@@ -40,7 +40,6 @@ _EXPORTS: dict[str, str] = {
     "ShapeError": ".exceptions",
     "StableEigError": ".exceptions",
     "frechet_distance_from_features": ".features",
-    "nuclear_norm": ".features",
     "clamp_eigenvalues": ".matrix_functions",
     "expm": ".matrix_functions",
     "funm": ".matrix_functions",
@@ -72,6 +71,11 @@ _EXPORTS: dict[str, str] = {
     "spectral_clip": ".singular",
     "special_orthogonalize": ".singular",
     "svd_funm": ".singular",
+    "SVDResult": ".svd",
+    "nuclear_norm": ".svd",
+    "schatten_norm": ".svd",
+    "svd": ".svd",
+    "svdvals": ".svd",
     "whiten_colour": ".transfer",
 }
 
@@ -99,7 +103,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         ShapeError,
         StableEigError,
     )
-    from .features import frechet_distance_from_features, nuclear_norm
+    from .features import frechet_distance_from_features
     from .matrix_functions import clamp_eigenvalues, expm, funm, logm, powm, softplusm
     from .means import airm_geodesic, airm_mean, log_euclidean_mean
     from .power_iteration import power_iteration_eigh
@@ -117,6 +121,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         svd_funm,
     )
     from .spectral import inv_sqrtm, sqrtm, top_k_projector
+    from .svd import SVDResult, nuclear_norm, schatten_norm, svd, svdvals
     from .streaming import FeatureStatistics
     from .transfer import whiten_colour
 
@@ -154,6 +159,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "RULES",
+    "SVDResult",
     "Analytic",
     "ArgumentError",
     "Clip",
@@ -202,12 +208,15 @@ __all__ = [
     "principal_angles",
     "procrustes",
     "rules",
+    "schatten_norm",
     "singular_value_threshold",
     "softplusm",
     "special_orthogonalize",
     "spectral_clip",
     "sqrtm",
+    "svd",
     "svd_funm",
+    "svdvals",
     "top_k_projector",
     "trace_sqrt_product",
     "whiten_colour",

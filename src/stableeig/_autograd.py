@@ -354,7 +354,15 @@ def contract_second_differences(
 def _elementwise_derivative(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 ) -> torch.Tensor:
-    """``f'(x)`` of an elementwise ``f`` by forward mode (one pass)."""
+    """``f'(x)`` of an elementwise ``f`` by forward mode (one pass); by reverse mode inside
+    a forward-mode level of ``torch.autograd.forward_ad`` (a custom ``jvp``, ``gradcheck``'s
+    forward check), which cannot nest another."""
+    nested = torch.autograd.forward_ad._current_level >= 0
+    if nested and not torch._C._are_functorch_transforms_active():
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            (derivative,) = torch.autograd.grad(f(leaf).sum(), leaf, allow_unused=True)
+        return torch.zeros_like(x) if derivative is None else derivative
     return torch.func.jvp(f, (x,), (torch.ones_like(x),))[1]
 
 

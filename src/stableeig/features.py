@@ -23,40 +23,9 @@ from . import _validation as checks
 from ._precision import autocast_off, working_dtype
 from .exceptions import ArgumentError, ShapeError
 from .spectral import SQRT, apply_spectral, require_semidefinite
+from .svd import nuclear_norm
 
-__all__ = ["frechet_distance_from_features", "nuclear_norm"]
-
-
-class _NuclearNorm(torch.autograd.Function):
-    """``‖M‖_*`` of (..., m, k) with the gradient ``U_r V_rᵀ`` over singular values above
-    ``max(m, k) · eps · σ_max`` (the rest are round-off of exact zeros)."""
-
-    @staticmethod
-    def forward(M: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-        return S.sum(-1), U, S, Vh
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        _, U, S, Vh = output
-        ctx.mark_non_differentiable(U, S, Vh)
-        ctx.save_for_backward(U, S, Vh)
-
-    @staticmethod
-    def backward(ctx, grad, _U, _S, _Vh):  # type: ignore[no-untyped-def]
-        U, S, Vh = ctx.saved_tensors
-        m, k = U.shape[-2], Vh.shape[-1]
-        cutoff = max(m, k) * torch.finfo(S.dtype).eps * S.amax(-1, keepdim=True)
-        kept = (cutoff < S).to(S.dtype)
-        polar = (U * kept.unsqueeze(-2)) @ Vh
-        return grad[..., None, None] * polar
-
-
-def nuclear_norm(M: torch.Tensor) -> torch.Tensor:
-    """``‖M‖_*`` (sum of singular values) of (..., m, k): (...), with the gradient
-    ``U_r V_rᵀ`` (the polar factor of the non-zero singular values: the gradient where the
-    rank is locally constant, and the minimum-norm subgradient elsewhere)."""
-    return _NuclearNorm.apply(M)[0]
+__all__ = ["frechet_distance_from_features"]
 
 
 def _centred(X: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +144,7 @@ def frechet_distance_from_features(
                     name="sigma2", where=where,
                 ).to(work)  # fmt: skip
         product = centred1 @ reference  # (N₁, N₂) or (N₁, d)
-        fidelity = nuclear_norm(product) * scale1
+        fidelity = nuclear_norm(product, compute_dtype=product.dtype) * scale1
         distance = (mean1 - mean2).square().sum() + trace1 + trace2 - 2 * fidelity
     if by_features and _same_features(X1, features2):  # 0, not the round-off (1e-14)
         distance = distance - distance.detach()  # the gradient stays the computed one

@@ -14,11 +14,12 @@ Tie decisions are per matrix and need no host synchronization.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Union
 
 import torch
 
-from ._autograd import SpectralFunction
+from ._autograd import SpectralFunction, _elementwise_derivative
 from .exceptions import ArgumentError
 from .rules import Rule
 from .spectral import apply_spectral, require_positive, require_semidefinite
@@ -48,10 +49,7 @@ def _derivative(f: Elementwise, df: Optional[Elementwise]) -> Elementwise:
     if df is not None:
         return df
 
-    def derivative(x: torch.Tensor) -> torch.Tensor:  # forward mode: one pass, any shape
-        return torch.func.jvp(f, (x,), (torch.ones_like(x),))[1]
-
-    return derivative
+    return functools.partial(_elementwise_derivative, f)
 
 
 def divided_differences(

@@ -21,10 +21,16 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from . import _validation as checks
-from ._autograd import Function
+from ._autograd import (
+    Function,
+    SpectralFunction,
+    _elementwise_derivative,
+    _LoewnerSecond,
+    symmetrized,
+)
 from ._precision import autocast_off, working_dtype
 from .exceptions import ArgumentError, DTypeError, NotDifferentiableError, ShapeError
-from .matrix_functions import _derivative, divided_differences
+from .matrix_functions import _derivative, _pairs, divided_differences
 
 __all__ = [
     "ProcrustesResult",
@@ -95,25 +101,20 @@ class _SingularFunction(Function):
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         _, ctx.f, ctx.df, ctx.name = inputs
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*output[1:])
+        ctx.save_for_backward(inputs[0], *output[1:])
+        ctx.save_for_forward(*output[1:])
 
     @staticmethod
     def backward(ctx, grad_F, _grad_U, _grad_s, _grad_Vh):  # type: ignore[no-untyped-def]
-        U, s, Vh = ctx.saved_tensors
+        A, U, s, Vh = ctx.saved_tensors
         if grad_F is None:
             return None, None, None, None
         f, df = ctx.f, ctx.df
-        V = Vh.mT
-        projected = U.mT @ grad_F  # (k, n)
-        G_hat = projected @ V
-        difference = divided_differences(s, f, df)
-        total = _sum_quotient(s, f, df)
-        scaled = _over_sigma(s, f, df)
-        core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
-        grad_A = U @ core @ Vh
-        if U.shape[-2] > U.shape[-1]:  # m > n: the part of G outside U's columns
-            outside = grad_F @ V - U @ G_hat
-            grad_A = grad_A + (outside * scaled[..., None, :]) @ Vh
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
+            function = _odd_extension(ctx.name, f, df)
+            grad_A = _second_order_backward(A, grad_F, U, s, Vh, function, _kinks(s, f))
+        else:
+            grad_A = _first_order(U, s, Vh, grad_F, f, df)
         expected = (
             f"{ctx.name} backward: expected a finite derivative of f at every singular value "
             "and σᵢ + σⱼ > 0 for every pair, or f(0) = 0"
@@ -126,7 +127,9 @@ class _SingularFunction(Function):
             and not checks.all_finite(grad_A)
             and checks.all_finite(grad_F)  # a non-finite incoming gradient is not ours to judge
         ):
-            zero = bool(torch.isfinite(total).all()) and bool(torch.isfinite(scaled).all())
+            zero = bool(torch.isfinite(_sum_quotient(s, f, df)).all()) and bool(
+                torch.isfinite(_over_sigma(s, f, df)).all()
+            )
             why = (
                 "an infinite derivative of f at a singular value"
                 if zero
@@ -134,9 +137,37 @@ class _SingularFunction(Function):
                 "not unique at a rank-deficient A"
             )
             raise NotDifferentiableError(f"{expected} (got {why})")
-        if torch.is_grad_enabled():  # create_graph: refuse a second derivative
-            grad_A = _FirstOrderOnly.apply(grad_A, ctx.name)
         return grad_A, None, None, None
+
+
+class _SingularForward(_SingularFunction):
+    """:class:`_SingularFunction` with forward mode (the same self-adjoint map), except
+    while Dynamo traces (it cannot trace a custom ``jvp``)."""
+
+    @staticmethod
+    def jvp(ctx, dA, _f, _df, _name):  # type: ignore[no-untyped-def]
+        U, s, Vh = ctx.saved_tensors
+        derivative = _first_order(U, s, Vh, dA, ctx.f, ctx.df)  # the map is self-adjoint
+        return derivative, torch.zeros_like(U), torch.zeros_like(s), torch.zeros_like(Vh)
+
+
+def _first_order(
+    U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, G: torch.Tensor, f: Elementwise,
+    df: Optional[Elementwise],
+) -> torch.Tensor:  # fmt: skip
+    """``U (D⁻ ∘ sym Ĝ + D⁺ ∘ skew Ĝ) Vᵀ + (I - U Uᵀ) G V diag(f(σ)/σ) Vᵀ`` (..., m, n),
+    ``Ĝ = Uᵀ G V``: the gradient for an incoming ``G``, and (the map is self-adjoint) the
+    derivative in the direction ``G``."""
+    V = Vh.mT
+    G_hat = U.mT @ G @ V
+    difference = divided_differences(s, f, df)
+    total = _sum_quotient(s, f, df)
+    core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
+    result = U @ core @ Vh
+    if U.shape[-2] > U.shape[-1]:  # m > n: the part of G outside U's columns
+        outside = G @ V - U @ G_hat
+        result = result + (outside * _over_sigma(s, f, df)[..., None, :]) @ Vh
+    return result
 
 
 def svd_funm(
@@ -218,7 +249,8 @@ def _apply(
     with autocast_off(A.device):
         X = A.to(work)
         X = X.mT if wide else X  # F(Aᵀ) = F(A)ᵀ: one path, m >= n
-        F, U, s, Vh = _SingularFunction.apply(X, f, df, name)
+        function = _SingularFunction if torch.compiler.is_compiling() else _SingularForward
+        F, U, s, Vh = function.apply(X, f, df, name)
         values = f(s.detach())
         if values.requires_grad:  # f holds parameters (a learned threshold): their gradient
             change = values - values.detach()  # U (∂f/∂θ)(Σ) Vᵀ, 0 in value
@@ -253,24 +285,45 @@ class _SpecialPolar(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*output[2:])
+        ctx.save_for_backward(inputs[0], *output[2:])
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx, grad_R, _defined, _U, _s, _Vh):  # type: ignore[no-untyped-def]
-        U, signed, Vh = ctx.saved_tensors
+        A, U, signed, Vh = ctx.saved_tensors
         if grad_R is None:
             return None
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
+            function, kinks = _rotation_signs(signed)
+            return _second_order_backward(A, grad_R, U, signed, Vh, function, kinks)
         G_hat = U.mT @ grad_R @ Vh.mT
         pairs = signed[..., :, None] + signed[..., None, :]
         off = ~torch.eye(signed.shape[-1], dtype=torch.bool, device=signed.device)
         usable = off & (pairs != 0)
         # undefined pairs: 0 here; _UndefinedGate has already refused or zeroed their matrix
         total = torch.where(usable, 2 / torch.where(usable, pairs, torch.ones_like(pairs)), 0)
-        grad_A = U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
-        if torch.is_grad_enabled():  # create_graph: refuse a second derivative
-            grad_A = _FirstOrderOnly.apply(grad_A, "special_orthogonalize")
-        return grad_A
+        return U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
+
+
+def _rotation_signs(signed: torch.Tensor) -> tuple[SpectralFunction, torch.Tensor]:
+    """The ``g`` of the rotation on J's eigenvalues ``±s̃``: +1 on the ``s̃`` branch, -1 on
+    the other. With ``s̃ₙ = -σₙ < 0`` (a reflection corrected) that is ``sign(λ)`` flipped
+    for ``|λ|`` below ``μ = (σₙ₋₁ + σₙ) / 2``: constant near every eigenvalue of J where
+    the rotation is unique."""
+    flipped = torch.signbit(signed[..., -1:])
+    magnitude = signed.abs()
+    middle = (
+        (magnitude[..., -2:-1] + magnitude[..., -1:]) / 2
+        if signed.shape[-1] > 1
+        else torch.full_like(magnitude, torch.inf)
+    )
+
+    def values(w: torch.Tensor) -> torch.Tensor:
+        sign = torch.where(torch.signbit(w), -torch.ones_like(w), torch.ones_like(w))
+        return torch.where(flipped & (w.abs() < middle), -sign, sign) + 0 * w
+
+    kinks = torch.cat([torch.zeros_like(middle), torch.where(flipped, middle, 0 * middle)], -1)
+    return _piecewise("special_orthogonalize", values), kinks
 
 
 def special_orthogonalize(
@@ -460,29 +513,6 @@ def procrustes(
     return ProcrustesResult(R.to(result), t.to(result), s.to(result))
 
 
-class _FirstOrderOnly(Function):
-    """Identity on a first-order gradient computed with ``create_graph=True``: its own
-    backward raises, so that a second derivative through an SVD function is an error, never
-    a silently wrong number (the backward above treats ``U``, ``Σ``, ``V`` as constants)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad: torch.Tensor, name: str) -> torch.Tensor:
-        return grad.clone()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        ctx.name = inputs[1]
-
-    @staticmethod
-    def backward(ctx, _grad):  # type: ignore[no-untyped-def]
-        raise NotDifferentiableError(
-            f"{ctx.name}: second derivatives through the singular value decomposition are "
-            "not implemented (the first derivative is exact); differentiate once"
-        )
-
-
 def principal_angles(
     X: torch.Tensor, Y: torch.Tensor, *, compute_dtype: Optional[torch.dtype] = None
 ) -> torch.Tensor:
@@ -641,13 +671,16 @@ class _Truncation(Function):
         ctx.k = inputs[1]
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(*output[2:])
+        ctx.save_for_backward(inputs[0], *output[2:])
 
     @staticmethod
     def backward(ctx, grad_F, _defined, _U, _s, _Vh):  # type: ignore[no-untyped-def]
-        U, s, Vh = ctx.saved_tensors
+        A, U, s, Vh = ctx.saved_tensors
         if grad_F is None:
             return None, None
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
+            function, kinks = _cut(s, ctx.k)
+            return _second_order_backward(A, grad_F, U, s, Vh, function, kinks), None
         kept = torch.arange(s.shape[-1], device=s.device) < ctx.k
         both = kept[:, None] & kept[None, :]
         across = kept[:, None] ^ kept[None, :]
@@ -668,9 +701,22 @@ class _Truncation(Function):
         if U.shape[-2] > U.shape[-1]:
             outside = grad_F @ Vh.mT - U @ G_hat
             grad_A = grad_A + (outside * kept.to(s.dtype)) @ Vh
-        if torch.is_grad_enabled():
-            grad_A = _FirstOrderOnly.apply(grad_A, "low_rank")
         return grad_A, None
+
+
+def _cut(s: torch.Tensor, k: int) -> tuple[SpectralFunction, torch.Tensor]:
+    """The truncation's ``g`` on J's eigenvalues: ``λ`` where ``|λ|`` is above the middle
+    of the gap at the cut, ``(σ_k + σ_{k+1}) / 2``, else 0."""
+    middle = (
+        (s[..., k - 1 : k] + s[..., k : k + 1]) / 2
+        if k < s.shape[-1]
+        else torch.full_like(s[..., :1], -1.0)
+    )
+
+    def values(w: torch.Tensor) -> torch.Tensor:
+        return torch.where(w.abs() > middle, w, torch.zeros_like(w))
+
+    return _piecewise("low_rank", values), middle
 
 
 _CUT = (
@@ -712,3 +758,152 @@ def low_rank(
         F, defined = _Truncation.apply(X.mT if wide else X, k)[:2]
         F = _UndefinedGate.apply(F, defined, undefined, _CUT)
     return (F.mT if wide else F).to(A.dtype)
+
+
+# Second order: the Jordan–Wielandt matrix J = [[0, A], [Aᵀ, 0]] (m + n square, symmetric)
+# has the eigenvalues ±σᵢ (and m - n zeros) with eigenvectors (uᵢ, ±vᵢ)/√2 (and (u⊥, 0)),
+# and U f(Σ) Vᵀ is the upper right block of g(J) for the odd extension g of f. So the
+# backward, as a function of (G, A), is the library's symmetric Daleckii–Krein backward of
+# g at J, whose exact second-order backward (:class:`_LoewnerSecond`) needs only
+# (λ, eigenvectors): built here from the SVD, with no second decomposition.
+
+
+def _augmented(A: torch.Tensor, upper_only: bool = False) -> torch.Tensor:
+    """``[[0, A], [Aᵀ, 0]]`` (..., m + n, m + n); ``upper_only``: ``[[0, A], [0, 0]]``."""
+    m, n = A.shape[-2:]
+    zeros = A.new_zeros((*A.shape[:-2], m, m))
+    top = torch.cat([zeros, A], -1)
+    lower = torch.zeros_like(A.mT) if upper_only else A.mT
+    bottom = torch.cat([lower, A.new_zeros((*A.shape[:-2], n, n))], -1)
+    return torch.cat([top, bottom], -2)
+
+
+def _augmented_eigenpairs(
+    U: torch.Tensor, signed: torch.Tensor, Vh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (..., m + n) and orthonormal eigenvectors (..., m + n, m + n) of the
+    Jordan–Wielandt matrix of ``U diag(signed) Vh`` (m >= n): ``signed`` first, then its
+    negation (``-0.0`` at a zero singular value: :func:`torch.signbit` tells the branches
+    apart), then ``m - n`` zeros with the complement of ``U``'s columns."""
+    m, n = U.shape[-2:]
+    V = Vh.mT
+    half = 0.5**0.5
+    vectors = torch.cat([torch.cat([U, U], -1), torch.cat([V, -V], -1)], -2) * half
+    values = torch.cat([signed, -signed], -1)
+    if m > n:
+        complement = torch.linalg.qr(U, mode="complete").Q[..., n:]
+        padding = complement.new_zeros((*complement.shape[:-2], n, m - n))
+        vectors = torch.cat([vectors, torch.cat([complement, padding], -2)], -1)
+        values = torch.cat([values, signed.new_zeros((*signed.shape[:-1], m - n))], -1)
+    return values, vectors
+
+
+def _second_order_backward(
+    A: torch.Tensor, grad_F: torch.Tensor, U: torch.Tensor, signed: torch.Tensor,
+    Vh: torch.Tensor, function: SpectralFunction, kinks: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """The first-order gradient as a differentiable function of ``(grad_F, A)`` whose own
+    backward (and forward mode) is exact: the upper right block of the symmetric backward
+    of ``g`` at ``J``, doubled (``A`` sits in both off-diagonal blocks). ``kinks``
+    (..., p): where ``|g|`` jumps or bends; a singular value near one refuses the second
+    derivative (:class:`_SecondOrderGate`)."""
+    m = A.shape[-2]
+    w, E = _augmented_eigenpairs(U.detach(), signed.detach(), Vh.detach())
+    J_grad = _LoewnerSecond.apply(_augmented(grad_F, upper_only=True), _augmented(A), w, E,
+                                  function)  # fmt: skip
+    grad_A = 2 * symmetrized(J_grad)[..., :m, m:]
+    if torch._C._are_functorch_transforms_active():  # no host checks there (and a bool
+        return grad_A  # input would have no tangent for vmap's generated jvp rule)
+    unsafe = _near(signed.detach().abs(), kinks)
+    return _SecondOrderGate.apply(grad_A, unsafe, function.name)
+
+
+def _branches(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(|λ|, negative branch (..., n), same branch (..., n, n))`` of J's eigenvalues."""
+    negative = torch.signbit(w)
+    magnitude = torch.where(negative, -w, w)  # tangent ±1: no abs' 0 at 0
+    return magnitude, negative, negative[..., :, None] == negative[..., None, :]
+
+
+def _odd_extension(name: str, f: Elementwise, df: Optional[Elementwise]) -> SpectralFunction:
+    """``g(λ) = ±f(|λ|)`` by branch, with the divided differences of :func:`svd_funm`:
+    ``D⁻`` within a branch, ``D⁺`` across (a sum over a sum: no cancellation)."""
+
+    def values(w: torch.Tensor) -> torch.Tensor:
+        magnitude, negative, _ = _branches(w)
+        fw = f(magnitude)
+        return torch.where(negative, -fw, fw)
+
+    def loewner(w: torch.Tensor) -> torch.Tensor:
+        magnitude, _, same = _branches(w)
+        within = divided_differences(magnitude, f, df)
+        return torch.where(same, within, _sum_quotient(magnitude, f, df))
+
+    return SpectralFunction(name, values, loewner, lambda w: "a zero singular value")
+
+
+def _kinks(s: torch.Tensor, f: Elementwise) -> torch.Tensor:
+    """(..., 1): 0 where the odd extension of ``f`` jumps or bends there (``f(0) ≠ 0`` or
+    ``f''(0) ≠ 0``), else a point no singular value reaches (-1)."""
+    zero = torch.zeros(1, dtype=s.dtype, device=s.device)  # not batched under vmap
+    second = _elementwise_derivative(lambda x: _elementwise_derivative(f, x), zero)
+    smooth = bool((f(zero) == 0).all()) and bool((second == 0).all())
+    return torch.full_like(s[..., :1], -1.0 if smooth else 0.0)
+
+
+def _piecewise(name: str, values: Elementwise) -> SpectralFunction:
+    """A ``g`` that is constant or the identity near every eigenvalue of J (the rotation's
+    signs, a truncation's cut): the exact quotient where ``g`` differs, else ``g'`` (0 on a
+    constant piece, 1 on the identity: equal values there mean a tie)."""
+
+    def loewner(w: torch.Tensor) -> torch.Tensor:
+        a, b = _pairs(w)
+        ga, gb = _pairs(values(w))
+        differ = ga != gb
+        quotient = (ga - gb) / torch.where(differ, a - b, torch.ones_like(a))
+        return torch.where(differ, quotient, _pairs(_derivative(values, None)(w))[0])
+
+    return SpectralFunction(name, values, loewner, lambda w: "a result that is not unique")
+
+
+class _SecondOrderGate(Function):
+    """Identity on a first-order gradient computed with ``create_graph=True``; its backward
+    refuses (``unsafe``, (...,) per matrix) where ``g`` jumps or kinks within ``2δ`` of an
+    eigenvalue of J that it acts on: the second derivative is undefined or ill-conditioned
+    there, and the expansion of :func:`contract_second_differences` would not hold."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad: torch.Tensor, unsafe: torch.Tensor, name: str) -> torch.Tensor:
+        return grad.view_as(grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        _, unsafe, ctx.name = inputs
+        ctx.save_for_backward(unsafe)
+
+    @staticmethod
+    def jvp(ctx, tangent, _unsafe, _name):  # type: ignore[no-untyped-def]
+        return tangent.view_as(tangent)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (unsafe,) = ctx.saved_tensors
+        if checks.host_checks_enabled(unsafe) and bool(unsafe.any()):
+            raise NotDifferentiableError(
+                f"{ctx.name} double backward: expected singular values at least ∛eps · σ₁ "
+                "away from where the function of them jumps or bends (0, or a cut), where "
+                f"the second derivative is undefined or ill-conditioned (got {int(unsafe.sum())}"
+                f" of {unsafe.numel()} matrices); differentiate once there"
+            )
+        return grad, None, None
+
+
+def _near(magnitudes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Whether any of ``magnitudes`` (..., k) lies within ``2 ∛eps · max`` of any of
+    ``points`` (..., p): (...,)."""
+    scale = magnitudes.abs().amax(-1, keepdim=True)
+    delta = 2 * torch.finfo(magnitudes.dtype).eps ** (1 / 3) * scale
+    distance = (magnitudes[..., :, None] - points[..., None, :]).abs()
+    return (distance <= delta[..., None]).any(-1).any(-1)

@@ -71,6 +71,11 @@ def _top(w: torch.Tensor) -> torch.Tensor:
     return kept
 
 
+def _reconstructed(A: torch.Tensor) -> torch.Tensor:
+    U, S, Vh = se.svd(A)
+    return (U * S.unsqueeze(-2)) @ Vh
+
+
 FUNCTIONS: dict[str, Function] = {
     "inv_sqrtm": Function(se.inv_sqrtm, torch.rsqrt, "definite"),
     "sqrtm": Function(se.sqrtm, lambda w: w.clamp_min(0).sqrt(), "semidefinite", True),
@@ -90,6 +95,8 @@ FUNCTIONS: dict[str, Function] = {
         lambda A: se.svd_funm(A, torch.tanh), torch.tanh, "any", eps_factor=64
     ),  # measured: 21 · eps at scales 1e±30 in float64 (LAPACK's SVD, not its eigh)
     "top_k_projector(k=1)": Function(lambda A: se.top_k_projector(A, 1), _top, "any"),
+    # the decomposition itself: U diag(S) Vh reconstructs A
+    "svd: U·S·Vh": Function(_reconstructed, lambda w: w, "any", eps_factor=64),
 }
 
 
