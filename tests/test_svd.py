@@ -300,3 +300,62 @@ def test_bad_input_is_refused_by_name(function: str) -> None:
         apply(torch.zeros(3))
     with pytest.raises(se.DTypeError, match="real floating dtype"):
         apply(torch.zeros(2, 2, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- Kabsch with padding
+
+
+def test_kabsch_masks_padding_and_equals_procrustes_on_the_kept_points() -> None:
+    X = _randn(31, 2, 7, 3)
+    R = se.special_orthogonalize(_randn(32, 2, 3, 3))
+    Y = X @ R.mT + 0.01 * _randn(33, 2, 7, 3)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    Y[1, 5:] = 1e3  # padding: huge values that must not matter
+    fit = se.kabsch(X, Y, mask=mask)
+    alone = se.procrustes(X[1, :5], Y[1, :5])
+    torch.testing.assert_close(fit.rotation[1], alone.rotation)
+    torch.testing.assert_close(fit.translation[1], alone.translation)
+    torch.testing.assert_close(fit.rotation[0], se.procrustes(X[0], Y[0]).rotation)
+    weights = mask.to(F64)
+    torch.testing.assert_close(se.kabsch(X, Y, weights=weights).rotation, fit.rotation)
+
+
+def test_kabsch_rmsd_is_the_aligned_deviation_with_a_zero_gradient_at_coincidence() -> None:
+    X = _randn(34, 6, 3)
+    R = se.special_orthogonalize(_randn(35, 3, 3))
+    Y = X @ R.mT + 1.0 + 0.1 * _randn(36, 6, 3)
+    fit = se.kabsch(X, Y)
+    moved = X @ fit.rotation.mT + fit.translation
+    expected = (moved - Y).square().sum(-1).mean().sqrt()
+    torch.testing.assert_close(se.kabsch_rmsd(X, Y), expected)
+    leaf = X.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda Z: se.kabsch_rmsd(Z, Y), (leaf,))
+    square = torch.tensor([[1.0, 1, 0], [-1, 1, 0], [-1, -1, 0], [1, -1, 0]], dtype=F64)
+    same = square.clone().requires_grad_()  # symmetric, coplanar, already aligned
+    rmsd = se.kabsch_rmsd(same, square @ R.mT)
+    rmsd.backward()
+    assert float(rmsd) < 1e-12 and same.grad is not None
+    # a kink like |x|: finite, a bounded subgradient (of the round-off's direction), not NaN
+    assert bool(torch.isfinite(same.grad).all()) and float(same.grad.norm()) <= 1.0 + 1e-9
+
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mask": torch.ones(5)}, se.DTypeError, "kabsch: mask: expected a bool tensor"),
+        (
+            {"mask": torch.ones(4, dtype=torch.bool)},
+            se.ShapeError,
+            r"kabsch: mask: expected shape \(5,\)",
+        ),
+        ({"mask": torch.zeros(5, dtype=torch.bool)}, se.ArgumentError, "not all 0 .or masked."),
+        ({"weights": torch.zeros(5)}, se.ArgumentError, "kabsch: weights: expected values >= 0"),
+    ],
+)
+def test_kabsch_refuses_bad_masks_and_weights_by_name(
+    kwargs: dict, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        se.kabsch(torch.randn(5, 3), torch.randn(5, 3), **kwargs)

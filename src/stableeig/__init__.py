@@ -61,12 +61,14 @@ _EXPORTS: dict[str, str] = {
     "sqrtm": ".spectral",
     "top_k_projector": ".spectral",
     "FeatureStatistics": ".streaming",
-    "ProcrustesResult": ".singular",
-    "grassmann_distance": ".singular",
+    "ProcrustesResult": ".alignment",
+    "kabsch": ".alignment",
+    "kabsch_rmsd": ".alignment",
+    "procrustes": ".alignment",
+    "grassmann_distance": ".subspaces",
+    "principal_angles": ".subspaces",
     "low_rank": ".singular",
     "polar": ".singular",
-    "principal_angles": ".singular",
-    "procrustes": ".singular",
     "singular_value_threshold": ".singular",
     "spectral_clip": ".singular",
     "special_orthogonalize": ".singular",
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from . import exceptions, nn, rules
     from ._precision import default_compute_dtype
     from ._validation import host_checks
+    from .alignment import ProcrustesResult, kabsch, kabsch_rmsd, procrustes
     from .distances import (
         airm_distance,
         bures_wasserstein,
@@ -109,20 +112,17 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .power_iteration import power_iteration_eigh
     from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
     from .singular import (
-        ProcrustesResult,
-        grassmann_distance,
         low_rank,
         polar,
-        principal_angles,
-        procrustes,
         singular_value_threshold,
         special_orthogonalize,
         spectral_clip,
         svd_funm,
     )
     from .spectral import inv_sqrtm, sqrtm, top_k_projector
-    from .svd import SVDResult, nuclear_norm, schatten_norm, svd, svdvals
     from .streaming import FeatureStatistics
+    from .subspaces import grassmann_distance, principal_angles
+    from .svd import SVDResult, nuclear_norm, schatten_norm, svd, svdvals
     from .transfer import whiten_colour
 
 
@@ -159,7 +159,6 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "RULES",
-    "SVDResult",
     "Analytic",
     "ArgumentError",
     "Clip",
@@ -175,6 +174,7 @@ __all__ = [
     "Power",
     "PowerIteration",
     "ProcrustesResult",
+    "SVDResult",
     "ShapeError",
     "StableEigError",
     "Taylor",
@@ -196,6 +196,8 @@ __all__ = [
     "grassmann_distance",
     "host_checks",
     "inv_sqrtm",
+    "kabsch",
+    "kabsch_rmsd",
     "log_euclidean_distance",
     "log_euclidean_mean",
     "logm",

@@ -16,7 +16,7 @@ are: ``σᵢ + σⱼ > 0`` for every pair, or ``f(0) = 0``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -33,12 +33,8 @@ from .exceptions import ArgumentError, DTypeError, NotDifferentiableError, Shape
 from .matrix_functions import _derivative, _pairs, divided_differences
 
 __all__ = [
-    "ProcrustesResult",
-    "grassmann_distance",
     "low_rank",
     "polar",
-    "principal_angles",
-    "procrustes",
     "singular_value_threshold",
     "special_orthogonalize",
     "spectral_clip",
@@ -410,181 +406,6 @@ class _UndefinedGate(Function):
                 raise NotDifferentiableError(ctx.message.format(count=count))
             return grad, None, None, None
         return torch.where(defined[..., None, None], grad, torch.zeros_like(grad)), None, None, None
-
-
-class ProcrustesResult(NamedTuple):
-    """``s R x + t`` maps the source points onto the targets: ``rotation`` (..., d, d),
-    ``translation`` (..., d), ``scale`` (...,) (1 without ``scale=True``)."""
-
-    rotation: torch.Tensor
-    translation: torch.Tensor
-    scale: torch.Tensor
-
-
-def procrustes(
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    *,
-    weights: Optional[torch.Tensor] = None,
-    reflection: bool = False,
-    scale: bool = False,
-    center: bool = True,
-    undefined: str = "raise",
-    compute_dtype: Optional[torch.dtype] = None,
-) -> ProcrustesResult:
-    """Orthogonal Procrustes / Kabsch / Umeyama alignment with exact gradients: the ``R``
-    (a rotation, or with ``reflection=True`` any orthogonal matrix), ``t`` and ``s`` that
-    minimize ``Σᵢ wᵢ ‖s R xᵢ + t - yᵢ‖²``, batched.
-
-    ``R`` is :func:`special_orthogonalize` (or :func:`polar`) of the weighted
-    cross-covariance ``M = Σ wᵢ (yᵢ - ȳ)(xᵢ - x̄)ᵀ``, so the gradients to both point sets are
-    exact at symmetric configurations (tied singular values of ``M``: squares, regular
-    polygons, coplanar frames), where the gradient through ``torch.linalg.svd`` is NaN.
-    Where the rotation is not unique (collinear points: rank ``M`` <= d - 2; a reflection
-    with tied smallest singular values), ``undefined`` decides: ``"raise"`` or ``"zero"``
-    (those samples get a zero gradient). Padded points: weight 0.
-
-    Args:
-        X: source points (..., N, d).
-        Y: target points (..., N, d), the same shape.
-        weights: (..., N) finite, >= 0, not all 0 per sample. Default: None (all 1).
-        reflection: allow ``det R = -1``. Default: False (Kabsch: a rotation).
-        scale: fit the scale ``s`` too (Umeyama). Default: False.
-        center: fit the translation (centre both sets first). Default: True.
-        undefined: ``"raise"`` or ``"zero"``. Default: ``"raise"``.
-        compute_dtype: least working precision. Default: None (float64).
-
-    Returns:
-        :class:`ProcrustesResult` in the promoted dtype of the inputs.
-
-    Examples:
-        >>> import torch, stableeig as se
-        >>> X = torch.randn(10, 3, dtype=torch.float64)
-        >>> R = se.special_orthogonalize(torch.randn(3, 3, dtype=torch.float64))
-        >>> fit = se.procrustes(X, X @ R.T + 1.0)
-        >>> torch.allclose(fit.rotation, R), torch.allclose(fit.translation, 1 + 0 * X[0])
-        (True, True)
-    """
-    name = "procrustes"
-    X = _check_matrices(f"{name}: X", X)
-    Y = _check_matrices(f"{name}: Y", Y)
-    if X.shape != Y.shape:
-        raise ShapeError(
-            f"{name}: Y: expected the shape of X, {tuple(X.shape)} (got {tuple(Y.shape)})"
-        )
-    checks.check_choice(f"{name}: undefined", undefined, ("raise", "zero"))
-    result = torch.promote_types(X.dtype, Y.dtype)
-    work = working_dtype(result, compute_dtype)
-    if weights is None:
-        w = torch.ones(X.shape[:-1], dtype=work, device=X.device)
-    else:
-        if not isinstance(weights, torch.Tensor) or weights.shape != X.shape[:-1]:
-            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights)
-            raise ShapeError(
-                f"{name}: weights: expected shape {tuple(X.shape[:-1])}, one per point (got {got})"
-            )
-        checks.check_finite(f"{name}: weights", weights)
-        w = weights.to(work)
-        if checks.host_checks_enabled(w) and not bool(((w >= 0).all(-1) & (w > 0).any(-1)).all()):
-            raise ArgumentError(
-                f"{name}: weights: expected values >= 0, not all 0 in any sample (got a negative "
-                "weight or a sample whose weights are all 0)"
-            )
-    with autocast_off(X.device):
-        x, y = X.to(work), Y.to(work)
-        total = w.sum(-1, keepdim=True)  # (..., 1)
-        if center:
-            x_mean = (w[..., None] * x).sum(-2) / total
-            y_mean = (w[..., None] * y).sum(-2) / total
-            x, y = x - x_mean[..., None, :], y - y_mean[..., None, :]
-        else:
-            x_mean = y_mean = torch.zeros(X.shape[:-2] + X.shape[-1:], dtype=work, device=X.device)
-        M = (w[..., None] * y).mT @ x  # (..., d, d): Σ wᵢ yᵢ xᵢᵀ
-        if reflection:
-            R = _apply(M, torch.ones_like, _zero, work, name)
-        else:
-            R = _special(M, undefined, work, name)
-        if scale:
-            spread = (w * x.square().sum(-1)).sum(-1)
-            s = (R * M).sum((-2, -1)) / spread
-        else:
-            s = torch.ones(X.shape[:-2], dtype=work, device=X.device)
-        t = y_mean - s[..., None] * (R @ x_mean[..., None])[..., 0]
-    return ProcrustesResult(R.to(result), t.to(result), s.to(result))
-
-
-def principal_angles(
-    X: torch.Tensor, Y: torch.Tensor, *, compute_dtype: Optional[torch.dtype] = None
-) -> torch.Tensor:
-    """The principal angles between the column spaces of ``X`` (..., n, p) and ``Y``
-    (..., n, q), ascending, ``min(p, q)`` of them, in [0, π/2].
-
-    Accurate at both ends (Knyazev and Argentati's rule): from the cosines
-    ``svdvals(Qxᵀ Qy)`` where ``cos θ < 1/√2`` and from the sines ``svdvals(Qy - Qx Qxᵀ Qy)``
-    (taken from the wider basis's side) where ``sin θ < 1/√2`` — ``arccos`` alone loses
-    half the digits of small angles. Gradients are finite where angles coincide, and every
-    symmetric function of the angles (:func:`grassmann_distance`) is differentiable there;
-    a single angle at 0 has a kink (its gradient is one of the subgradients).
-
-    Args:
-        X: a basis of the first subspace (..., n, p), full column rank (orthonormalized here).
-        Y: a basis of the second (..., n, q), same ``n``.
-        compute_dtype: least working precision. Default: None (float64).
-
-    Returns:
-        (..., min(p, q)) angles in radians, in the promoted dtype of the inputs.
-
-    Examples:
-        >>> import torch, stableeig as se
-        >>> X = torch.eye(3, dtype=torch.float64)[:, :2]          # the xy-plane
-        >>> Y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
-        >>> [round(a, 4) for a in se.principal_angles(X, Y).tolist()]
-        [0.0, 0.7854]
-    """
-    name = "principal_angles"
-    X = _check_matrices(f"{name}: X", X)
-    Y = _check_matrices(f"{name}: Y", Y)
-    if X.shape[-2] != Y.shape[-2]:
-        raise ShapeError(
-            f"{name}: Y: expected {X.shape[-2]} rows, as X (got shape {tuple(Y.shape)})"
-        )
-    result = torch.promote_types(X.dtype, Y.dtype)
-    work = working_dtype(result, compute_dtype)
-    with autocast_off(X.device):
-        Qx = torch.linalg.qr(X.to(work)).Q
-        Qy = torch.linalg.qr(Y.to(work)).Q
-        if Qx.shape[-1] < Qy.shape[-1]:  # the sines from the side of the smaller basis
-            Qx, Qy = Qy, Qx
-        cross = Qx.mT @ Qy  # (..., p, q), p >= q
-        cosines = torch.linalg.svdvals(cross).clamp(max=1)  # descending: ascending angles
-        sines = torch.linalg.svdvals(Qy - Qx @ cross).flip(-1).clamp(max=1)  # ascending
-        small = sines < 0.5**0.5  # θ < π/4: the arcsine of the sine, else arccos(cosine)
-        zeros = torch.zeros_like(sines)  # (the other branch at 0: no Inf · 0 in backward)
-        by_sine = torch.asin(torch.where(small, sines, zeros))
-        by_cosine = torch.acos(torch.where(small, zeros, cosines))
-        angles = torch.where(small, by_sine, by_cosine)
-    return angles.to(result)
-
-
-def grassmann_distance(
-    X: torch.Tensor, Y: torch.Tensor, *, compute_dtype: Optional[torch.dtype] = None
-) -> torch.Tensor:
-    """The geodesic distance ``‖θ‖₂`` between the column spaces of ``X`` and ``Y`` on the
-    Grassmann manifold (:func:`principal_angles`), (...,); its gradient is exact where
-    angles coincide and finite everywhere: between identical subspaces, where the distance
-    has a kink like ``|x|``, it is 0 if the computed angles are exactly 0 and otherwise a
-    bounded subgradient (the angles are round-off there).
-
-    Examples:
-        >>> import torch, stableeig as se
-        >>> X = torch.eye(3, dtype=torch.float64)[:, :1]
-        >>> round(float(se.grassmann_distance(X, torch.ones(3, 1, dtype=torch.float64))), 4)
-        0.9553
-    """
-    angles = principal_angles(X, Y, compute_dtype=compute_dtype)
-    squared = angles.square().sum(-1)
-    positive = squared > 0
-    return torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
 
 
 def _scalar(name: str, value: object, minimum: float) -> torch.Tensor | float:
