@@ -22,6 +22,7 @@ def test_there_is_an_example_per_story() -> None:
         "spdnet_eeg",
         "style_transfer",
         "rotations",
+        "completion",
     } <= names
 
 

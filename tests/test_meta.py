@@ -52,6 +52,8 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
     "grassmann_distance": lambda A: se.grassmann_distance(A[0][:, :2], A[1][:, :3]),
     "svd_funm": lambda A: se.svd_funm(A[..., :3], torch.tanh),
     "svd": lambda A: se.svd(A[..., :3]),
+    "eigh(A, B)": lambda A: se.eigh(A[0], A[1]),
+    "generalized_funm": lambda A: se.generalized_funm(A[0], A[1], torch.tanh),
     "svdvals": lambda A: se.svdvals(A[..., :3, :]),
     "schatten_norm": lambda A: se.schatten_norm(A, 3.0),
 }

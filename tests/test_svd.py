@@ -340,7 +340,6 @@ def test_kabsch_rmsd_is_the_aligned_deviation_with_a_zero_gradient_at_coincidenc
     assert bool(torch.isfinite(same.grad).all()) and float(same.grad.norm()) <= 1.0 + 1e-9
 
 
-
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

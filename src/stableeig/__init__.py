@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "extreme_eigenvector": ".eigenvectors",
     "EighResult": ".eigh",
     "eigh": ".eigh",
+    "generalized_funm": ".generalized",
     "ArgumentError": ".exceptions",
     "DTypeError": ".exceptions",
     "NonFiniteError": ".exceptions",
@@ -107,6 +108,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         StableEigError,
     )
     from .features import frechet_distance_from_features
+    from .generalized import generalized_funm
     from .matrix_functions import clamp_eigenvalues, expm, funm, logm, powm, softplusm
     from .means import airm_geodesic, airm_mean, log_euclidean_mean
     from .power_iteration import power_iteration_eigh
@@ -193,6 +195,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "funm",
+    "generalized_funm",
     "grassmann_distance",
     "host_checks",
     "inv_sqrtm",

@@ -19,6 +19,8 @@ import torch
 from . import _validation as checks
 from ._autograd import eigh_function, prepare_symmetric
 from ._precision import autocast_off
+from .exceptions import ArgumentError
+from .generalized import generalized_eigh
 from .rules import EigenvectorRule, Rule, resolve
 
 __all__ = ["EighResult", "eigh"]
@@ -34,16 +36,22 @@ class EighResult(NamedTuple):
 
 def eigh(
     A: torch.Tensor,
-    backward: Union[str, Rule] = "power",
+    backward: Union[str, Rule, torch.Tensor] = "power",
     *,
+    B: Optional[torch.Tensor] = None,
+    shrinkage: float = 0.0,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
     UPLO: Optional[str] = None,
 ) -> EighResult:
-    """Symmetric eigendecomposition with a stable, selectable eigenvector gradient.
+    """Symmetric eigendecomposition with a stable, selectable eigenvector gradient; with
+    ``B``, the generalized problem ``A v = λ B v``.
 
     The forward pass is ``torch.linalg.eigh`` of ``(A + Aᵀ) / 2`` in at least
-    ``compute_dtype``, with autocast disabled; results come back in ``A``'s dtype.
+    ``compute_dtype``, with autocast disabled; results come back in ``A``'s dtype. With
+    ``B`` (positive definite): the Cholesky reduction ``C = L⁻¹ A L⁻ᵀ`` (LAPACK ``sygv``'s,
+    as ``scipy.linalg.eigh(a, b)``), ``V = L⁻ᵀ W`` with ``Vᵀ B V = I``, gradients to both
+    ``A`` and ``B`` (:mod:`stableeig.generalized`).
 
     Args:
         A: real symmetric matrices, shape (..., n, n); float16/bfloat16/float32/float64.
@@ -51,6 +59,11 @@ def eigh(
             ``"taylor"``, ``"clip"``, with default settings) or a rule object such as
             ``stableeig.rules.Power(num_iters=29)``. Default: ``"power"`` (the paper's
             SVD-PI gradient, 19 power iterations = 20 series terms, as its reference code).
+            A tensor here is ``B`` (``eigh(A, B)``, as scipy), with the default rule.
+        B: symmetric positive definite (..., n, n) for ``A v = λ B v`` (batch shapes
+            broadcast). Default: None (the standard problem).
+        shrinkage: with ``B``, α in [0, 1]: ``B ← (1 - α) B + α (tr B / n) I`` (a covariance
+            of fewer samples than dimensions). Default: 0.
         compute_dtype: least working precision, ``torch.float32`` or ``torch.float64``.
             Default: ``None`` (float64; see ``stableeig._precision``).
         check_symmetric: raise :class:`NotSymmetricError` if ``A`` is not symmetric within
@@ -69,6 +82,7 @@ def eigh(
         DTypeError: ``A`` is not a floating tensor.
         NonFiniteError: ``A`` holds NaN or Inf.
         NotSymmetricError: ``A`` is not symmetric within ``sqrt(eps)`` (``UPLO`` unset).
+        NotPositiveDefiniteError: ``B`` is not positive definite (named; suggests shrinkage).
         ArgumentError: an unknown ``backward`` or ``UPLO``.
 
     Examples:
@@ -79,8 +93,19 @@ def eigh(
         >>> bool(torch.isfinite(A.grad).all())
         True
     """
+    if isinstance(backward, torch.Tensor):
+        if B is not None:
+            raise ArgumentError("eigh: B: expected it once (got a tensor as backward and B=)")
+        B = backward
+        backward = "power"
     rule = resolve(backward, kinds=("eigenvector",))
     assert isinstance(rule, EigenvectorRule)
+    if B is not None:
+        if UPLO is not None:
+            raise ArgumentError(f"eigh: UPLO: expected None with B (got {UPLO!r})")
+        w, V = generalized_eigh(A, B, rule, compute_dtype, check_symmetric, shrinkage)
+        dtype = torch.promote_types(A.dtype, B.dtype)
+        return EighResult(w.to(dtype), V.to(dtype))
     if UPLO is not None:
         checks.check_choice("UPLO", UPLO, ("L", "U"))
         A = checks.check_square_matrix("A", A)

@@ -156,13 +156,18 @@ def _first_order(
     derivative in the direction ``G``."""
     V = Vh.mT
     G_hat = U.mT @ G @ V
-    difference = divided_differences(s, f, df)
-    total = _sum_quotient(s, f, df)
-    core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
+    if f is torch.ones_like:  # the polar factor: D⁻ = 0, D⁺ = 2 / (σᵢ + σⱼ), f(σ)/σ = 1/σ
+        core = (G_hat - G_hat.mT) / (s[..., :, None] + s[..., None, :])
+        scaled = s.reciprocal()
+    else:
+        difference = divided_differences(s, f, df)
+        total = _sum_quotient(s, f, df)
+        core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
+        scaled = _over_sigma(s, f, df)
     result = U @ core @ Vh
     if U.shape[-2] > U.shape[-1]:  # m > n: the part of G outside U's columns
         outside = G @ V - U @ G_hat
-        result = result + (outside * _over_sigma(s, f, df)[..., None, :]) @ Vh
+        result = result + (outside * scaled[..., None, :]) @ Vh
     return result
 
 

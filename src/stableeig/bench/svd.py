@@ -6,10 +6,13 @@ points where the SVD's gradient is in question, against an independent reference
 differences of the same map computed with mpmath's SVD at 60 digits (step 1e-25; ``R`` is
 smooth there, so the reference does not depend on the SVD's basis). Methods:
 ``se.special_orthogonalize``, the copied code (``torch.linalg.svd`` autograd with the
-determinant flip), RoMa's ``special_procrustes`` (``pip install roma --no-deps``).
+determinant flip), pytorch3d's ``corresponding_points_alignment`` algorithm (transcribed:
+the package needs a compiled build), RoMa's ``special_procrustes`` (``pip install roma
+--no-deps``).
 
 Speed: forward + backward, median of interleaved repeats, ratio to the copied code, one
-thread: ``B × 3×3`` rotations, and the polar factor of 64×64 and 512×256 matrices.
+thread: ``B × 3×3`` rotations, and the polar factor of 64×64, 512×256 and 2048×1024
+matrices.
 
 Writes ``bench_svd.md`` and ``bench_svd.json`` (``--quick``: ``bench_svd_quick.*``).
 """
@@ -44,6 +47,17 @@ def copied_rotation(M: torch.Tensor) -> torch.Tensor:
 def copied_polar(M: torch.Tensor) -> torch.Tensor:
     U, _, Vh = torch.linalg.svd(M, full_matrices=False)
     return U @ Vh
+
+
+def pytorch3d_rotation(M: torch.Tensor) -> torch.Tensor:
+    """pytorch3d's ``corresponding_points_alignment`` algorithm, transcribed (it does not
+    install here: a compiled extension): the SVD of the transposed cross-covariance by the
+    deprecated ``torch.svd``, ``E = diag(1, …, 1, det(U Vᵀ))``, ``R = U E Vᵀ`` acting on row
+    vectors, so the rotation of ``M`` is its transpose."""
+    U, _, V = torch.svd(M.mT)
+    E = torch.ones_like(U[..., 0, :])
+    E[..., -1] = torch.sign(torch.linalg.det(U @ V.mT))
+    return ((U * E[..., None, :]) @ V.mT).mT
 
 
 def roma_rotation() -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -116,6 +130,7 @@ def accuracy(quick: bool) -> list[dict[str, Any]]:
     methods: dict[str, Method] = {
         "stableeig": se.special_orthogonalize,
         "torch.linalg.svd (copied)": copied_rotation,
+        "pytorch3d (transcribed)": pytorch3d_rotation,
     }
     roma = roma_rotation()
     if roma is not None:
@@ -166,6 +181,8 @@ def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
         (f"{b} × 3×3 rotation", (b, 3, 3), rotations) for b in batches
     ]
     cases += [("64×64 polar", (64, 64), polars), ("512×256 polar", (512, 256), polars)]
+    if not quick:
+        cases.append(("2048×1024 polar", (2048, 1024), polars))
     rows = []
     for label, shape, methods in cases:
         A = torch.randn(*shape, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
