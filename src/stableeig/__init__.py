@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "extreme_eigenvector": ".eigenvectors",
     "EighResult": ".eigh",
     "eigh": ".eigh",
+    "eigsh": ".partial",
     "generalized_funm": ".generalized",
     "ArgumentError": ".exceptions",
     "DTypeError": ".exceptions",
@@ -111,6 +112,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .generalized import generalized_funm
     from .matrix_functions import clamp_eigenvalues, expm, funm, logm, powm, softplusm
     from .means import airm_geodesic, airm_mean, log_euclidean_mean
+    from .partial import eigsh
     from .power_iteration import power_iteration_eigh
     from .rules import RULES, Analytic, Clip, Loewner, Power, PowerIteration, Taylor
     from .singular import (
@@ -189,6 +191,7 @@ __all__ = [
     "clamp_eigenvalues",
     "default_compute_dtype",
     "eigh",
+    "eigsh",
     "exceptions",
     "expm",
     "extreme_eigenvector",

@@ -36,9 +36,9 @@ class EighResult(NamedTuple):
 
 def eigh(
     A: torch.Tensor,
-    backward: Union[str, Rule, torch.Tensor] = "power",
+    B: Union[torch.Tensor, str, Rule, None] = None,
+    backward: Union[str, Rule, None] = None,
     *,
-    B: Optional[torch.Tensor] = None,
     shrinkage: float = 0.0,
     compute_dtype: Optional[torch.dtype] = None,
     check_symmetric: bool = True,
@@ -55,13 +55,13 @@ def eigh(
 
     Args:
         A: real symmetric matrices, shape (..., n, n); float16/bfloat16/float32/float64.
+        B: symmetric positive definite (..., n, n) for ``A v = λ B v`` (batch shapes
+            broadcast; ``eigh(A, B)`` as scipy). A rule here is ``backward`` (``eigh(A,
+            "power")``, as before ``B`` existed). Default: None (the standard problem).
         backward: eigenvector gradient rule: a name (``"analytic"``, ``"power"``,
             ``"taylor"``, ``"clip"``, with default settings) or a rule object such as
-            ``stableeig.rules.Power(num_iters=29)``. Default: ``"power"`` (the paper's
+            ``stableeig.rules.Power(num_iters=29)``. Default: None, ``"power"`` (the paper's
             SVD-PI gradient, 19 power iterations = 20 series terms, as its reference code).
-            A tensor here is ``B`` (``eigh(A, B)``, as scipy), with the default rule.
-        B: symmetric positive definite (..., n, n) for ``A v = λ B v`` (batch shapes
-            broadcast). Default: None (the standard problem).
         shrinkage: with ``B``, α in [0, 1]: ``B ← (1 - α) B + α (tr B / n) I`` (a covariance
             of fewer samples than dimensions). Default: 0.
         compute_dtype: least working precision, ``torch.float32`` or ``torch.float64``.
@@ -93,12 +93,11 @@ def eigh(
         >>> bool(torch.isfinite(A.grad).all())
         True
     """
-    if isinstance(backward, torch.Tensor):
-        if B is not None:
-            raise ArgumentError("eigh: B: expected it once (got a tensor as backward and B=)")
-        B = backward
-        backward = "power"
-    rule = resolve(backward, kinds=("eigenvector",))
+    if isinstance(B, (str, Rule)):  # eigh(A, "power"): the rule in B's place
+        if backward is not None:
+            raise ArgumentError(f"eigh: B: expected a tensor (got {B!r} and backward=)")
+        B, backward = None, B
+    rule = resolve("power" if backward is None else backward, kinds=("eigenvector",))
     assert isinstance(rule, EigenvectorRule)
     if B is not None:
         if UPLO is not None:
