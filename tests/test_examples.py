@@ -23,6 +23,7 @@ def test_there_is_an_example_per_story() -> None:
         "style_transfer",
         "rotations",
         "completion",
+        "eigenproblems",
     } <= names
 
 

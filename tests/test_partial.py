@@ -203,3 +203,26 @@ def test_dense_path_batched_and_compiled() -> None:
     compiled(leaf_c).backward()
     se.eigsh(leaf_e, 2).eigenvalues.sum().backward()
     torch.testing.assert_close(leaf_c.grad, leaf_e.grad)
+
+
+def test_shift_invert_finds_the_same_pairs_and_gradients_stay_on_the_pattern() -> None:
+    n = 40
+    weights = torch.linspace(0.5, 1.5, n, dtype=F64)
+    plain_weights = weights.clone().requires_grad_()
+    shifted_weights = weights.clone().requires_grad_()
+    G = torch.randn(n, 4, generator=torch.Generator().manual_seed(9), dtype=F64)
+    probe = torch.randn(n, 1, generator=torch.Generator().manual_seed(11), dtype=F64)
+    results = []
+    for leaf, sigma in ((plain_weights, None), (shifted_weights, -1e-3)):
+        L = _cycle_laplacian(n, leaf)
+        w, V = se.eigsh(L, 4, which="smallest", sigma=sigma,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+        results.append(w.detach())
+        (w.sum() + (G * _aligned(V, probe)).sum()).backward()
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(plain_weights.grad, shifted_weights.grad, rtol=0, atol=1e-8)
+    sparse = _sym(10, 12).to_sparse().requires_grad_()
+    se.eigsh(sparse, 2).eigenvectors.sum().backward()
+    assert sparse.grad is not None and sparse.grad.layout == torch.sparse_coo  # O(nnz)
+    with pytest.raises(se.ArgumentError, match="eigsh: sigma: expected a sparse A"):
+        se.eigsh(lambda X: X, 2, n=6, sigma=0.0)

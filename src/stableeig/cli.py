@@ -293,6 +293,20 @@ def _bench_svd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_eigsh(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import eigsh
+
+    torch.set_num_threads(args.threads)
+    result = eigsh.measure(quick=args.quick)
+    stem = "bench_eigsh" + ("_quick" if args.quick else "")
+    eigsh.write(result, Path(args.results), stem)
+    print(eigsh.render(result))
+    print(f"wrote {args.results}/{stem}.json, .md")
+    return 0
+
+
 def _bench_spectral(args: argparse.Namespace) -> int:
     import torch
 
@@ -644,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     svd_parser.add_argument(
         "--repeats", type=_at_least(1), default=7, help="timed repeats (default: 7)"
     )
+    bench_command(
+        "eigsh", "partial eigenproblems of sparse graph Laplacians vs scipy eigsh, torch.lobpcg "
+        "and dense eigh autograd: accuracy, speed (JSON, MD)", _bench_eigsh,
+        "~400 and ~10⁴ nodes (smoke)",
+    )  # fmt: skip
     users_parser = bench_command(
         "users",
         "the shapes users run first vs the code they write today: small calls, (N, C) "
@@ -661,7 +680,7 @@ EXTRAS = {  # what each command imports beyond torch, checked before any work
     "demo": ("matplotlib", "tqdm"),
     "reproduce": ("matplotlib", "tqdm"),
     "train": ("tqdm",),
-    "bench": ("matplotlib", "tqdm", "mpmath"),
+    "bench": ("matplotlib", "tqdm", "mpmath", "scipy"),
 }
 
 

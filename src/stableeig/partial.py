@@ -26,7 +26,7 @@ gets one for whatever parameters it holds (a Hessian-vector product's network).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -62,6 +62,7 @@ class _Problem:
     maxiter: int
     outside: Optional[tuple[torch.Tensor, torch.Tensor]]  # dense: the other eigenpairs
     defined: bool  # a gap at the cut
+    preconditioner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # ± (A - σB)⁻¹
 
 
 def eigsh(
@@ -75,6 +76,7 @@ def eigsh(
     generator: Optional[torch.Generator] = None,
     tol: Optional[float] = None,
     maxiter: Optional[int] = None,
+    sigma: Optional[float] = None,
     backward: Union[str, Rule] = "analytic",
     compute_dtype: Optional[torch.dtype] = None,
 ) -> EighResult:
@@ -92,9 +94,16 @@ def eigsh(
         v0: a warm start, (n,) or the previous eigenvectors (n, k) (iterative forward).
         generator: for the random start vector (deterministic results). Default: None.
         tol: the iterations' relative tolerance. Default: None (machine precision for the
-            eigenpairs; 1e3 · eps for the backward's solves).
+            eigenpairs; a residual of 1e-10, or 1e3 · eps in float32, for the backward's
+            solves).
         maxiter: iterations for the forward and for each backward solve. Default: None
             (ARPACK's ``10 n``; ``10 n`` for the solves).
+        sigma: a sparse ``A`` only: shift-invert about ``sigma`` (a sparse LU of
+            ``A - σ B``), below the smallest eigenvalue for ``"smallest"`` (above the largest
+            for ``"largest"``): the same eigenpairs in far fewer iterations on meshes and
+            grids (a 10⁵-node grid Laplacian: 3 s instead of 65 s), and the LU
+            preconditions the backward's solves. Fill-in makes it costly on expander-like
+            graphs. Default: None (no factorization).
         backward: the eigenvector rule inside the computed block. Default: ``"analytic"``
             (exact; a tie the loss depends on raises).
         compute_dtype: least working precision. Default: None (float64).
@@ -123,7 +132,7 @@ def eigsh(
     assert isinstance(rule, EigenvectorRule)
     if isinstance(A, torch.Tensor) and A.layout == torch.strided:
         return _dense(A, k, B, which == "largest", rule, compute_dtype)
-    return _iterative(A, k, B, which == "largest", n, v0, generator, tol, maxiter, rule,
+    return _iterative(A, k, B, which == "largest", n, v0, generator, tol, maxiter, sigma, rule,
                       compute_dtype)  # fmt: skip
 
 
@@ -237,7 +246,8 @@ def _checked_matvec(
 def _iterative(
     A: Operator, k: int, B: Optional[torch.Tensor], largest: bool, n: Optional[int],
     v0: Optional[torch.Tensor], generator: Optional[torch.Generator], tol: Optional[float],
-    maxiter: Optional[int], rule: EigenvectorRule, compute_dtype: Optional[torch.dtype],
+    maxiter: Optional[int], sigma: Optional[float], rule: EigenvectorRule,
+    compute_dtype: Optional[torch.dtype],
 ) -> EighResult:  # fmt: skip
     try:
         import scipy.sparse.linalg as sparse_linalg
@@ -251,6 +261,7 @@ def _iterative(
         work = working_dtype(dtype, compute_dtype)
         A_work = coo.to(work)
         product: Callable[[torch.Tensor], torch.Tensor] = lambda X: torch.sparse.mm(A_work, X)  # noqa: E731
+        recorded = lambda X: _sparse_product(A_work, X)  # noqa: E731
         scipy_A: object = _to_scipy(coo)
     elif callable(A):
         if n is None and v0 is None:
@@ -260,7 +271,10 @@ def _iterative(
         device = v0.device if v0 is not None else torch.device("cpu")
         work = working_dtype(dtype, compute_dtype)
         product = _checked_matvec("eigsh: A", A, size)
+        recorded = product
         scipy_A = None
+        if sigma is not None:
+            raise ArgumentError("eigsh: sigma: expected a sparse A to factorize (got a callable)")
     else:
         raise ShapeError(f"eigsh: A: expected a tensor or a callable (got {type(A).__name__})")
     _check_k(k, size)
@@ -278,11 +292,9 @@ def _iterative(
             scipy_B = _to_scipy(B_work)
         if B_work.shape[-1] != size:
             raise ShapeError(f"eigsh: B: expected ({size}, {size}) (got {tuple(B.shape)})")
-        bproduct = (
-            (lambda X: B_work @ X)
-            if B.layout == torch.strided
-            else (lambda X: torch.sparse.mm(B_work, X))
-        )
+        dense_B = B.layout == torch.strided
+        bproduct = (lambda X: B_work @ X) if dense_B else (lambda X: torch.sparse.mm(B_work, X))
+        brecorded = (lambda X: B_work @ X) if dense_B else (lambda X: _sparse_product(B_work, X))
     start = _start_vector(size, v0, generator)
 
     def on_host(X):  # type: ignore[no-untyped-def]
@@ -295,10 +307,20 @@ def _iterative(
         (size, size), matvec=on_host, matmat=on_host, dtype="float64"
     )  # fmt: skip
     count = min(k + 1, size - 1)  # one more: the gap at the cut
+    factor = None
+    if sigma is not None:
+        checks.check_finite("eigsh: sigma", torch.tensor(float(sigma)))
+        mass: Any = scipy_B if scipy_B is not None else _identity(size)
+        shift: Any = sigma * mass
+        shifted: Any = scipy_A - shift
+        factor = sparse_linalg.splu(shifted.tocsc())
     try:
         w_np, V_np = sparse_linalg.eigsh(
-            operator, k=count, M=scipy_B, which="LA" if largest else "SA", v0=start,
-            tol=0.0 if tol is None else tol, maxiter=maxiter,
+            operator, k=count, M=scipy_B, sigma=sigma,
+            which=("LA" if largest else "SA") if sigma is None else "LM",
+            OPinv=None if factor is None else sparse_linalg.LinearOperator(
+                (size, size), matvec=factor.solve, dtype="float64"),
+            v0=start, tol=0.0 if tol is None else tol, maxiter=maxiter,
         )  # fmt: skip
     except sparse_linalg.ArpackNoConvergence as failed:
         raise ArgumentError(
@@ -322,15 +344,49 @@ def _iterative(
         matvec=lambda X: product(X).detach(),
         bmatvec=None if bproduct is None else (lambda X: bproduct(X).detach()),
         largest=largest, rule=rule,
-        tol=1e3 * torch.finfo(work).eps if tol is None else max(tol, torch.finfo(work).eps),
+        tol=_solve_tolerance(tol, work),
         maxiter=10 * size if maxiter is None else maxiter, outside=None, defined=True,
+        preconditioner=None if factor is None else _lu_preconditioner(factor, largest, work),
     )  # fmt: skip
     defined = torch.tensor(gap > size * torch.finfo(work).eps * scale, device=device)
-    Y_A = product(vectors)  # the one product through which gradients reach A
-    Y_B = bproduct(vectors) if bproduct is not None else torch.zeros_like(vectors[:0])
+    Y_A = recorded(vectors)  # the one product through which gradients reach A
+    Y_B = brecorded(vectors) if bproduct is not None else torch.zeros_like(vectors[:0])
     out_values, out_vectors = _Partial.apply(Y_A, Y_B, values, vectors, defined, problem)
     result = dtype if B is None else torch.promote_types(dtype, B.dtype)
     return EighResult(out_values.to(result), out_vectors.to(result))
+
+
+def _solve_tolerance(tol: Optional[float], dtype: torch.dtype) -> float:
+    eps = torch.finfo(dtype).eps
+    return max(1e3 * eps, 1e-10) if tol is None else max(tol, eps)
+
+
+def _sparse_product(coo: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``A X`` for a coalesced COO ``A`` by gathering and scattering its nonzeros: its
+    gradient to the values is ``(W[rows] * X[cols]).sum(-1)``, O(nnz · k) (``torch.sparse.mm``'s
+    backward forms the dense n × n product)."""
+    rows, cols = coo.indices()
+    terms = coo.values()[:, None] * X[cols]
+    return torch.zeros_like(X).index_add(0, rows, terms)
+
+
+def _identity(size: int) -> object:
+    import scipy.sparse
+
+    return scipy.sparse.identity(size, format="csr")
+
+
+def _lu_preconditioner(
+    factor: object, largest: bool, dtype: torch.dtype
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``R -> ∓(A - σB)⁻¹ R``, definite with the sign of the backward's operator."""
+    sign = -1.0 if largest else 1.0
+
+    def apply(R: torch.Tensor) -> torch.Tensor:
+        solved = factor.solve(R.detach().double().cpu().numpy())  # type: ignore[attr-defined]
+        return sign * torch.from_numpy(solved).to(device=R.device, dtype=dtype)
+
+    return apply
 
 
 def _start_vector(
@@ -460,28 +516,32 @@ def _projected_cg(
     def operator(X: torch.Tensor) -> torch.Tensor:
         return sign * (bmatvec(X) * values - problem.matvec(X))
 
+    def precondition(R: torch.Tensor) -> torch.Tensor:
+        R = R - BV @ (V.mT @ R)  # Pᵀ R (round-off)
+        return project(R if problem.preconditioner is None else problem.preconditioner(R))
+
     rhs = sign * (G - BV @ (V.mT @ G))  # s (I - B V Vᵀ) g: orthogonal to V
     Y = torch.zeros_like(G)
     residual = rhs
-    Z = project(residual)
+    Z = precondition(residual)
     direction = Z
     rz = (residual * Z).sum(0)
     target = problem.tol * rhs.norm(dim=0)
     for _ in range(problem.maxiter):
-        if bool((Z.norm(dim=0) <= target).all()):
+        if bool((residual.norm(dim=0) <= target).all()):
             return project(Y)
         MP = operator(direction)
         curvature = (direction * MP).sum(0)
         step = torch.where(curvature > 0, rz / torch.where(curvature > 0, curvature, 1.0), 0.0)
         Y = Y + direction * step
         residual = residual - MP * step
-        Z = project(residual)
+        Z = precondition(residual)
         rz_next = (residual * Z).sum(0)
         direction = Z + direction * torch.where(rz > 0, rz_next / torch.where(rz > 0, rz, 1.0), 0.0)
         rz = rz_next
-    if bool((Z.norm(dim=0) <= target).all()):
+    if bool((residual.norm(dim=0) <= target).all()):
         return project(Y)
-    worst = float((Z.norm(dim=0) / target.clamp_min(torch.finfo(Z.dtype).tiny)).max())
+    worst = float((residual.norm(dim=0) / target.clamp_min(torch.finfo(Z.dtype).tiny)).max())
     raise NotDifferentiableError(
         f"eigsh backward: expected the adjoint solves to converge in {problem.maxiter} "
         f"iterations (got a residual {worst:.3g}× the tolerance): the gap at the cut is small "

@@ -120,6 +120,21 @@ def test_bench_svd_quick_shows_ours_exact_where_the_copied_svd_is_nan(tmp_path: 
     assert "| I₃ |" in (tmp_path / "bench_svd_quick.md").read_text()
 
 
+def test_bench_eigsh_quick_meets_the_gradient_target_where_lobpcg_refuses(tmp_path: Path) -> None:
+    pytest.importorskip("scipy")
+    from stableeig import cli
+
+    assert cli.main(["bench", "eigsh", "--quick", f"--results={tmp_path}", "--quiet"]) == 0
+    result = json.loads((tmp_path / "bench_eigsh_quick.json").read_text())
+    ours = [r for r in result["accuracy"] if r["method"].startswith("se.eigsh")]
+    assert len(ours) == 2
+    for row in ours:  # the targets: 1e-8 eigenvalues, 1e-7 gradients
+        assert row["values"] < 1e-8 and row["grad Σλ"] < 1e-7 and row["grad ⟨G, P⟩"] < 1e-7
+    lobpcg = next(r for r in result["accuracy"] if r["method"] == "torch.lobpcg")
+    assert str(lobpcg["grad Σλ"]).startswith("ValueError")
+    assert "| se.eigsh (shift-invert) |" in (tmp_path / "bench_eigsh_quick.md").read_text()
+
+
 def test_bench_spectral_quick_meets_the_accuracy_target(tmp_path: Path) -> None:
     pytest.importorskip("mpmath")
     from stableeig.bench import spectral
