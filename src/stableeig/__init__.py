@@ -10,7 +10,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 # Public name -> the module that defines it ("": the name is a subpackage or module). They
 # load together on the first access of any of them (PEP 562), so that importing stableeig
@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "EighResult": ".eigh",
     "eigh": ".eigh",
     "eigsh": ".partial",
+    "eigh_driver": ".small",
     "generalized_funm": ".generalized",
     "ArgumentError": ".exceptions",
     "DTypeError": ".exceptions",
@@ -123,6 +124,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         spectral_clip,
         svd_funm,
     )
+    from .small import eigh_driver
     from .spectral import inv_sqrtm, sqrtm, top_k_projector
     from .streaming import FeatureStatistics
     from .subspaces import grassmann_distance, principal_angles
@@ -191,6 +193,7 @@ __all__ = [
     "clamp_eigenvalues",
     "default_compute_dtype",
     "eigh",
+    "eigh_driver",
     "eigsh",
     "exceptions",
     "expm",

@@ -16,6 +16,7 @@ from . import _validation as checks
 from ._precision import working_dtype
 from .exceptions import NotDifferentiableError
 from .rules import Analytic, EigenvectorRule
+from .small import jacobi_eigh, use_jacobi
 
 __all__ = [
     "HOST_EIGH_MAX_SIZE",
@@ -62,7 +63,11 @@ def symmetrized(A: torch.Tensor) -> torch.Tensor:
 
 def decompose(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh(A)``, on the host for small matrices on a GPU: ``(w, V)`` on
-    ``A``'s device. The round trip's copy is the forward's one host synchronization."""
+    ``A``'s device. The round trip's copy is the forward's one host synchronization.
+    Batches of 2×2 and 3×3 go to the batched Jacobi solver (:mod:`stableeig.small`) where
+    :func:`~stableeig.eigh_driver` allows."""
+    if use_jacobi(A):
+        return jacobi_eigh(A)
     if A.device.type == "cuda" and A.shape[-1] <= HOST_EIGH_MAX_SIZE:
         w, V = torch.linalg.eigh(A.cpu())
         return w.to(A.device), V.to(A.device)

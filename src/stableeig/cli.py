@@ -307,6 +307,20 @@ def _bench_eigsh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_small(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import small
+
+    torch.set_num_threads(args.threads)
+    result = small.measure(quick=args.quick)
+    stem = "bench_small" + ("_quick" if args.quick else "")
+    small.write(result, Path(args.results), stem)
+    print(small.render(result))
+    print(f"wrote {args.results}/{stem}.json, .md")
+    return 0
+
+
 def _bench_spectral(args: argparse.Namespace) -> int:
     import torch
 
@@ -662,6 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
         "eigsh", "partial eigenproblems of sparse graph Laplacians vs scipy eigsh, torch.lobpcg "
         "and dense eigh autograd: accuracy, speed (JSON, MD)", _bench_eigsh,
         "~400 and ~10⁴ nodes (smoke)",
+    )  # fmt: skip
+    bench_command(
+        "small", "many small matrices: logm and normals on B × 2×2, 3×3, 22×22 vs "
+        "torch.linalg.eigh autograd (JSON, MD)", _bench_small, "small batches (smoke)",
     )  # fmt: skip
     users_parser = bench_command(
         "users",

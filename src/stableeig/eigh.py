@@ -93,7 +93,7 @@ def eigh(
         >>> bool(torch.isfinite(A.grad).all())
         True
     """
-    if isinstance(B, (str, Rule)):  # eigh(A, "power"): the rule in B's place
+    if B is not None and not isinstance(B, torch.Tensor):  # eigh(A, "power"): a rule there
         if backward is not None:
             raise ArgumentError(f"eigh: B: expected a tensor (got {B!r} and backward=)")
         B, backward = None, B

@@ -1,0 +1,116 @@
+"""``stableeig bench small``: many small matrices (issue 42).
+
+Forward + backward of ``logm`` and of the smallest eigenvector (point-cloud normals) on
+``B × n×n`` batches, float32 input, one thread, against ``torch.linalg.eigh`` autograd (the
+code people write: float32 LAPACK) and against our own LAPACK path (``eigh_driver("lapack")``),
+median of interleaved repeats; ``n = 22`` (SPDNet) keeps LAPACK under ``"auto"``.
+
+Writes ``bench_small.md`` and ``bench_small.json`` (``--quick``: ``bench_small_quick.*``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import stableeig as se
+
+from .files import make_dirs, write_text
+
+__all__ = ["measure", "render", "write"]
+
+
+def _copied_logm(A: torch.Tensor) -> torch.Tensor:
+    w, V = torch.linalg.eigh(A)
+    return (V * torch.log(w)[..., None, :]) @ V.mT
+
+
+def _copied_normal(A: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigh(A)[1][..., 0].abs()
+
+
+def _ours(function: Callable[..., torch.Tensor], driver: str,
+          compute: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    def call(A: torch.Tensor) -> torch.Tensor:
+        with se.eigh_driver(driver):
+            return function(A) if compute is None else function(A, compute)
+
+    return call
+
+
+def _logm(A: torch.Tensor, compute: Any = None) -> torch.Tensor:
+    return se.logm(A, compute_dtype=compute)
+
+
+def _normal(A: torch.Tensor, compute: Any = None) -> torch.Tensor:
+    return se.extreme_eigenvector(A, compute_dtype=compute).vector.abs()
+
+
+def _batch(count: int, n: int) -> torch.Tensor:
+    X = torch.randn(count, n, n, generator=torch.Generator().manual_seed(0))
+    return X @ X.mT / n + 0.1 * torch.eye(n)
+
+
+def measure(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    cases = [(3, b) for b in ((1024, 10_000) if quick else (4096, 10_000, 100_000, 1_000_000))]
+    cases += [(2, 10_000 if quick else 100_000), (22, 256 if quick else 4096)]
+    rows = []
+    for story, copied, ours in (("logm", _copied_logm, _logm), ("normal", _copied_normal, _normal)):
+        for n, count in cases:
+            A = _batch(count, n)
+            methods = {
+                "torch.linalg.eigh autograd": copied,
+                "stableeig, LAPACK path": _ours(ours, "lapack"),
+                "stableeig (auto)": _ours(ours, "auto"),
+                "stableeig (auto), float32 compute": _ours(ours, "auto", torch.float32),
+            }
+            G = torch.randn_like(copied(A))
+            samples: dict[str, list[float]] = {name: [] for name in methods}
+            for _ in range(1 if count >= 1_000_000 else repeats):
+                for name, method in methods.items():  # interleaved
+                    leaf = A.clone().requires_grad_()
+                    tick = time.perf_counter()
+                    (G * method(leaf)).sum().backward()
+                    samples[name].append(time.perf_counter() - tick)
+            base = statistics.median(samples["torch.linalg.eigh autograd"])
+            for name, times in samples.items():
+                rows.append({"story": story, "n": n, "batch": count, "method": name,
+                             "median_s": statistics.median(times),
+                             "speedup": base / statistics.median(times)})  # fmt: skip
+    return {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "rows": rows}  # fmt: skip
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        "# Many small matrices: forward + backward, float32 input, one thread",
+        "",
+        f"`stableeig bench small`; {result['machine']}, torch {result['torch']}. Median "
+        "seconds (speed-up over `torch.linalg.eigh` autograd).",
+        "",
+    ]
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    lines += ["| story | B × n×n | " + " | ".join(methods) + " |",
+              "|---|---|" + "---|" * len(methods)]  # fmt: skip
+    keys = dict.fromkeys((r["story"], r["n"], r["batch"]) for r in result["rows"])
+    for story, n, count in keys:
+        cells = []
+        for method in methods:
+            row = next(r for r in result["rows"] if (r["story"], r["n"], r["batch"], r["method"])
+                       == (story, n, count, method))  # fmt: skip
+            cells.append(f"{row['median_s']:.3g} ({row['speedup']:.2f}×)")
+        lines.append(f"| {story} | {count:,} × {n}×{n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], folder: Path, stem: str = "bench_small") -> None:
+    make_dirs(folder, "results folder")
+    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    write_text(folder / f"{stem}.md", render(result))
