@@ -358,3 +358,43 @@ def test_kabsch_refuses_bad_masks_and_weights_by_name(
 ) -> None:
     with pytest.raises(error, match=match):
         se.kabsch(torch.randn(5, 3), torch.randn(5, 3), **kwargs)
+
+
+# ---------------------------------------------------------------- torch.func and compile
+
+TARGETS = _randn(40, 3, 3)
+FORWARD = {
+    "polar": se.polar,
+    "svd_funm": lambda X: se.svd_funm(X, torch.tanh),
+    "special_orthogonalize": se.special_orthogonalize,
+    "low_rank": lambda X: se.low_rank(X, 1),
+    "procrustes": lambda X: se.procrustes(X, TARGETS).rotation,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD))
+def test_jvp_jacfwd_and_vmap_equal_reverse_mode(name: str) -> None:
+    apply = FORWARD[name]
+    A, E = _rotation(3, 41) @ _diagonal(3.0, 1.0, 1.0), _randn(42, 3, 3)  # a tie
+    _, tangent = torch.func.jvp(apply, (A,), (E,))
+    jacobian = torch.func.jacrev(apply)(A)  # (3, 3, 3, 3)
+    torch.testing.assert_close(tangent, (jacobian * E).sum((-2, -1)))
+    torch.testing.assert_close(torch.func.jacfwd(apply)(A), jacobian)
+    batch = torch.stack([A, _randn(43, 3, 3)])
+    torch.testing.assert_close(torch.func.vmap(apply)(batch)[1], apply(batch[1]))
+
+
+@pytest.mark.parametrize("name", ["svd", "schatten_norm", "kabsch_rmsd"])
+def test_compiled_whole_equals_eager(name: str) -> None:
+    apply = {
+        "svd": lambda X: (se.svd(X).U ** 3).sum() + se.svd(X).S.sum(),
+        "schatten_norm": lambda X: se.schatten_norm(X, 3.0).sum(),
+        "kabsch_rmsd": lambda X: se.kabsch_rmsd(X, X.detach().flip(-2) + 0.1).sum(),
+    }[name]
+    A = _randn(44, 4, 5, 3)
+    torch._dynamo.reset()
+    compiled = torch.compile(apply, fullgraph=True, backend="aot_eager")
+    leaf_c, leaf_e = A.clone().requires_grad_(), A.clone().requires_grad_()
+    compiled(leaf_c).backward()
+    apply(leaf_e).backward()
+    torch.testing.assert_close(leaf_c.grad, leaf_e.grad)

@@ -108,7 +108,8 @@ class _SingularFunction(Function):
         f, df = ctx.f, ctx.df
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
             function = _odd_extension(ctx.name, f, df)
-            grad_A = _second_order_backward(A, grad_F, U, s, Vh, function, _kinks(s, f))
+            first = _first_order(U.detach(), s.detach(), Vh.detach(), grad_F.detach(), f, df)
+            grad_A = _second_order_backward(A, grad_F, U, s, Vh, function, _kinks(s, f), first)
         else:
             grad_A = _first_order(U, s, Vh, grad_F, f, df)
         expected = (
@@ -287,6 +288,7 @@ class _SpecialPolar(Function):
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(inputs[0], *output[2:])
+        ctx.save_for_forward(inputs[0], *output[2:])
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
@@ -296,14 +298,34 @@ class _SpecialPolar(Function):
             return None
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
             function, kinks = _rotation_signs(signed)
-            return _second_order_backward(A, grad_R, U, signed, Vh, function, kinks)
-        G_hat = U.mT @ grad_R @ Vh.mT
-        pairs = signed[..., :, None] + signed[..., None, :]
-        off = ~torch.eye(signed.shape[-1], dtype=torch.bool, device=signed.device)
-        usable = off & (pairs != 0)
-        # undefined pairs: 0 here; _UndefinedGate has already refused or zeroed their matrix
-        total = torch.where(usable, 2 / torch.where(usable, pairs, torch.ones_like(pairs)), 0)
-        return U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
+            first = _rotation_first_order(U.detach(), signed.detach(), Vh.detach(), grad_R.detach())
+            return _second_order_backward(A, grad_R, U, signed, Vh, function, kinks, first)
+        return _rotation_first_order(U, signed, Vh, grad_R)
+
+
+class _SpecialForward(_SpecialPolar):
+    """:class:`_SpecialPolar` with forward mode (the same self-adjoint map), except while
+    Dynamo traces."""
+
+    @staticmethod
+    def jvp(ctx, dA):  # type: ignore[no-untyped-def]
+        _, U, signed, Vh = ctx.saved_tensors
+        dR = _rotation_first_order(U, signed, Vh, dA)
+        return dR, None, torch.zeros_like(U), torch.zeros_like(signed), torch.zeros_like(Vh)
+
+
+def _rotation_first_order(
+    U: torch.Tensor, signed: torch.Tensor, Vh: torch.Tensor, G: torch.Tensor
+) -> torch.Tensor:
+    """``U' (D⁺ ∘ skew Ĝ) Vᵀ``, ``D⁺ᵢⱼ = 2 / (s̃ᵢ + s̃ⱼ)`` off the diagonal: the gradient for
+    an incoming ``G`` and (the map is self-adjoint) the derivative in the direction ``G``."""
+    G_hat = U.mT @ G @ Vh.mT
+    pairs = signed[..., :, None] + signed[..., None, :]
+    off = ~torch.eye(signed.shape[-1], dtype=torch.bool, device=signed.device)
+    usable = off & (pairs != 0)
+    # undefined pairs: 0 here; _UndefinedGate has already refused or zeroed their matrix
+    total = torch.where(usable, 2 / torch.where(usable, pairs, torch.ones_like(pairs)), 0)
+    return U @ (total * (G_hat - G_hat.mT) / 2) @ Vh
 
 
 def _rotation_signs(signed: torch.Tensor) -> tuple[SpectralFunction, torch.Tensor]:
@@ -377,10 +399,9 @@ def _special(
 ) -> torch.Tensor:
     work = working_dtype(A.dtype, compute_dtype)
     with autocast_off(A.device):
-        R, defined = _SpecialPolar.apply(A.to(work))[:2]
-        R = _UndefinedGate.apply(
-            R, defined, undefined, _ROTATION.format(name=name, count="{count}")
-        )
+        function = _SpecialPolar if torch.compiler.is_compiling() else _SpecialForward
+        R, defined = function.apply(A.to(work))[:2]
+        R = _gate(R, defined, undefined, _ROTATION.format(name=name, count="{count}"))
     return R.to(A.dtype)
 
 
@@ -399,9 +420,10 @@ class _UndefinedGate(Function):
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
         _, defined, ctx.policy, ctx.message = inputs
         ctx.save_for_backward(defined)
+        ctx.save_for_forward(defined)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+    def _gated(ctx, grad):  # type: ignore[no-untyped-def]
         (defined,) = ctx.saved_tensors
         if ctx.policy == "raise":
             if torch.compiler.is_compiling():  # an assertion in the graph, no host sync
@@ -409,8 +431,26 @@ class _UndefinedGate(Function):
             elif checks.host_checks_enabled(defined) and not bool(defined.all()):
                 count = f"{int((~defined).sum())} of {defined.numel()}"
                 raise NotDifferentiableError(ctx.message.format(count=count))
-            return grad, None, None, None
-        return torch.where(defined[..., None, None], grad, torch.zeros_like(grad)), None, None, None
+            return grad
+        return torch.where(defined[..., None, None], grad, torch.zeros_like(grad))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return _UndefinedGate._gated(ctx, grad), None, None, None
+
+
+class _UndefinedGateForward(_UndefinedGate):
+    """:class:`_UndefinedGate` with forward mode (the same gate on the tangent)."""
+
+    @staticmethod
+    def jvp(ctx, tangent, _defined, _policy, _message):  # type: ignore[no-untyped-def]
+        return _UndefinedGate._gated(ctx, tangent)
+
+
+def _gate(R: torch.Tensor, defined: torch.Tensor, policy: str, message: str) -> torch.Tensor:
+    """:class:`_UndefinedGate` (with forward mode except while Dynamo traces)."""
+    gate = _UndefinedGate if torch.compiler.is_compiling() else _UndefinedGateForward
+    return gate.apply(R, defined, policy, message)
 
 
 def _scalar(name: str, value: object, minimum: float) -> torch.Tensor | float:
@@ -498,6 +538,7 @@ class _Truncation(Function):
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(inputs[0], *output[2:])
+        ctx.save_for_forward(inputs[0], *output[2:])
 
     @staticmethod
     def backward(ctx, grad_F, _defined, _U, _s, _Vh):  # type: ignore[no-untyped-def]
@@ -506,28 +547,49 @@ class _Truncation(Function):
             return None, None
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
             function, kinks = _cut(s, ctx.k)
-            return _second_order_backward(A, grad_F, U, s, Vh, function, kinks), None
-        kept = torch.arange(s.shape[-1], device=s.device) < ctx.k
-        both = kept[:, None] & kept[None, :]
-        across = kept[:, None] ^ kept[None, :]
-        big = torch.where(kept[:, None], s[..., :, None], s[..., None, :])  # the kept one
-        minus = s[..., :, None] - s[..., None, :]
-        plus = s[..., :, None] + s[..., None, :]
-        sign = torch.where(kept[:, None], 1.0, -1.0).to(s.dtype)  # (kept_i - kept_j) order
-        safe = torch.where(across & (minus != 0), minus, torch.ones_like(minus))
-        difference = torch.where(both, 1.0, 0.0).to(s.dtype) + torch.where(
-            across, sign * big / safe, torch.zeros_like(minus)
-        )
-        total = torch.where(both, 1.0, 0.0).to(s.dtype) + torch.where(
-            across & (plus != 0), big / torch.where(plus != 0, plus, torch.ones_like(plus)), 0.0
-        )
-        G_hat = U.mT @ grad_F @ Vh.mT
-        core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
-        grad_A = U @ core @ Vh
-        if U.shape[-2] > U.shape[-1]:
-            outside = grad_F @ Vh.mT - U @ G_hat
-            grad_A = grad_A + (outside * kept.to(s.dtype)) @ Vh
-        return grad_A, None
+            first = _truncation_first_order(
+                U.detach(), s.detach(), Vh.detach(), grad_F.detach(), ctx.k
+            )
+            return _second_order_backward(A, grad_F, U, s, Vh, function, kinks, first), None
+        return _truncation_first_order(U, s, Vh, grad_F, ctx.k), None
+
+
+class _TruncationForward(_Truncation):
+    """:class:`_Truncation` with forward mode, except while Dynamo traces."""
+
+    @staticmethod
+    def jvp(ctx, dA, _k):  # type: ignore[no-untyped-def]
+        _, U, s, Vh = ctx.saved_tensors
+        dF = _truncation_first_order(U, s, Vh, dA, ctx.k)
+        return dF, None, torch.zeros_like(U), torch.zeros_like(s), torch.zeros_like(Vh)
+
+
+def _truncation_first_order(
+    U: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, G: torch.Tensor, k: int
+) -> torch.Tensor:
+    """:func:`_first_order` for ``f(σᵢ) = σᵢ`` on the ``k`` largest, 0 on the rest (the
+    class docstring's ``D⁻``, ``D⁺``); self-adjoint, so also the forward derivative."""
+    kept = torch.arange(s.shape[-1], device=s.device) < k
+    both = kept[:, None] & kept[None, :]
+    across = kept[:, None] ^ kept[None, :]
+    big = torch.where(kept[:, None], s[..., :, None], s[..., None, :])  # the kept one
+    minus = s[..., :, None] - s[..., None, :]
+    plus = s[..., :, None] + s[..., None, :]
+    sign = torch.where(kept[:, None], 1.0, -1.0).to(s.dtype)  # (kept_i - kept_j) order
+    safe = torch.where(across & (minus != 0), minus, torch.ones_like(minus))
+    difference = torch.where(both, 1.0, 0.0).to(s.dtype) + torch.where(
+        across, sign * big / safe, torch.zeros_like(minus)
+    )
+    total = torch.where(both, 1.0, 0.0).to(s.dtype) + torch.where(
+        across & (plus != 0), big / torch.where(plus != 0, plus, torch.ones_like(plus)), 0.0
+    )
+    G_hat = U.mT @ G @ Vh.mT
+    core = difference * (G_hat + G_hat.mT) / 2 + total * (G_hat - G_hat.mT) / 2
+    result = U @ core @ Vh
+    if U.shape[-2] > U.shape[-1]:
+        outside = G @ Vh.mT - U @ G_hat
+        result = result + (outside * kept.to(s.dtype)) @ Vh
+    return result
 
 
 def _cut(s: torch.Tensor, k: int) -> tuple[SpectralFunction, torch.Tensor]:
@@ -581,8 +643,9 @@ def low_rank(
     wide = A.shape[-2] < A.shape[-1]
     with autocast_off(A.device):
         X = A.to(work)
-        F, defined = _Truncation.apply(X.mT if wide else X, k)[:2]
-        F = _UndefinedGate.apply(F, defined, undefined, _CUT)
+        function = _Truncation if torch.compiler.is_compiling() else _TruncationForward
+        F, defined = function.apply(X.mT if wide else X, k)[:2]
+        F = _gate(F, defined, undefined, _CUT)
     return (F.mT if wide else F).to(A.dtype)
 
 
@@ -626,18 +689,21 @@ def _augmented_eigenpairs(
 
 def _second_order_backward(
     A: torch.Tensor, grad_F: torch.Tensor, U: torch.Tensor, signed: torch.Tensor,
-    Vh: torch.Tensor, function: SpectralFunction, kinks: torch.Tensor,
+    Vh: torch.Tensor, function: SpectralFunction, kinks: torch.Tensor, first: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
     """The first-order gradient as a differentiable function of ``(grad_F, A)`` whose own
     backward (and forward mode) is exact: the upper right block of the symmetric backward
     of ``g`` at ``J``, doubled (``A`` sits in both off-diagonal blocks). ``kinks``
     (..., p): where ``|g|`` jumps or bends; a singular value near one refuses the second
-    derivative (:class:`_SecondOrderGate`)."""
+    derivative (:class:`_SecondOrderGate`). The value is ``first``, the direct formula's
+    (J's route multiplies round-off by ``1/s̃ᵢ`` on the pairs ``(s̃ᵢ, -s̃ᵢ)``, whose exact
+    weight is 0: wrong by O(1) at a rank-deficient ``special_orthogonalize``)."""
     m = A.shape[-2]
     w, E = _augmented_eigenpairs(U.detach(), signed.detach(), Vh.detach())
     J_grad = _LoewnerSecond.apply(_augmented(grad_F, upper_only=True), _augmented(A), w, E,
                                   function)  # fmt: skip
-    grad_A = 2 * symmetrized(J_grad)[..., :m, m:]
+    route = 2 * symmetrized(J_grad)[..., :m, m:]
+    grad_A = first + (route - route.detach())
     if torch._C._are_functorch_transforms_active():  # no host checks there (and a bool
         return grad_A  # input would have no tangent for vmap's generated jvp rule)
     unsafe = _near(signed.detach().abs(), kinks)

@@ -87,13 +87,15 @@ def _svd_backward(
     if grad_U is not None and U.shape[-2] > U.shape[-1]:  # m > n: outside U's columns
         outside = grad_U - U @ (U.mT @ grad_U)
         grad_A = grad_A + torch.where(outside == 0, 0.0, outside / s[..., None, :]) @ Vh
-    if checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
-        raise NotDifferentiableError(
-            "svd backward: expected distinct singular values for a loss that depends on "
-            "the choice of singular vectors, and σ > 0 where ∂L/∂U leaves U's span (got "
-            f"singular values {_listed(s)}); use a bounded rule (backward='clip' or "
-            "'power'), or svd_funm for a function of U f(Σ) Vᵀ"
-        )
+    expected = (
+        "svd backward: expected distinct singular values for a loss that depends on the "
+        "choice of singular vectors, and σ > 0 where ∂L/∂U leaves U's span"
+    )
+    advice = "use a bounded rule (backward='clip' or 'power'), or svd_funm for U f(Σ) Vᵀ"
+    if checks.in_graph():  # an assertion in the graph, no host sync
+        checks.assert_in_graph(torch.isfinite(grad_A).all(), f"{expected}; {advice}")
+    elif checks.host_checks_enabled(grad_A) and not checks.all_finite(grad_A):
+        raise NotDifferentiableError(f"{expected} (got singular values {_listed(s)}); {advice}")
     return grad_A
 
 
