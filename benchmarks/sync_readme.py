@@ -27,6 +27,8 @@ SECTIONS = {  # README marker -> results file
     "spdnet": "results/spdnet_steps1000_fashion-mnist.md",
     "wide": "results/wide_steps300_fashion-mnist.md",
     "accepts": "results/accepts.md",
+    "bench eigsh": "results/bench_eigsh.md",
+    "bench small": "results/bench_small.md",
     "layer paths": "results/layer_paths.md",
     "users bench": "results/bench_users.md",
 }

@@ -159,9 +159,9 @@ def _time(call: Callable[[], None], repeats: int) -> list[float]:
     return times
 
 
-def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
-    torch.set_num_threads(1)
-    rotations: dict[str, Method] = {
+def rotation_methods() -> dict[str, Method]:
+    """The nearest-rotation maps the speed and memory tables compare."""
+    methods: dict[str, Method] = {
         "stableeig": se.special_orthogonalize,
         "stableeig, float32 compute": lambda M: se.special_orthogonalize(
             M, compute_dtype=torch.float32
@@ -170,7 +170,13 @@ def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
     }
     roma = roma_rotation()
     if roma is not None:
-        rotations["RoMa"] = roma
+        methods["RoMa"] = roma
+    return methods
+
+
+def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)
+    rotations = rotation_methods()
     polars: dict[str, Method] = {
         "stableeig": se.polar,
         "stableeig, float32 compute": lambda M: se.polar(M, compute_dtype=torch.float32),
@@ -211,6 +217,30 @@ def speed(quick: bool, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def saved_bytes(apply: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward of ``apply(A)`` (every saved tensor once): the
+    memory a training step holds per call."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        seen[id(tensor)] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    leaf = A.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        apply(leaf).sum()
+    return sum(seen.values())
+
+
+def memory(quick: bool) -> list[dict[str, Any]]:
+    """Saved-for-backward bytes per 3×3 matrix at B = 16,384 (1,024 quick)."""
+    count = 1024 if quick else 16384
+    A = torch.randn(count, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    methods = rotation_methods()
+    return [{"method": name, "batch": count, "bytes_per_matrix": saved_bytes(apply, A) / count}
+            for name, apply in methods.items()]  # fmt: skip
+
+
 def render(result: dict[str, Any]) -> str:
     lines = [
         "# The rotation and polar maps against the code people use",
@@ -242,6 +272,12 @@ def render(result: dict[str, Any]) -> str:
                        None)  # fmt: skip
             cells.append("—" if row is None else f"{row['median_s']:.3g} ({row['ratio']:.2f}×)")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    if result.get("memory"):
+        count = result["memory"][0]["batch"]
+        lines += ["", f"## Memory kept for the backward, {count:,} × 3×3 rotations (bytes per "
+                  "matrix)", "", "| method | bytes |", "|---|---|"]  # fmt: skip
+        for row in result["memory"]:
+            lines.append(f"| {row['method']} | {row['bytes_per_matrix']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +288,7 @@ def measure(quick: bool = False, repeats: int = 7) -> dict[str, Any]:
         "torch": torch.__version__,
         "accuracy": accuracy(quick),
         "speed": speed(quick, 3 if quick else repeats),
+        "memory": memory(quick),
     }
 
 
