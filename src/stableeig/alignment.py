@@ -84,6 +84,19 @@ def _procrustes(
     mask: Optional[torch.Tensor], reflection: bool, scale: bool, center: bool, undefined: str,
     compute_dtype: Optional[torch.dtype],
 ) -> ProcrustesResult:  # fmt: skip
+    fit, _, _, _ = _fit(name, X, Y, weights, mask, reflection, scale, center, undefined,
+                        compute_dtype)  # fmt: skip
+    result = torch.promote_types(X.dtype, Y.dtype)
+    return ProcrustesResult(*(part.to(result) for part in fit))
+
+
+def _fit(
+    name: str, X: torch.Tensor, Y: torch.Tensor, weights: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor], reflection: bool, scale: bool, center: bool, undefined: str,
+    compute_dtype: Optional[torch.dtype],
+) -> tuple[ProcrustesResult, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The fit in the working dtype, with the weights (..., N) and the (centred) point sets
+    (..., N, d) it was computed from."""
     X = _check_matrices(f"{name}: X", X)
     Y = _check_matrices(f"{name}: Y", Y)
     if X.shape != Y.shape:
@@ -114,7 +127,7 @@ def _procrustes(
         else:
             s = torch.ones(X.shape[:-2], dtype=work, device=X.device)
         t = y_mean - s[..., None] * (R @ x_mean[..., None])[..., 0]
-    return ProcrustesResult(R.to(result), t.to(result), s.to(result))
+    return ProcrustesResult(R, t, s), w, x, y
 
 
 def _point_weights(
@@ -197,12 +210,11 @@ def kabsch_rmsd(
         >>> float(se.kabsch_rmsd(X, X @ R.T + 2.0)) < 1e-12
         True
     """
-    name = "kabsch_rmsd"
-    fit = _procrustes(name, X, Y, weights, mask, False, False, True, undefined, compute_dtype)
-    work = fit.rotation.dtype
-    w = _point_weights(name, X, weights, mask, working_dtype(work, compute_dtype)).to(work)
-    with autocast_off(X.device):
-        moved = X.to(work) @ fit.rotation.mT + fit.translation[..., None, :]
-        squared = (w * (moved - Y.to(work)).square().sum(-1)).sum(-1) / w.sum(-1)
+    fit, w, x, y = _fit("kabsch_rmsd", X, Y, weights, mask, False, False, True, undefined,
+                        compute_dtype)  # fmt: skip
+    with autocast_off(x.device):
+        residual = x @ fit.rotation.mT - y  # centred: R x̃ᵢ - ỹᵢ = R xᵢ + t - yᵢ
+        squared = (w * residual.square().sum(-1)).sum(-1) / w.sum(-1)
         positive = squared > 0
-        return torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
+        rmsd = torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
+    return rmsd.to(torch.promote_types(X.dtype, Y.dtype))
