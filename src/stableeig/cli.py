@@ -279,46 +279,34 @@ SPEED_PARTS = ("decomposition", "eigh", "layers", "placement", "training", "comp
 USERS_SECTIONS = ("calls", "embeddings", "spdnet", "fid", "precision", "compiled")  # bench.users
 
 
-def _bench_svd(args: argparse.Namespace) -> int:
+def _bench_report(args: argparse.Namespace, name: str, **options: Any) -> int:
+    """A bench whose module has ``measure(quick, ...)`` and ``render(result)``: measured,
+    written as ``bench_<name>[_quick].json`` and ``.md``, and printed."""
     import torch
 
-    from .bench import svd
+    from .bench import files
 
+    module = importlib.import_module(f".bench.{name}", __package__)
     torch.set_num_threads(args.threads)
-    result = svd.measure(quick=args.quick, repeats=args.repeats)
-    stem = "bench_svd" + ("_quick" if args.quick else "")
-    svd.write(result, Path(args.results), stem)
-    print(svd.render(result))
+    result = module.measure(quick=args.quick, **options)
+    stem = f"bench_{name}" + ("_quick" if args.quick else "")
+    text = module.render(result)
+    files.write_report(Path(args.results), stem, result, text)
+    print(text)
     print(f"wrote {args.results}/{stem}.json, .md")
     return 0
+
+
+def _bench_svd(args: argparse.Namespace) -> int:
+    return _bench_report(args, "svd", repeats=args.repeats)
 
 
 def _bench_eigsh(args: argparse.Namespace) -> int:
-    import torch
-
-    from .bench import eigsh
-
-    torch.set_num_threads(args.threads)
-    result = eigsh.measure(quick=args.quick)
-    stem = "bench_eigsh" + ("_quick" if args.quick else "")
-    eigsh.write(result, Path(args.results), stem)
-    print(eigsh.render(result))
-    print(f"wrote {args.results}/{stem}.json, .md")
-    return 0
+    return _bench_report(args, "eigsh")
 
 
 def _bench_small(args: argparse.Namespace) -> int:
-    import torch
-
-    from .bench import small
-
-    torch.set_num_threads(args.threads)
-    result = small.measure(quick=args.quick)
-    stem = "bench_small" + ("_quick" if args.quick else "")
-    small.write(result, Path(args.results), stem)
-    print(small.render(result))
-    print(f"wrote {args.results}/{stem}.json, .md")
-    return 0
+    return _bench_report(args, "small")
 
 
 def _bench_spectral(args: argparse.Namespace) -> int:

@@ -14,19 +14,15 @@ Writes ``bench_eigsh.md`` and ``bench_eigsh.json`` (``--quick``: ``bench_eigsh_q
 
 from __future__ import annotations
 
-import json
 import platform
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 import stableeig as se
 
-from .files import make_dirs, write_text
-
-__all__ = ["accuracy", "grid_graph", "laplacian", "measure", "render", "speed", "write"]
+__all__ = ["accuracy", "grid_graph", "laplacian", "measure", "render", "speed"]
 
 K = 16
 SHIFT = -1e-3  # below a Laplacian's spectrum (its smallest eigenvalue is 0)
@@ -238,9 +234,3 @@ def measure(quick: bool = False) -> dict[str, Any]:
         "accuracy": accuracy(quick),
         "speed": speed(quick),
     }
-
-
-def write(result: dict[str, Any], folder: Path, stem: str = "bench_eigsh") -> None:
-    make_dirs(folder, "results folder")
-    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
-    write_text(folder / f"{stem}.md", render(result))

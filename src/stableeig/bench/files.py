@@ -52,6 +52,7 @@ __all__ = [
     "release_lock",
     "remove_run",
     "run_directory",
+    "write_report",
     "write_text",
 ]
 
@@ -150,6 +151,13 @@ def read_text(path: Path) -> str:
 def write_text(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda out: out.write(text))
+
+
+def write_report(folder: Path, stem: str, result: dict[str, Any], markdown: str) -> None:
+    """``<stem>.json`` (the rows) and ``<stem>.md`` (their table) in ``folder``, atomically."""
+    make_dirs(folder, "results folder")
+    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    write_text(folder / f"{stem}.md", markdown)
 
 
 def make_dirs(path: Path, what: str) -> None:

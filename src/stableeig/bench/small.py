@@ -10,20 +10,16 @@ Writes ``bench_small.md`` and ``bench_small.json`` (``--quick``: ``bench_small_q
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 import stableeig as se
 
-from .files import make_dirs, write_text
-
-__all__ = ["measure", "render", "write"]
+__all__ = ["measure", "render"]
 
 
 def _copied_logm(A: torch.Tensor) -> torch.Tensor:
@@ -108,9 +104,3 @@ def render(result: dict[str, Any]) -> str:
             cells.append(f"{row['median_s']:.3g} ({row['speedup']:.2f}×)")
         lines.append(f"| {story} | {count:,} × {n}×{n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write(result: dict[str, Any], folder: Path, stem: str = "bench_small") -> None:
-    make_dirs(folder, "results folder")
-    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
-    write_text(folder / f"{stem}.md", render(result))

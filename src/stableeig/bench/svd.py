@@ -19,20 +19,16 @@ Writes ``bench_svd.md`` and ``bench_svd.json`` (``--quick``: ``bench_svd_quick.*
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 import stableeig as se
 
-from .files import make_dirs, write_text
-
-__all__ = ["accuracy", "measure", "render", "speed", "write"]
+__all__ = ["accuracy", "measure", "render", "speed"]
 
 Method = Callable[[torch.Tensor], torch.Tensor]
 
@@ -290,9 +286,3 @@ def measure(quick: bool = False, repeats: int = 7) -> dict[str, Any]:
         "speed": speed(quick, 3 if quick else repeats),
         "memory": memory(quick),
     }
-
-
-def write(result: dict[str, Any], folder: Path, stem: str = "bench_svd") -> None:
-    make_dirs(folder, "results folder")
-    write_text(folder / f"{stem}.json", json.dumps(result, indent=1) + "\n")
-    write_text(folder / f"{stem}.md", render(result))
