@@ -29,9 +29,10 @@ __all__ = ["generalized_eigh", "generalized_funm", "reduce_generalized"]
 def reduce_generalized(
     A: torch.Tensor, B: torch.Tensor, compute_dtype: Optional[torch.dtype],
     check_symmetric: bool, shrinkage: float, name: str,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """``(C, L)``: ``C = L⁻¹ A L⁻ᵀ`` symmetric and the Cholesky factor of the (shrunk) ``B``,
-    in the working dtype, batch shapes broadcast. ``shrinkage`` α: ``B ← (1 - α) B +
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(C, L, A, B)``: ``C = L⁻¹ A L⁻ᵀ`` symmetric, the Cholesky factor of the (shrunk)
+    ``B``, and the checked, symmetrized ``A`` and (shrunk) ``B`` it came from, all in the
+    working dtype, batch shapes broadcast. ``shrinkage`` α: ``B ← (1 - α) B +
     α (tr B / n) I``. Raises :class:`NotPositiveDefiniteError` naming ``B``."""
     checks.check_in_range(f"{name}: shrinkage", shrinkage, 0.0, 1.0)
     work_A = prepare_symmetric(f"{name}: A", A, compute_dtype, check_symmetric)
@@ -59,7 +60,7 @@ def reduce_generalized(
             )
         half = torch.linalg.solve_triangular(L, work_A, upper=False)  # L⁻¹ A
         C = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ (L⁻¹ A)ᵀ = L⁻¹ A L⁻ᵀ
-    return C * 0.5 + C.mT * 0.5, L
+    return C * 0.5 + C.mT * 0.5, L, work_A, work_B
 
 
 def generalized_eigh(
@@ -67,7 +68,7 @@ def generalized_eigh(
     compute_dtype: Optional[torch.dtype], check_symmetric: bool, shrinkage: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(w, V)`` of ``A v = λ B v``, ascending, ``Vᵀ B V = I``, in the working dtype."""
-    C, L = reduce_generalized(A, B, compute_dtype, check_symmetric, shrinkage, "eigh")
+    C, L, _, _ = reduce_generalized(A, B, compute_dtype, check_symmetric, shrinkage, "eigh")
     with autocast_off(C.device):
         w, W = eigh_function(C, rule)
         V = torch.linalg.solve_triangular(L.mT, W, upper=True)
@@ -111,7 +112,9 @@ def generalized_funm(
         >>> [round(v, 12) for v in F.diagonal().tolist()]
         [0.69314718056, 0.231049060187]
     """
-    C, L = reduce_generalized(A, B, compute_dtype, check_symmetric, shrinkage, "generalized_funm")
+    C, L, _, _ = reduce_generalized(
+        A, B, compute_dtype, check_symmetric, shrinkage, "generalized_funm"
+    )
     F = funm(C, f, df, backward=backward, check_symmetric=False)
     with autocast_off(C.device):
         right = torch.linalg.solve_triangular(L.mT, F, upper=True)  # L⁻ᵀ F

@@ -61,7 +61,6 @@ class _Problem:
     tol: float
     maxiter: int
     outside: Optional[tuple[torch.Tensor, torch.Tensor]]  # dense: the other eigenpairs
-    defined: bool  # a gap at the cut
     preconditioner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # ± (A - σB)⁻¹
 
 
@@ -153,6 +152,7 @@ def _dense(
 ) -> EighResult:  # fmt: skip
     n = checks.check_square_matrix("eigsh: A", A).shape[-1]
     _check_k(k, n)
+    work_B: Optional[torch.Tensor] = None
     if B is None:
         work = prepare_symmetric("eigsh: A", A, compute_dtype)
         L = None
@@ -160,8 +160,7 @@ def _dense(
     else:
         if not isinstance(B, torch.Tensor) or B.layout != torch.strided:
             raise ArgumentError("eigsh: B: expected a dense tensor with a dense A")
-        C, L = reduce_generalized(A, B, compute_dtype, True, 0.0, "eigsh")
-        work = prepare_symmetric("eigsh: A", A, compute_dtype).to(C.dtype)
+        C, L, work, work_B = reduce_generalized(A, B, compute_dtype, True, 0.0, "eigsh")
         C = C.detach()
         L = L.detach()
     with autocast_off(C.device):
@@ -176,15 +175,11 @@ def _dense(
     defined = (edge[1] - edge[0]) > n * torch.finfo(w.dtype).eps * scale
     problem = _Problem(
         matvec=lambda X: X, bmatvec=None, largest=largest, rule=rule, tol=0.0, maxiter=0,
-        outside=(w[..., rest], V_all[..., :, rest]), defined=True,
+        outside=(w[..., rest], V_all[..., :, rest]),
     )  # fmt: skip
     with autocast_off(C.device):
         Y_A = work @ vectors
-        Y_B = (
-            torch.zeros_like(vectors[..., :0, :])
-            if B is None
-            else prepare_symmetric("eigsh: B", B, compute_dtype).to(C.dtype) @ vectors
-        )
+        Y_B = torch.zeros_like(vectors[..., :0, :]) if work_B is None else work_B @ vectors
         out_values, out_vectors = _Partial.apply(Y_A, Y_B, values, vectors, defined, problem)
     dtype = A.dtype if B is None else torch.promote_types(A.dtype, B.dtype)
     return EighResult(out_values.to(dtype), out_vectors.to(dtype))
@@ -345,7 +340,7 @@ def _iterative(
         bmatvec=None if bproduct is None else (lambda X: bproduct(X).detach()),
         largest=largest, rule=rule,
         tol=_solve_tolerance(tol, work),
-        maxiter=10 * size if maxiter is None else maxiter, outside=None, defined=True,
+        maxiter=10 * size if maxiter is None else maxiter, outside=None,
         preconditioner=None if factor is None else _lu_preconditioner(factor, largest, work),
     )  # fmt: skip
     defined = torch.tensor(gap > size * torch.finfo(work).eps * scale, device=device)
