@@ -398,3 +398,21 @@ def test_compiled_whole_equals_eager(name: str) -> None:
     compiled(leaf_c).backward()
     apply(leaf_e).backward()
     torch.testing.assert_close(leaf_c.grad, leaf_e.grad)
+
+
+def test_schatten_norm_second_order_does_not_overflow_at_large_singular_values() -> None:
+    """At σ ~ 1e30, p = 12, σᵖ overflowed: the norm was Inf and its gradient 0 (with
+    create_graph NaN). The norm is taken of σ / σ₁ and its gradient formed at A / ‖A‖."""
+    A = _diagonal(1e30, 2e30, 3e30)
+    expected = 3e30 * torch.linalg.vector_norm(torch.tensor([1 / 3, 2 / 3, 1.0], dtype=F64), 12)
+    torch.testing.assert_close(se.schatten_norm(A, 12.0), expected)
+    leaf = A.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(se.schatten_norm(leaf, 12.0), leaf, create_graph=True)
+    plain = A.clone().requires_grad_()
+    se.schatten_norm(plain, 12.0).backward()
+    torch.testing.assert_close(grad.detach(), plain.grad)
+    (second,) = torch.autograd.grad((grad * _randn(45, 3, 3)).sum(), leaf)
+    scaled = (A / 1e30).requires_grad_()  # the Hessian is homogeneous of degree -1
+    (grad_1,) = torch.autograd.grad(se.schatten_norm(scaled, 12.0), scaled, create_graph=True)
+    (second_1,) = torch.autograd.grad((grad_1 * _randn(45, 3, 3)).sum(), scaled)
+    torch.testing.assert_close(second * 1e30, second_1)

@@ -186,7 +186,10 @@ class _SchattenNorm(Function):
     @staticmethod
     def forward(A: torch.Tensor, p: float) -> tuple[torch.Tensor, ...]:
         U, s, Vh = torch.linalg.svd(A, full_matrices=False)
-        return torch.linalg.vector_norm(s, p, -1), U, s, Vh
+        if p == 1:  # a sum: the nuclear norm of the FID, unscaled
+            return s.sum(-1), U, s, Vh
+        largest = s[..., :1].clamp_min(torch.finfo(s.dtype).tiny)  # σᵖ would overflow
+        return largest[..., 0] * torch.linalg.vector_norm(s / largest, p, -1), U, s, Vh
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
@@ -200,9 +203,14 @@ class _SchattenNorm(Function):
         size = max(U.shape[-2], Vh.shape[-1])
         weight = _norm_derivative(s, norm.detach(), ctx.p, size)  # ∂‖σ‖/∂σ, (..., k)
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():  # create_graph
-            # U diag(φ(σ)) Vᵀ through svd_funm: exact to second order
-            f, df, scale = _norm_function(s, norm, ctx.p, size)
-            derivative = _apply(A, f, df, A.dtype, "schatten_norm")
+            # U diag(φ(σ)) Vᵀ through svd_funm: exact to second order. The gradient of a
+            # norm is the same at A / c for a constant c > 0: for 1 < p < ∞, c = the norm,
+            # so that σ^(p-1) cannot overflow (σ ~ 1e30, p = 12 gave NaN); the steps of
+            # p = 1 and ∞ are bounded and keep c = 1.
+            finite = ctx.p not in (1, float("inf"))
+            fixed = torch.where((norm > 0) & finite, norm, torch.ones_like(norm)).detach()
+            f, df, scale = _norm_function(s / fixed[..., None], norm / fixed, ctx.p, size)
+            derivative = _apply(A / fixed[..., None, None], f, df, A.dtype, "schatten_norm")
             return (grad * scale)[..., None, None] * derivative, None
         return grad[..., None, None] * ((U * weight[..., None, :]) @ Vh), None
 
