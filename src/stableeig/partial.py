@@ -188,7 +188,11 @@ def _dense(
 # ---------------------------------------------------------------- sparse and matrix-free
 
 
-def _check_sparse(name: str, M: torch.Tensor) -> torch.Tensor:
+def _check_sparse(name: str, M: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """The coalesced COO form of a square, finite, symmetric sparse ``M``, and its scipy CSR
+    copy (float64, detached) for ARPACK and the LU."""
+    import scipy.sparse
+
     if M.layout not in (torch.sparse_coo, torch.sparse_csr):
         raise ShapeError(f"{name}: expected a dense, sparse COO or CSR tensor (got {M.layout})")
     if M.dtype not in checks.FLOATING_DTYPES:
@@ -199,23 +203,18 @@ def _check_sparse(name: str, M: torch.Tensor) -> torch.Tensor:
     values = coo.values().detach()
     if not bool(torch.isfinite(values).all()):
         raise NonFiniteError(f"{name}: expected finite entries (got NaN/Inf among its values)")
-    asymmetry = (coo.detach() - coo.detach().t()).coalesce().values()
-    scale = float(values.abs().max()) if values.numel() else 0.0
-    tolerance = checks.symmetry_tolerance(M.dtype) * scale
-    if asymmetry.numel() and float(asymmetry.abs().max()) > tolerance:
-        raise NotSymmetricError(
-            f"{name}: expected a symmetric matrix (got max|A - Aᵀ| = "
-            f"{float(asymmetry.abs().max()):.3g} with max|A| = {scale:.3g})"
-        )
-    return coo
-
-
-def _to_scipy(coo: torch.Tensor) -> object:
-    import scipy.sparse
-
     indices = coo.indices().cpu().numpy()
-    values = coo.values().detach().cpu().double().numpy()
-    return scipy.sparse.csr_matrix((values, (indices[0], indices[1])), shape=tuple(coo.shape))
+    copy = scipy.sparse.csr_matrix(
+        (values.cpu().double().numpy(), (indices[0], indices[1])), shape=tuple(coo.shape)
+    )
+    asymmetry = float(abs(copy - copy.T).max()) if copy.nnz else 0.0
+    scale = float(values.abs().max()) if values.numel() else 0.0
+    if asymmetry > checks.symmetry_tolerance(M.dtype) * scale:
+        raise NotSymmetricError(
+            f"{name}: expected a symmetric matrix (got max|A - Aᵀ| = {asymmetry:.3g} with "
+            f"max|A| = {scale:.3g})"
+        )
+    return coo, copy
 
 
 def _checked_matvec(
@@ -251,13 +250,12 @@ def _iterative(
             "eigsh: A: a sparse or matrix-free operator needs scipy (pip install scipy)"
         ) from missing
     if isinstance(A, torch.Tensor):
-        coo = _check_sparse("eigsh: A", A)
+        coo, scipy_A = _check_sparse("eigsh: A", A)
         size, device, dtype = coo.shape[0], coo.device, coo.dtype
         work = working_dtype(dtype, compute_dtype)
         A_work = coo.to(work)
         product: Callable[[torch.Tensor], torch.Tensor] = lambda X: torch.sparse.mm(A_work, X)  # noqa: E731
         recorded = lambda X: _sparse_product(A_work, X)  # noqa: E731
-        scipy_A: object = _to_scipy(coo)
     elif callable(A):
         if n is None and v0 is None:
             raise ArgumentError("eigsh: n: expected the size of a callable A (or v0)")
@@ -283,8 +281,8 @@ def _iterative(
                                        work)  # fmt: skip
             scipy_B = B_work.detach().cpu().double().numpy()
         else:
-            B_work = _check_sparse("eigsh: B", B).to(work)
-            scipy_B = _to_scipy(B_work)
+            B_coo, scipy_B = _check_sparse("eigsh: B", B)
+            B_work = B_coo.to(work)
         if B_work.shape[-1] != size:
             raise ShapeError(f"eigsh: B: expected ({size}, {size}) (got {tuple(B.shape)})")
         dense_B = B.layout == torch.strided
