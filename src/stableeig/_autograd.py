@@ -16,7 +16,7 @@ from . import _validation as checks
 from ._precision import working_dtype
 from .exceptions import NotDifferentiableError
 from .rules import Analytic, EigenvectorRule
-from .small import jacobi_eigh, use_jacobi
+from .small import jacobi_eigh, jacobi_svd, use_jacobi
 
 __all__ = [
     "HOST_EIGH_MAX_SIZE",
@@ -72,6 +72,18 @@ def decompose(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, V = torch.linalg.eigh(A.cpu())
         return w.to(A.device), V.to(A.device)
     return torch.linalg.eigh(A)
+
+
+def decompose_singular(
+    A: torch.Tensor, full_matrices: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(A, full_matrices)``: ``(U, S, Vh)``; batches of square 2×2 and 3×3
+    go to the batched Jacobi solver (:func:`~stableeig.small.jacobi_svd`) where
+    :func:`~stableeig.eigh_driver` allows."""
+    if A.shape[-2] == A.shape[-1] and use_jacobi(A):
+        return jacobi_svd(A)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=full_matrices)
+    return U, S, Vh
 
 
 def compose(V: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

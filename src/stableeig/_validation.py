@@ -212,6 +212,25 @@ def check_eigenvalues_finite(name: str, w: torch.Tensor) -> None:
         )
 
 
+def rounded_checked(name: str, what: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` rounded to the caller's ``dtype``; :class:`NonFiniteError` where a finite
+    result of the working precision overflows it (float16 eigenvalues beyond 65504, a
+    float32 singular value beyond 3.4e38), instead of returning Inf."""
+    rounded = tensor.to(dtype)
+    if dtype == tensor.dtype or tensor.numel() == 0:
+        return rounded
+    if in_graph():
+        assert_in_graph(torch.isfinite(rounded).all(), f"{name}: expected {what} within {dtype}")
+        return rounded
+    if host_checks_enabled(rounded) and not all_finite(rounded.detach()):
+        largest = float(tensor.detach().abs().amax())
+        raise NonFiniteError(
+            f"{name}: expected {what} within the range of {dtype} (got magnitudes up to "
+            f"{largest:.4g}, Inf once rounded); rescale the input or pass a wider dtype"
+        )
+    return rounded
+
+
 def symmetry_tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance for ``max|A - Aᵀ| <= tol * max|A|``: sqrt of the dtype's epsilon."""
     return float(torch.finfo(dtype).eps) ** 0.5

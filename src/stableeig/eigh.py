@@ -104,7 +104,10 @@ def eigh(
             raise ArgumentError(f"eigh: UPLO: expected None with B (got {UPLO!r})")
         w, V = generalized_eigh(A, B, rule, compute_dtype, check_symmetric, shrinkage)
         dtype = torch.promote_types(A.dtype, B.dtype)
-        return EighResult(w.to(dtype), V.to(dtype))
+        return EighResult(
+            checks.rounded_checked("eigh", "the eigenvalues", w, dtype),
+            checks.rounded_checked("eigh", "the eigenvectors (B-orthonormal)", V, dtype),
+        )
     if UPLO is not None:
         checks.check_choice("UPLO", UPLO, ("L", "U"))
         A = checks.check_square_matrix("A", A)
@@ -114,4 +117,4 @@ def eigh(
     with autocast_off(work.device):
         w, V = eigh_function(work, rule)  # decomposes (A + Aᵀ) / 2
     checks.check_eigenvalues_finite("A", w)
-    return EighResult(w.to(A.dtype), V.to(A.dtype))
+    return EighResult(checks.rounded_checked("eigh", "the eigenvalues", w, A.dtype), V.to(A.dtype))

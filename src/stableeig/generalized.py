@@ -22,6 +22,7 @@ from ._precision import autocast_off
 from .exceptions import NotPositiveDefiniteError, ShapeError
 from .matrix_functions import funm
 from .rules import EigenvectorRule, Rule
+from .spectral import check_values_finite
 
 __all__ = ["generalized_eigh", "generalized_funm", "reduce_generalized"]
 
@@ -119,4 +120,6 @@ def generalized_funm(
     with autocast_off(C.device):
         right = torch.linalg.solve_triangular(L.mT, F, upper=True)  # L⁻ᵀ F
         result = torch.linalg.solve_triangular(L.mT, right.mT, upper=True).mT  # L⁻ᵀ F L⁻¹
-    return result.to(torch.promote_types(A.dtype, B.dtype))
+    result = result.to(torch.promote_types(A.dtype, B.dtype))
+    check_values_finite("generalized_funm", result, None)  # L⁻ᵀ F L⁻¹ can overflow F's range
+    return result

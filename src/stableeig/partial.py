@@ -182,7 +182,7 @@ def _dense(
         Y_B = torch.zeros_like(vectors[..., :0, :]) if work_B is None else work_B @ vectors
         out_values, out_vectors = _Partial.apply(Y_A, Y_B, values, vectors, defined, problem)
     dtype = A.dtype if B is None else torch.promote_types(A.dtype, B.dtype)
-    return EighResult(out_values.to(dtype), out_vectors.to(dtype))
+    return _rounded(out_values, out_vectors, dtype)
 
 
 # ---------------------------------------------------------------- sparse and matrix-free
@@ -346,7 +346,14 @@ def _iterative(
     Y_B = brecorded(vectors) if bproduct is not None else torch.zeros_like(vectors[:0])
     out_values, out_vectors = _Partial.apply(Y_A, Y_B, values, vectors, defined, problem)
     result = dtype if B is None else torch.promote_types(dtype, B.dtype)
-    return EighResult(out_values.to(result), out_vectors.to(result))
+    return _rounded(out_values, out_vectors, result)
+
+
+def _rounded(values: torch.Tensor, vectors: torch.Tensor, dtype: torch.dtype) -> EighResult:
+    return EighResult(
+        checks.rounded_checked("eigsh", "the eigenvalues", values, dtype),
+        checks.rounded_checked("eigsh", "the eigenvectors", vectors, dtype),
+    )
 
 
 def _solve_tolerance(tol: Optional[float], dtype: torch.dtype) -> float:

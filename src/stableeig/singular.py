@@ -26,6 +26,7 @@ from ._autograd import (
     SpectralFunction,
     _elementwise_derivative,
     _LoewnerSecond,
+    decompose_singular,
     symmetrized,
 )
 from ._precision import autocast_off, working_dtype
@@ -90,7 +91,7 @@ class _SingularFunction(Function):
     def forward(
         A: torch.Tensor, f: Elementwise, df: Optional[Elementwise], name: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        U, s, Vh = decompose_singular(A)
         return (U * f(s)[..., None, :]) @ Vh, U, s, Vh
 
     @staticmethod
@@ -257,7 +258,7 @@ def _apply(
         if values.requires_grad:  # f holds parameters (a learned threshold): their gradient
             change = values - values.detach()  # U (∂f/∂θ)(Σ) Vᵀ, 0 in value
             F = F + (U.detach() * change[..., None, :]) @ Vh.detach()
-    return (F.mT if wide else F).to(A.dtype)
+    return checks.rounded_checked(name, "the result", F.mT if wide else F, A.dtype)
 
 
 class _SpecialPolar(Function):
@@ -273,7 +274,7 @@ class _SpecialPolar(Function):
 
     @staticmethod
     def forward(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        U, s, Vh = torch.linalg.svd(A)
+        U, s, Vh = decompose_singular(A, full_matrices=True)
         sign = torch.linalg.det(U) * torch.linalg.det(Vh)  # ±1
         flip = torch.ones_like(s)
         flip[..., -1] = sign
@@ -521,7 +522,7 @@ class _Truncation(Function):
 
     @staticmethod
     def forward(A: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        U, s, Vh = decompose_singular(A)
         kept = torch.arange(s.shape[-1], device=s.device) < k
         F = (U * torch.where(kept, s, torch.zeros_like(s))[..., None, :]) @ Vh
         if k < s.shape[-1]:
@@ -646,7 +647,7 @@ def low_rank(
         function = _Truncation if torch.compiler.is_compiling() else _TruncationForward
         F, defined = function.apply(X.mT if wide else X, k)[:2]
         F = _gate(F, defined, undefined, _CUT)
-    return (F.mT if wide else F).to(A.dtype)
+    return checks.rounded_checked(name, "the result", F.mT if wide else F, A.dtype)
 
 
 # Second order: the Jordan–Wielandt matrix J = [[0, A], [Aᵀ, 0]] (m + n square, symmetric)

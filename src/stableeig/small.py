@@ -28,7 +28,7 @@ import torch
 
 from ._validation import check_choice
 
-__all__ = ["MIN_BATCH", "SWEEPS", "eigh_driver", "jacobi_eigh", "use_jacobi"]
+__all__ = ["MIN_BATCH", "SWEEPS", "eigh_driver", "jacobi_eigh", "jacobi_svd", "use_jacobi"]
 
 SWEEPS = 5
 """Cyclic sweeps: quadratic convergence reaches float64 round-off after 4 on random,
@@ -108,12 +108,19 @@ def _solve(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = A.abs().amax((-2, -1)).clamp_min(torch.finfo(A.dtype).tiny)
     X = A / scale[:, None, None]
     a = {(i, j): (X[:, i, j] + X[:, j, i]) / 2 for i in range(n) for j in range(i, n)}
-    original = dict(a)
-    one, zero = torch.ones_like(scale), torch.zeros_like(scale)
+    columns = _orthonormal(_jacobi_columns(dict(a), n))
+    w = torch.stack([_rayleigh(a, u, n) for u in columns], -1)
+    w, V = _sorted(w * scale[:, None], torch.stack(columns, -1), False)
+    return w, V
+
+
+def _jacobi_columns(a: dict[tuple[int, int], torch.Tensor], n: int) -> list[torch.Tensor]:
+    """The eigenvector columns (m, n) of the symmetric matrices whose upper triangle is
+    ``a`` (overwritten), by cyclic Jacobi sweeps; unsorted."""
+    one, zero = torch.ones_like(a[0, 0]), torch.zeros_like(a[0, 0])
     v = [[one if i == j else zero for j in range(n)] for i in range(n)]  # v[row][column]
-    pairs = [(p, q) for p in range(n - 1) for q in range(p + 1, n)]
     for _ in range(1 if n == 2 else SWEEPS):
-        for p, q in pairs:
+        for p, q in _PAIRS[n]:
             c, s, t = _rotation(a[p, p], a[q, q], a[p, q])
             apq = a[p, q]
             a[p, p], a[q, q], a[p, q] = a[p, p] - t * apq, a[q, q] + t * apq, zero
@@ -124,12 +131,92 @@ def _solve(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 a[rp], a[rq] = c * a[rp] - s * a[rq], s * a[rp] + c * a[rq]
             for row in v:
                 row[p], row[q] = c * row[p] - s * row[q], s * row[p] + c * row[q]
-    columns = _orthonormal([torch.stack([v[i][j] for i in range(n)], -1) for j in range(n)])
-    w = torch.stack([_rayleigh(original, u, n) for u in columns], -1)
-    V = torch.stack(columns, -1)
-    w, order = w.sort(-1)
-    V = V.gather(-1, order[:, None, :].expand_as(V))
-    return w * scale[:, None], V
+    return [torch.stack([v[i][j] for i in range(n)], -1) for j in range(n)]
+
+
+_PAIRS = {n: [(p, q) for p in range(n - 1) for q in range(p + 1, n)] for n in (2, 3)}
+
+
+def _sorted(
+    values: torch.Tensor, vectors: torch.Tensor, descending: bool, *others: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``values`` (m, n) sorted, and the columns of ``vectors`` and ``others`` (m, n, n)
+    permuted alike."""
+    values, order = values.sort(-1, descending=descending)
+    index = order[:, None, :].expand_as(vectors)
+    return (values, vectors.gather(-1, index), *(M.gather(-1, index) for M in others))
+
+
+def jacobi_svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(U, S, Vh)`` of square (..., n, n), n in {2, 3}, like ``torch.linalg.svd``:
+    descending singular values, orthonormal U and V (also at ranks below n).
+
+    V from Jacobi on ``XᵀX`` (X = A scaled by its largest entry); one one-sided Jacobi sweep
+    on the columns of ``X V`` then takes each rotation from the columns themselves, so small
+    singular values keep LAPACK's absolute accuracy (eps · σ₁) rather than the normal
+    equations' eps · σ₁² / σᵢ; ``U`` normalizes those columns (the last as a cross product,
+    its sign giving σₙ >= 0)."""
+    n = A.shape[-1]
+    batch = A.shape[:-2]
+    flat = A.reshape(-1, n, n)
+    if flat.shape[0] == 0:
+        return A.new_zeros(*batch, n, n), A.new_zeros(*batch, n), A.new_zeros(*batch, n, n)
+    parts = [_singular(chunk) for chunk in flat.split(CHUNK)]
+    U, S, V = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts))
+    return U.reshape(*batch, n, n), S.reshape(*batch, n), V.mT.reshape(*batch, n, n)
+
+
+def _singular(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk (m, n, n): ``(U, S, V)``."""
+    n = A.shape[-1]
+    scale = A.abs().amax((-2, -1)).clamp_min(torch.finfo(A.dtype).tiny)
+    X = A / scale[:, None, None]
+    gram = {(i, j): (X[:, :, i] * X[:, :, j]).sum(-1) for i in range(n) for j in range(i, n)}
+    V = _orthonormal(_jacobi_columns(gram, n))
+    B = [(X * v[:, None, :]).sum(-1) for v in V]  # columns X v (m, n)
+    for p, q in _PAIRS[n]:  # one-sided Jacobi: rotate column pairs until orthogonal
+        c, s, _ = _rotation((B[p] * B[p]).sum(-1), (B[q] * B[q]).sum(-1), (B[p] * B[q]).sum(-1))
+        c, s = c[:, None], s[:, None]
+        B[p], B[q] = c * B[p] - s * B[q], s * B[p] + c * B[q]
+        V[p], V[q] = c * V[p] - s * V[q], s * V[p] + c * V[q]
+    norms = torch.stack([b.norm(dim=-1) for b in B], -1)
+    _, columns, right = _sorted(norms, torch.stack(B, -1), True, torch.stack(V, -1))
+    B = list(columns.unbind(-1))
+    U = _left_vectors(B)
+    S = torch.stack([(u * b).sum(-1) for u, b in zip(U, B)], -1)  # >= 0 but the last's sign
+    sign = torch.where(S[:, -1:] < 0, -1.0, 1.0).to(S.dtype)
+    U[-1] = U[-1] * sign
+    S = torch.cat([S[:, :-1], S[:, -1:] * sign], -1)
+    S, U_sorted, V_sorted = _sorted(S * scale[:, None], torch.stack(U, -1), True, right)
+    return U_sorted, S, V_sorted
+
+
+def _left_vectors(B: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Orthonormal ``u₁ … uₙ`` (m, n) from the nearly orthogonal columns ``B`` sorted by
+    norm: ``bᵢ`` normalized after Gram–Schmidt while it has a direction (a norm above
+    √tiny), else any unit vector orthogonal to the previous; the last as a cross product
+    (n = 3) or the rotation by 90° (n = 2)."""
+    n = B[0].shape[-1]
+    floor = torch.finfo(B[0].dtype).tiny ** 0.5
+    axes = torch.eye(n, dtype=B[0].dtype, device=B[0].device)
+    first = _unit_or(B[0], axes[0].expand_as(B[0]), floor)
+    if n == 2:
+        return [first, torch.stack([-first[:, 1], first[:, 0]], -1)]
+    # a unit vector orthogonal to ``first``: its cross product with the axis it leans on least
+    least = axes[first.abs().argmin(-1)]
+    fallback = torch.linalg.cross(first, least, dim=-1)
+    fallback = fallback / fallback.norm(dim=-1, keepdim=True)
+    second = B[1] - (first * B[1]).sum(-1, keepdim=True) * first
+    second = _unit_or(second, fallback, floor)
+    second = second - (first * second).sum(-1, keepdim=True) * first  # twice is enough
+    second = second / second.norm(dim=-1, keepdim=True)
+    return [first, second, torch.linalg.cross(first, second, dim=-1)]
+
+
+def _unit_or(x: torch.Tensor, fallback: torch.Tensor, floor: float) -> torch.Tensor:
+    """``x / ‖x‖`` (m, n) where ``‖x‖ > floor``, else ``fallback``."""
+    norm = x.norm(dim=-1, keepdim=True)
+    return torch.where(norm > floor, x / norm.clamp_min(floor), fallback)
 
 
 def _rayleigh(a: dict[tuple[int, int], torch.Tensor], u: torch.Tensor, n: int) -> torch.Tensor:

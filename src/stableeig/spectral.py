@@ -285,21 +285,20 @@ def apply_spectral(
     return F
 
 
-def check_values_finite(function: str, F: torch.Tensor, w: torch.Tensor) -> None:
+def check_values_finite(function: str, F: torch.Tensor, w: Optional[torch.Tensor]) -> None:
     """Raise :class:`~stableeig.NonFiniteError` where ``f(λ)`` overflowed the working
     precision or the result's dtype (``expm`` of a large eigenvalue), instead of returning
-    Inf and NaN entries."""
+    Inf and NaN entries; the message names the largest ``|λ|`` of ``w`` where given."""
     if checks.in_graph():
         message = f"{function}: expected f(eigenvalues) within the range of {F.dtype}"
         checks.assert_in_graph(torch.isfinite(F).all(), message)
         return
     if F.numel() == 0 or not checks.host_checks_enabled(F) or checks.all_finite(F):
         return
-    largest = float(w.detach().abs().amax())
+    where = "" if w is None else f" at an eigenvalue of magnitude up to {float(w.abs().amax()):.4g}"
     raise NonFiniteError(
         f"{function}: expected f(eigenvalues) within the range of {F.dtype} (got Inf/NaN: "
-        f"f overflowed at an eigenvalue of magnitude up to {largest:.4g}); rescale A or "
-        "use compute_dtype=torch.float64"
+        f"f overflowed{where}); rescale A or use compute_dtype=torch.float64"
     )
 
 

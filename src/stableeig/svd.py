@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from . import _validation as checks
-from ._autograd import Function
+from ._autograd import Function, decompose_singular
 from ._precision import autocast_off, working_dtype
 from .exceptions import ArgumentError, NotDifferentiableError
 from .rules import EigenvectorRule, Rule, resolve
@@ -45,7 +45,7 @@ class _SVD(Function):
 
     @staticmethod
     def forward(A: torch.Tensor, rule: EigenvectorRule) -> tuple[torch.Tensor, ...]:
-        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        U, s, Vh = decompose_singular(A)
         return U, s, Vh
 
     @staticmethod
@@ -165,7 +165,8 @@ def _svd(
     work = working_dtype(A.dtype, compute_dtype)
     with autocast_off(A.device):
         U, S, Vh = _SVD.apply(A.to(work), rule)  # the vectors torch.linalg.svd returns
-    return SVDResult(U.to(A.dtype), S.to(A.dtype), Vh.to(A.dtype))
+    S = checks.rounded_checked(name, "the singular values", S, A.dtype)
+    return SVDResult(U.to(A.dtype), S, Vh.to(A.dtype))
 
 
 def svdvals(A: torch.Tensor, *, compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -185,7 +186,7 @@ class _SchattenNorm(Function):
 
     @staticmethod
     def forward(A: torch.Tensor, p: float) -> tuple[torch.Tensor, ...]:
-        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        U, s, Vh = decompose_singular(A)
         if p == 1:  # a sum: the nuclear norm of the FID, unscaled
             return s.sum(-1), U, s, Vh
         largest = s[..., :1].clamp_min(torch.finfo(s.dtype).tiny)  # σᵖ would overflow
@@ -289,7 +290,7 @@ def _schatten_norm(
     with autocast_off(A.device):
         X = A.to(work)
         norm = _SchattenNorm.apply(X.mT if A.shape[-2] < A.shape[-1] else X, float(p))[0]
-    return norm.to(A.dtype)
+    return checks.rounded_checked(name, "the norm", norm, A.dtype)
 
 
 def nuclear_norm(A: torch.Tensor, *, compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
