@@ -214,8 +214,9 @@ def test_svd_float32_and_empty_and_batch_shapes() -> None:
     U, S, Vh = jacobi_svd(A)
     assert U.shape == A.shape and S.shape == (2, 3, 4, 3) and U.dtype == torch.float32
     torch.testing.assert_close(S, torch.linalg.svdvals(A), atol=1e-5, rtol=1e-5)
-    U, S, Vh = jacobi_svd(torch.zeros(0, 2, 2))
-    assert U.shape == (0, 2, 2) and S.shape == (0, 2)
+    torch.testing.assert_close((U * S[..., None, :]) @ Vh, A, atol=1e-5, rtol=1e-5)
+    U, S, Vh_empty = jacobi_svd(torch.zeros(0, 2, 2))
+    assert U.shape == (0, 2, 2) and S.shape == (0, 2) and Vh_empty.shape == (0, 2, 2)
 
 
 SVD_CONSUMERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
