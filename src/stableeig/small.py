@@ -102,21 +102,59 @@ def _rotation(app: torch.Tensor, aqq: torch.Tensor, apq: torch.Tensor):  # type:
     return c, t * c, t
 
 
+Vector = list[torch.Tensor]
+"""The ``n`` components of one vector per matrix, each a contiguous (m,) tensor."""
+
+
+def _entries(A: torch.Tensor) -> tuple[list[Vector], torch.Tensor]:
+    """``(x, scale)``: ``x[i][j]`` (m,) the entries of (m, n, n) ``A`` divided by its largest
+    magnitude ``scale`` (m,), so nothing overflows or underflows at 1e±30."""
+    T = A.permute(1, 2, 0).contiguous()
+    scale = T.abs().amax((0, 1)).clamp_min(torch.finfo(A.dtype).tiny)
+    T = T / scale
+    return [list(row.unbind(0)) for row in T.unbind(0)], scale
+
+
+def _matrix(columns: list[Vector]) -> torch.Tensor:
+    """(m, n, n) with ``[:, i, j] = columns[j][i]``."""
+    return torch.stack([torch.stack(column, -1) for column in columns], -1)
+
+
+def _dot(u: Vector, v: Vector) -> torch.Tensor:
+    total = u[0] * v[0]
+    for a, b in zip(u[1:], v[1:]):
+        total = total + a * b
+    return total
+
+
+def _cross(u: Vector, v: Vector) -> Vector:
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+
+def _along(u: Vector, c: torch.Tensor, v: Vector) -> Vector:
+    """``u - c v``."""
+    return [a - c * b for a, b in zip(u, v)]
+
+
+def _unit(u: Vector) -> Vector:
+    inverse = torch.rsqrt(_dot(u, u))
+    return [a * inverse for a in u]
+
+
 def _solve(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk (m, n, n)."""
     n = A.shape[-1]
-    scale = A.abs().amax((-2, -1)).clamp_min(torch.finfo(A.dtype).tiny)
-    X = A / scale[:, None, None]
-    a = {(i, j): (X[:, i, j] + X[:, j, i]) / 2 for i in range(n) for j in range(i, n)}
+    x, scale = _entries(A)
+    a = {(i, j): (x[i][j] + x[j][i]) / 2 for i in range(n) for j in range(i, n)}
     columns = _orthonormal(_jacobi_columns(dict(a), n))
-    w = torch.stack([_rayleigh(a, u, n) for u in columns], -1)
-    w, V = _sorted(w * scale[:, None], torch.stack(columns, -1), False)
+    w = torch.stack([_rayleigh(a, u) for u in columns], -1)
+    w, V = _sorted(w * scale[:, None], _matrix(columns), False)
     return w, V
 
 
-def _jacobi_columns(a: dict[tuple[int, int], torch.Tensor], n: int) -> list[torch.Tensor]:
-    """The eigenvector columns (m, n) of the symmetric matrices whose upper triangle is
-    ``a`` (overwritten), by cyclic Jacobi sweeps; unsorted."""
+def _jacobi_columns(a: dict[tuple[int, int], torch.Tensor], n: int) -> list[Vector]:
+    """The eigenvector columns of the symmetric matrices whose upper triangle is ``a``
+    (overwritten), by cyclic Jacobi sweeps; unsorted."""
     one, zero = torch.ones_like(a[0, 0]), torch.zeros_like(a[0, 0])
     v = [[one if i == j else zero for j in range(n)] for i in range(n)]  # v[row][column]
     for _ in range(1 if n == 2 else SWEEPS):
@@ -131,7 +169,7 @@ def _jacobi_columns(a: dict[tuple[int, int], torch.Tensor], n: int) -> list[torc
                 a[rp], a[rq] = c * a[rp] - s * a[rq], s * a[rp] + c * a[rq]
             for row in v:
                 row[p], row[q] = c * row[p] - s * row[q], s * row[p] + c * row[q]
-    return [torch.stack([v[i][j] for i in range(n)], -1) for j in range(n)]
+    return [[v[i][j] for i in range(n)] for j in range(n)]
 
 
 _PAIRS = {n: [(p, q) for p in range(n - 1) for q in range(p + 1, n)] for n in (2, 3)}
@@ -169,71 +207,76 @@ def jacobi_svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 def _singular(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chunk (m, n, n): ``(U, S, V)``."""
     n = A.shape[-1]
-    scale = A.abs().amax((-2, -1)).clamp_min(torch.finfo(A.dtype).tiny)
-    X = A / scale[:, None, None]
-    gram = {(i, j): (X[:, :, i] * X[:, :, j]).sum(-1) for i in range(n) for j in range(i, n)}
+    x, scale = _entries(A)
+    gram = {(i, j): _dot([r[i] for r in x], [r[j] for r in x]) for i in range(n)
+            for j in range(i, n)}  # fmt: skip
     V = _orthonormal(_jacobi_columns(gram, n))
-    B = [(X * v[:, None, :]).sum(-1) for v in V]  # columns X v (m, n)
+    B = [[_dot(row, v) for row in x] for v in V]  # the columns X v
     for p, q in _PAIRS[n]:  # one-sided Jacobi: rotate column pairs until orthogonal
-        c, s, _ = _rotation((B[p] * B[p]).sum(-1), (B[q] * B[q]).sum(-1), (B[p] * B[q]).sum(-1))
-        c, s = c[:, None], s[:, None]
-        B[p], B[q] = c * B[p] - s * B[q], s * B[p] + c * B[q]
-        V[p], V[q] = c * V[p] - s * V[q], s * V[p] + c * V[q]
-    norms = torch.stack([b.norm(dim=-1) for b in B], -1)
-    _, columns, right = _sorted(norms, torch.stack(B, -1), True, torch.stack(V, -1))
-    B = list(columns.unbind(-1))
+        c, s, _ = _rotation(_dot(B[p], B[p]), _dot(B[q], B[q]), _dot(B[p], B[q]))
+        B[p], B[q] = (
+            [c * a - s * b for a, b in zip(B[p], B[q])],
+            [s * a + c * b for a, b in zip(B[p], B[q])],
+        )
+        V[p], V[q] = (
+            [c * a - s * b for a, b in zip(V[p], V[q])],
+            [s * a + c * b for a, b in zip(V[p], V[q])],
+        )
+    norms = torch.stack([_dot(b, b) for b in B], -1)
+    _, columns, right = _sorted(norms, _matrix(B), True, _matrix(V))
+    B = [list(column.unbind(0)) for column in columns.permute(2, 1, 0).contiguous().unbind(0)]
     U = _left_vectors(B)
-    S = torch.stack([(u * b).sum(-1) for u, b in zip(U, B)], -1)  # >= 0 but the last's sign
-    sign = torch.where(S[:, -1:] < 0, -1.0, 1.0).to(S.dtype)
-    U[-1] = U[-1] * sign
-    S = torch.cat([S[:, :-1], S[:, -1:] * sign], -1)
-    S, U_sorted, V_sorted = _sorted(S * scale[:, None], torch.stack(U, -1), True, right)
+    S = torch.stack([_dot(u, b) for u, b in zip(U, B)], -1)  # >= 0 but the last's sign
+    sign = torch.where(S[:, -1] < 0, -1.0, 1.0).to(S.dtype)
+    U[-1] = [sign * a for a in U[-1]]
+    S = torch.cat([S[:, :-1], S[:, -1:] * sign[:, None]], -1)
+    S, U_sorted, V_sorted = _sorted(S * scale[:, None], _matrix(U), True, right)
     return U_sorted, S, V_sorted
 
 
-def _left_vectors(B: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Orthonormal ``u₁ … uₙ`` (m, n) from the nearly orthogonal columns ``B`` sorted by
-    norm: ``bᵢ`` normalized after Gram–Schmidt while it has a direction (a norm above
-    √tiny), else any unit vector orthogonal to the previous; the last as a cross product
-    (n = 3) or the rotation by 90° (n = 2)."""
-    n = B[0].shape[-1]
-    floor = torch.finfo(B[0].dtype).tiny ** 0.5
-    axes = torch.eye(n, dtype=B[0].dtype, device=B[0].device)
-    first = _unit_or(B[0], axes[0].expand_as(B[0]), floor)
+def _left_vectors(B: list[Vector]) -> list[Vector]:
+    """Orthonormal ``u₁ … uₙ`` from the nearly orthogonal columns ``B`` sorted by norm:
+    ``bᵢ`` normalized after Gram–Schmidt while it has a direction (a norm above √tiny),
+    else any unit vector orthogonal to the previous; the last as a cross product (n = 3)
+    or the rotation by 90° (n = 2)."""
+    n = len(B[0])
+    floor = torch.finfo(B[0][0].dtype).tiny ** 0.5
+    one, zero = torch.ones_like(B[0][0]), torch.zeros_like(B[0][0])
+    first = _unit_or(B[0], [one] + [zero] * (n - 1), floor)
     if n == 2:
-        return [first, torch.stack([-first[:, 1], first[:, 0]], -1)]
+        return [first, [-first[1], first[0]]]
     # a unit vector orthogonal to ``first``: its cross product with the axis it leans on least
-    least = axes[first.abs().argmin(-1)]
-    fallback = torch.linalg.cross(first, least, dim=-1)
-    fallback = fallback / fallback.norm(dim=-1, keepdim=True)
-    second = B[1] - (first * B[1]).sum(-1, keepdim=True) * first
-    second = _unit_or(second, fallback, floor)
-    second = second - (first * second).sum(-1, keepdim=True) * first  # twice is enough
-    second = second / second.norm(dim=-1, keepdim=True)
-    return [first, second, torch.linalg.cross(first, second, dim=-1)]
+    size = [a.abs() for a in first]
+    on_0 = (size[0] <= size[1]) & (size[0] <= size[2])
+    on_1 = ~on_0 & (size[1] <= size[2])
+    least = [on_0.to(one.dtype), on_1.to(one.dtype), (~on_0 & ~on_1).to(one.dtype)]
+    fallback = _unit(_cross(first, least))
+    second = _unit_or(_along(B[1], _dot(first, B[1]), first), fallback, floor)
+    second = _unit(_along(second, _dot(first, second), first))  # twice is enough
+    return [first, second, _cross(first, second)]
 
 
-def _unit_or(x: torch.Tensor, fallback: torch.Tensor, floor: float) -> torch.Tensor:
-    """``x / ‖x‖`` (m, n) where ``‖x‖ > floor``, else ``fallback``."""
-    norm = x.norm(dim=-1, keepdim=True)
-    return torch.where(norm > floor, x / norm.clamp_min(floor), fallback)
+def _unit_or(x: Vector, fallback: Vector, floor: float) -> Vector:
+    """``x / ‖x‖`` where ``‖x‖ > floor``, else ``fallback``."""
+    norm = torch.sqrt(_dot(x, x))
+    kept, inverse = norm > floor, 1 / norm.clamp_min(floor)
+    return [torch.where(kept, a * inverse, b) for a, b in zip(x, fallback)]
 
 
-def _rayleigh(a: dict[tuple[int, int], torch.Tensor], u: torch.Tensor, n: int) -> torch.Tensor:
-    """``uᵀ A u`` (m,) from the upper triangle ``a`` and unit vectors ``u`` (m, n)."""
-    total = torch.zeros_like(u[:, 0])
+def _rayleigh(a: dict[tuple[int, int], torch.Tensor], u: Vector) -> torch.Tensor:
+    """``uᵀ A u`` (m,) from the upper triangle ``a`` and unit vectors ``u``."""
+    total = torch.zeros_like(u[0])
     for (i, j), value in a.items():
-        total = total + (value if i == j else 2 * value) * u[:, i] * u[:, j]
+        total = total + (value if i == j else 2 * value) * u[i] * u[j]
     return total
 
 
-def _orthonormal(columns: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Gram–Schmidt on (m, n) columns; the last of three as the cross product."""
-    first = columns[0] / columns[0].norm(dim=-1, keepdim=True)
-    second = columns[1] - (first * columns[1]).sum(-1, keepdim=True) * first
-    second = second / second.norm(dim=-1, keepdim=True)
+def _orthonormal(columns: list[Vector]) -> list[Vector]:
+    """Gram–Schmidt on the columns; the last of three as the cross product."""
+    first = _unit(columns[0])
+    second = _unit(_along(columns[1], _dot(first, columns[1]), first))
     if len(columns) == 2:
         return [first, second]
-    third = torch.linalg.cross(first, second, dim=-1)
-    third = third * torch.where((third * columns[2]).sum(-1, keepdim=True) < 0, -1.0, 1.0)
-    return [first, second, third]
+    third = _cross(first, second)
+    sign = torch.where(_dot(third, columns[2]) < 0, -1.0, 1.0).to(first[0].dtype)
+    return [first, second, [sign * a for a in third]]
