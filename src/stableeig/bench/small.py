@@ -81,7 +81,37 @@ def measure(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
                              "median_s": statistics.median(times),
                              "speedup": base / statistics.median(times)})  # fmt: skip
     return {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "rows": rows}  # fmt: skip
+            "rows": rows, "crossover": crossover(quick)}  # fmt: skip
+
+
+def crossover(quick: bool = False, repeats: int = 3) -> list[dict[str, Any]]:
+    """Forward only, float64, one thread: ``torch.linalg.eigh`` against the Jacobi sweeps
+    alone (a lower bound on the Jacobi solver's time: no orthonormalization, no Rayleigh
+    quotients, at most ``SWEEPS`` sweeps) on ``B × n×n``, for the sizes where the batched
+    path could take over."""
+    from stableeig.small import _entries, _jacobi_columns
+
+    torch.set_num_threads(1)
+    count = 10_000 if quick else 100_000
+    rows = []
+    for n in (2, 3, 4, 5, 6, 8):
+        A = _batch(count, n).double()
+
+        def sweeps(A: torch.Tensor, n: int = n) -> None:
+            for chunk in A.split(1 << 15):
+                x, _ = _entries(chunk)
+                _jacobi_columns({(i, j): x[i][j] for i in range(n) for j in range(i, n)}, n)
+
+        samples: dict[str, list[float]] = {"lapack": [], "jacobi": []}
+        for _ in range(repeats):
+            for name, call in (("lapack", torch.linalg.eigh), ("jacobi", sweeps)):
+                tick = time.perf_counter()
+                call(A)
+                samples[name].append(time.perf_counter() - tick)
+        lapack, jacobi = (statistics.median(samples[k]) for k in ("lapack", "jacobi"))
+        rows.append({"n": n, "batch": count, "lapack_s": lapack, "jacobi_sweeps_s": jacobi,
+                     "ratio": jacobi / lapack})  # fmt: skip
+    return rows
 
 
 def render(result: dict[str, Any]) -> str:
@@ -103,4 +133,14 @@ def render(result: dict[str, Any]) -> str:
                        == (story, n, count, method))  # fmt: skip
             cells.append(f"{row['median_s']:.3g} ({row['speedup']:.2f}×)")
         lines.append(f"| {story} | {count:,} × {n}×{n} | " + " | ".join(cells) + " |")
+    if result.get("crossover"):
+        lines += [
+            "", "## Crossover: forward only, float64, one thread", "",
+            "The Jacobi sweeps alone (a lower bound on that path) against `torch.linalg.eigh`; "
+            "the batched path is used where the ratio is below 1 (n <= 3).", "",
+            "| B × n×n | torch.linalg.eigh | Jacobi sweeps | ratio |", "|---|---|---|---|",
+        ]  # fmt: skip
+        for row in result["crossover"]:
+            lines.append(f"| {row['batch']:,} × {row['n']}×{row['n']} | {row['lapack_s']:.3g} | "
+                         f"{row['jacobi_sweeps_s']:.3g} | {row['ratio']:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
