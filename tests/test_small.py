@@ -29,13 +29,13 @@ def _batch(n: int, kind: str, count: int = 400, seed: int = 0) -> torch.Tensor:
     return {
         "random": X + X.mT,
         "cI": 2.5 * torch.eye(n, dtype=F64).expand(count, n, n),
-        "double tie": spectrum(1.0, 1.0, 2.0),
-        "gap 1e-12": spectrum(1.0, 1.0 + 1e-12, 2.0),
-        "gap 1e-3": spectrum(1.0, 1.001, 2.0),
-        "graded": spectrum(1e-8, 1e8, 1.0),
+        "double tie": spectrum(1.0, 1.0, 2.0, 3.0),
+        "gap 1e-12": spectrum(1.0, 1.0 + 1e-12, 2.0, 3.0),
+        "gap 1e-3": spectrum(1.0, 1.001, 2.0, 3.0),
+        "graded": spectrum(1e-8, 1e8, 1.0, 1e4),
         "scale 1e30": 1e30 * (X + X.mT),
         "scale 1e-30": 1e-30 * (X + X.mT),
-        "rank one": spectrum(0.0, 0.0, 3.0) if n == 3 else spectrum(0.0, 3.0),
+        "rank one": spectrum(*([0.0] * (n - 1) + [3.0])),
     }[kind]
 
 
@@ -44,7 +44,7 @@ KINDS = ["random", "cI", "double tie", "gap 1e-12", "gap 1e-3", "graded", "scale
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 4])
 def test_float32_eigenpairs_within_2n_ulp_and_orthonormal(n: int, kind: str) -> None:
     A = _batch(n, kind).float()
     if not bool(torch.isfinite(A).all()):
@@ -59,24 +59,26 @@ def test_float32_eigenpairs_within_2n_ulp_and_orthonormal(n: int, kind: str) -> 
 
 
 @pytest.mark.parametrize("kind", ["random", "double tie", "gap 1e-12", "graded", "scale 1e30"])
-def test_float64_eigenvalues_within_2n_ulp_of_40_digit_mpmath(kind: str) -> None:
+@pytest.mark.parametrize("n", [3, 4])
+def test_float64_eigenvalues_within_2n_ulp_of_40_digit_mpmath(n: int, kind: str) -> None:
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 40
-    A = _batch(3, kind, count=40)
+    A = _batch(n, kind, count=40)
     w, V = jacobi_eigh(A)
     eps = torch.finfo(F64).eps
     for index in range(A.shape[0]):
         exact = sorted(mpmath.eigsy(mpmath.matrix(A[index].tolist()))[0])
         exact_t = torch.tensor([float(x) for x in exact], dtype=F64)
         scale = float(exact_t.abs().max())
-        assert float((w[index] - exact_t).abs().max()) <= 2 * 3 * eps * scale, (index, kind)
-    assert float((V.mT @ V - torch.eye(3, dtype=F64)).abs().max()) <= 2 * 3 * eps
+        assert float((w[index] - exact_t).abs().max()) <= 2 * n * eps * scale, (index, kind)
+    assert float((V.mT @ V - torch.eye(n, dtype=F64)).abs().max()) <= 2 * n * eps
 
 
-def test_exact_at_cI_and_empty_batches() -> None:
-    A = 2.5 * torch.eye(3, dtype=F64).expand(7, 3, 3)
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_exact_at_cI_and_empty_batches(n: int) -> None:
+    A = 2.5 * torch.eye(n, dtype=F64).expand(7, n, n)
     w, V = jacobi_eigh(A)
-    assert bool((w == 2.5).all()) and bool((torch.eye(3, dtype=F64) == V).all())
+    assert bool((w == 2.5).all()) and bool((torch.eye(n, dtype=F64) == V).all())
     w, V = jacobi_eigh(torch.zeros(0, 3, 3))
     assert w.shape == (0, 3) and V.shape == (0, 3, 3)
 
@@ -95,10 +97,15 @@ CONSUMERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @pytest.mark.parametrize("kind", ["random", "double tie", "gap 1e-3", "scale 1e-30"])
 @pytest.mark.parametrize("name", sorted(CONSUMERS))
-def test_every_consumer_equals_the_lapack_path_values_and_gradients(name: str, kind: str) -> None:
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_every_consumer_equals_the_lapack_path_values_and_gradients(
+    n: int, name: str, kind: str
+) -> None:
     if name == "extreme_eigenvector" and kind == "double tie":
         pytest.skip("the smallest pair is tied: the vector is not unique")
-    A = _batch(3, kind, count=MIN_BATCH)  # large enough for "auto" to choose Jacobi
+    if name == "top_k_projector" and kind == "double tie" and n == 2:
+        pytest.skip("2×2 'double tie' is cI: the cut at k = 1 is inside the tie")
+    A = _batch(n, kind, count=MIN_BATCH)  # large enough for "auto" to choose Jacobi
     G = torch.randn(CONSUMERS[name](A).shape, generator=torch.Generator().manual_seed(1),
                     dtype=F64)  # fmt: skip
     if name == "eigh values":  # symmetric in tied eigenvalues: defined at ties
@@ -111,10 +118,12 @@ def test_every_consumer_equals_the_lapack_path_values_and_gradients(name: str, k
             (G * out).sum().backward()
         results.append((out.detach(), leaf.grad))
     (ours, our_grad), (theirs, their_grad) = results
+    # a single eigenvector is conditioned by 1 / gap (1e3 at "gap 1e-3"); the rest are not
+    bound = 1e-11 if name == "extreme_eigenvector" else 1e-12
     scale = theirs.abs().max().clamp_min(torch.finfo(F64).tiny)
-    assert float((ours - theirs).abs().max() / scale) < 1e-12
+    assert float((ours - theirs).abs().max() / scale) < bound
     grad_scale = their_grad.abs().max().clamp_min(torch.finfo(F64).tiny)
-    assert float((our_grad - their_grad).abs().max() / grad_scale) < 1e-12
+    assert float((our_grad - their_grad).abs().max() / grad_scale) < bound
 
 
 def test_eigh_vectors_equal_lapack_up_to_sign_and_the_driver_context() -> None:

@@ -16,7 +16,7 @@ from . import _validation as checks
 from ._precision import working_dtype
 from .exceptions import NotDifferentiableError
 from .rules import Analytic, EigenvectorRule
-from .small import jacobi_eigh, jacobi_svd, use_jacobi
+from .small import SVD_SIZES, jacobi_eigh, jacobi_svd, use_jacobi
 
 __all__ = [
     "HOST_EIGH_MAX_SIZE",
@@ -64,7 +64,7 @@ def symmetrized(A: torch.Tensor) -> torch.Tensor:
 def decompose(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh(A)``, on the host for small matrices on a GPU: ``(w, V)`` on
     ``A``'s device. The round trip's copy is the forward's one host synchronization.
-    Batches of 2×2 and 3×3 go to the batched Jacobi solver (:mod:`stableeig.small`) where
+    Batches of 2×2, 3×3 and 4×4 go to the batched Jacobi solver (:mod:`stableeig.small`) where
     :func:`~stableeig.eigh_driver` allows."""
     if use_jacobi(A):
         return jacobi_eigh(A)
@@ -80,7 +80,7 @@ def decompose_singular(
     """``torch.linalg.svd(A, full_matrices)``: ``(U, S, Vh)``; batches of square 2×2 and 3×3
     go to the batched Jacobi solver (:func:`~stableeig.small.jacobi_svd`) where
     :func:`~stableeig.eigh_driver` allows."""
-    if A.shape[-2] == A.shape[-1] and use_jacobi(A):
+    if A.shape[-2] == A.shape[-1] and use_jacobi(A, SVD_SIZES):
         return jacobi_svd(A)
     U, S, Vh = torch.linalg.svd(A, full_matrices=full_matrices)
     return U, S, Vh

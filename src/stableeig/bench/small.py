@@ -87,7 +87,7 @@ def measure(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
 def crossover(quick: bool = False, repeats: int = 3) -> list[dict[str, Any]]:
     """Forward only, float64, one thread: ``torch.linalg.eigh`` against the Jacobi sweeps
     alone (a lower bound on the Jacobi solver's time: no orthonormalization, no Rayleigh
-    quotients, at most ``SWEEPS`` sweeps) on ``B × n×n``, for the sizes where the batched
+    quotients, at most 5 sweeps) on ``B × n×n``, for the sizes where the batched
     path could take over."""
     from stableeig.small import _entries, _jacobi_columns
 
@@ -100,7 +100,8 @@ def crossover(quick: bool = False, repeats: int = 3) -> list[dict[str, Any]]:
         def sweeps(A: torch.Tensor, n: int = n) -> None:
             for chunk in A.split(1 << 15):
                 x, _ = _entries(chunk)
-                _jacobi_columns({(i, j): x[i][j] for i in range(n) for j in range(i, n)}, n)
+                entries = {(i, j): x[i][j] for i in range(n) for j in range(i, n)}
+                _jacobi_columns(entries, n, sweeps=5)
 
         samples: dict[str, list[float]] = {"lapack": [], "jacobi": []}
         for _ in range(repeats):
