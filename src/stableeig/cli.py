@@ -666,8 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
         "~400 and ~10⁴ nodes (smoke)",
     )  # fmt: skip
     bench_command(
-        "small", "many small matrices: logm and normals on B × 2×2, 3×3, 22×22 vs "
-        "torch.linalg.eigh autograd (JSON, MD)", _bench_small, "small batches (smoke)",
+        "small", "many small matrices: logm, normals and rotations on B × 2×2 … 4×4, 22×22 "
+        "vs torch.linalg autograd, and the Jacobi/LAPACK crossover (JSON, MD)", _bench_small,
+        "small batches (smoke)",
     )  # fmt: skip
     users_parser = bench_command(
         "users",
