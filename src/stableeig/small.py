@@ -58,7 +58,8 @@ MIN_BATCH = 4096
 time, at 10,000 0.65×)."""
 
 CHUNK = 1 << 15
-"""Matrices per chunk: each entry's vector (256 KiB in float64) stays in cache."""
+"""Matrices per chunk on a CPU: each entry's vector (256 KiB in float64) stays in cache.
+Other devices take the batch whole (one launch per operation, not one per chunk)."""
 
 _STATE = threading.local()
 
@@ -104,10 +105,15 @@ def jacobi_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = A.reshape(-1, n, n)
     if flat.shape[0] == 0:
         return A.new_zeros(*batch, n), A.new_zeros(*batch, n, n)
-    parts = [_solve(chunk) for chunk in flat.split(CHUNK)]
+    parts = [_solve(chunk) for chunk in _chunks(flat)]
     w = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     V = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     return w.reshape(*batch, n), V.reshape(*batch, n, n)
+
+
+def _chunks(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(m, n, n) in cache-sized pieces on a CPU, whole elsewhere."""
+    return flat.split(CHUNK) if flat.device.type == "cpu" else (flat,)
 
 
 def _rotation(app: torch.Tensor, aqq: torch.Tensor, apq: torch.Tensor):  # type: ignore[no-untyped-def]
@@ -241,7 +247,7 @@ def jacobi_svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     flat = A.reshape(-1, n, n)
     if flat.shape[0] == 0:
         return A.new_zeros(*batch, n, n), A.new_zeros(*batch, n), A.new_zeros(*batch, n, n)
-    parts = [_singular(chunk) for chunk in flat.split(CHUNK)]
+    parts = [_singular(chunk) for chunk in _chunks(flat)]
     U, S, V = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts))
     return U.reshape(*batch, n, n), S.reshape(*batch, n), V.mT.reshape(*batch, n, n)
 
