@@ -265,3 +265,30 @@ def test_every_svd_consumer_equals_the_lapack_path(name: str, kind: str) -> None
     assert float((ours - theirs).abs().max() / scale) < 1e-12
     grad_scale = their_grad.abs().max().clamp_min(torch.finfo(F64).tiny)
     assert float((our_grad - their_grad).abs().max() / grad_scale) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ["logm", "eigh values", "polar", "svdvals"])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_consumers_in_every_float_dtype_equal_the_lapack_path(
+    n: int, name: str, dtype: torch.dtype
+) -> None:
+    """The working precision decomposes either way (float64 for float32, float32 for the
+    half types); the results agree to the rounding of the caller's dtype."""
+    if name in ("polar", "svdvals") and n == 4:
+        pytest.skip("the batched SVD takes 2×2 and 3×3")
+    consumer = {**CONSUMERS, **SVD_CONSUMERS}[name]
+    A = (_batch(n, "random", count=MIN_BATCH) if name != "polar" and name != "svdvals"
+         else _general(n, "random", count=MIN_BATCH)).to(dtype)  # fmt: skip
+    results = []
+    for driver in ("auto", "lapack"):
+        leaf = A.clone().requires_grad_()
+        with se.eigh_driver(driver):
+            out = consumer(leaf)
+            out.float().sum().backward()
+        assert out.dtype == dtype and leaf.grad is not None and leaf.grad.dtype == dtype
+        results.append((out.float(), leaf.grad.float()))
+    (ours, our_grad), (theirs, their_grad) = results
+    eps = torch.finfo(dtype).eps
+    assert float((ours - theirs).abs().max() / theirs.abs().max()) <= 2 * eps
+    assert float((our_grad - their_grad).abs().max() / their_grad.abs().max()) <= 4 * eps

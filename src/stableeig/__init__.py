@@ -10,7 +10,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 # Public name -> the module that defines it ("": the name is a subpackage or module). They
 # load together on the first access of any of them (PEP 562), so that importing stableeig

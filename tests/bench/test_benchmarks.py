@@ -133,6 +133,21 @@ def test_bench_eigsh_quick_meets_the_gradient_target_where_lobpcg_refuses(tmp_pa
     lobpcg = next(r for r in result["accuracy"] if r["method"] == "torch.lobpcg")
     assert str(lobpcg["grad Σλ"]).startswith("ValueError")
     assert "| se.eigsh (shift-invert) |" in (tmp_path / "bench_eigsh_quick.md").read_text()
+    speed_rows = [r for r in result["speed"] if r["method"].startswith("se.eigsh")]
+    assert all(r["values_vs_scipy"] < 1e-8 for r in speed_rows)  # the same start vectors
+
+
+def test_bench_small_quick_rows_and_crossover() -> None:
+    from stableeig.bench import small
+
+    result = small.measure(quick=True, repeats=1)
+    stories = {(r["story"], r["n"]) for r in result["rows"]}
+    assert {("rotation", 3), ("rotation", 2), ("logm", 4), ("normal", 22)} <= stories
+    assert "rotation" not in {r["story"] for r in result["rows"] if r["n"] in (4, 22)}
+    assert all(r["median_s"] > 0 for r in result["rows"])
+    assert [r["n"] for r in result["crossover"]] == [2, 3, 4, 5, 6, 8]
+    text = small.render(result)
+    assert "| rotation | 10,000 × 3×3 |" in text and "## Crossover" in text
 
 
 def test_bench_spectral_quick_meets_the_accuracy_target(tmp_path: Path) -> None:

@@ -178,25 +178,26 @@ def _speed_rows(
 
     which = "SA" if shift is None else "LM"
     times = [_one_run(run, shift, which, matrix, n, graph, G) for run in range(runs)]
-    reference, forward, backward = (list(column) for column in zip(*times))
+    reference, forward, backward, agreement = (list(column) for column in zip(*times))
     return [
         {"method": f"scipy eigsh ({label})", "n": n, "forward_s": _median(reference),
          "runs": runs},
         {"method": f"se.eigsh ({label})", "n": n, "forward_s": _median(forward),
-         "backward_s": _median(backward), "runs": runs},
+         "backward_s": _median(backward), "runs": runs, "values_vs_scipy": max(agreement)},
     ]  # fmt: skip
 
 
 def _one_run(
     run: int, shift: Optional[float], which: str, matrix: Any, n: int,
     graph: tuple[torch.Tensor, ...], G: torch.Tensor,
-) -> tuple[float, float, float]:  # fmt: skip
-    """Seconds of scipy's forward, ours and our backward from start vector number ``run``."""
+) -> tuple[float, float, float, float]:  # fmt: skip
+    """Seconds of scipy's forward, ours and our backward from start vector number ``run``,
+    and the largest relative difference between the two solvers' eigenvalues."""
     import scipy.sparse.linalg as sparse_linalg
 
     source, target, weight = graph
     start = torch.randn(n, generator=torch.Generator().manual_seed(run), dtype=torch.float64)
-    reference, _ = _timed(
+    reference, (scipy_values, _) = _timed(
         lambda: sparse_linalg.eigsh(matrix, k=K, sigma=shift, which=which, v0=start.numpy())
     )
     operator = laplacian(n, source, target, weight.clone().requires_grad_())
@@ -204,7 +205,9 @@ def _one_run(
         lambda: se.eigsh(operator, K, which="smallest", sigma=shift, v0=start)
     )
     backward, _ = _timed(lambda: (values.sum() + (G * vectors).sum()).backward())
-    return reference, forward, backward
+    expected = torch.from_numpy(scipy_values).sort().values
+    agreement = float(((values.detach() - expected).abs() / expected.abs().max()).max())
+    return reference, forward, backward, agreement
 
 
 def _median(samples: list[float]) -> float:
@@ -238,12 +241,13 @@ def render(result: dict[str, Any]) -> str:
         "", f"## Speed: k = {K} smallest, weighted grid, n = {result['speed'][0]['n']}, seconds",
         "", "Medians over `runs` start vectors, the same for scipy and `se.eigsh` (ARPACK's "
         "iteration count depends on it); each operator built before the clock starts.",
-        "", "| method | forward | backward | runs |", "|---|---|---|---|",
+        "", "| method | forward | backward | runs | eigenvalues vs scipy (max relative) |",
+        "|---|---|---|---|---|",
     ]  # fmt: skip
     for row in result["speed"]:
         lines.append(
             f"| {row['method']} | {_cell(row['forward_s'])} | {_cell(row.get('backward_s'))} | "
-            f"{row.get('runs', 1)} |"
+            f"{row.get('runs', 1)} | {_cell(row.get('values_vs_scipy'))} |"
         )
     return "\n".join(lines) + "\n"
 
