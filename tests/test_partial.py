@@ -226,3 +226,15 @@ def test_shift_invert_finds_the_same_pairs_and_gradients_stay_on_the_pattern() -
     assert sparse.grad is not None and sparse.grad.layout == torch.sparse_coo  # O(nnz)
     with pytest.raises(se.ArgumentError, match="eigsh: sigma: expected a sparse A"):
         se.eigsh(lambda X: X, 2, n=6, sigma=0.0)
+
+
+def test_dense_path_under_torch_func_grad_and_vmap() -> None:
+    A = torch.stack([_sym(s, 8) for s in range(3)])
+
+    def loss(X: torch.Tensor) -> torch.Tensor:
+        w, V = se.eigsh(X, 2)
+        return w.sum() + ((V @ V.mT) * X).sum()
+
+    leaf = A.clone().requires_grad_()
+    loss(leaf).backward()
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(A), leaf.grad)

@@ -426,6 +426,8 @@ class _Partial(Function):
     """Identity on ``(values, vectors)``; the backward returns the gradients of the recorded
     products ``Y_A = A V`` and ``Y_B = B V`` (the module docstring's ``wᵢ``)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
         Y_A: torch.Tensor, Y_B: torch.Tensor, values: torch.Tensor, vectors: torch.Tensor,
