@@ -144,14 +144,29 @@ def test_eigh_vectors_equal_lapack_up_to_sign_and_the_driver_context() -> None:
         pass
 
 
-def test_compiled_whole_equals_eager() -> None:
+def test_auto_keeps_lapack_while_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a graph being compiled inductor would spend minutes on the unrolled sweeps."""
+    from stableeig.small import use_jacobi
+
+    A = _batch(3, "random", count=MIN_BATCH)
+    assert use_jacobi(A)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not use_jacobi(A)
+    with se.eigh_driver("jacobi"):
+        assert use_jacobi(A)
+
+
+@pytest.mark.parametrize("driver", ["auto", "jacobi"])
+def test_compiled_whole_equals_eager(driver: str) -> None:
     A = _batch(3, "random", count=MIN_BATCH)
     spd = A @ A.mT + torch.eye(3, dtype=F64)
     torch._dynamo.reset()
     compiled = torch.compile(lambda X: se.logm(X).sum(), fullgraph=True, backend="aot_eager")
     leaf_c, leaf_e = spd.clone().requires_grad_(), spd.clone().requires_grad_()
-    compiled(leaf_c).backward()
-    se.logm(leaf_e).sum().backward()
+    with se.eigh_driver(driver):
+        compiled(leaf_c).backward()
+    with se.eigh_driver("lapack" if driver == "auto" else "jacobi"):
+        se.logm(leaf_e).sum().backward()
     torch.testing.assert_close(leaf_c.grad, leaf_e.grad)
 
 

@@ -58,8 +58,8 @@ MIN_BATCH = 4096
 time, at 10,000 0.65×)."""
 
 CHUNK = 1 << 15
-"""Matrices per chunk on a CPU: each entry's vector (256 KiB in float64) stays in cache.
-Other devices take the batch whole (one launch per operation, not one per chunk)."""
+"""Matrices per chunk in eager CPU code: each entry's vector (256 KiB in float64) stays in
+cache. Other devices, and compiled code, take the batch whole."""
 
 _STATE = threading.local()
 
@@ -68,7 +68,11 @@ _STATE = threading.local()
 def eigh_driver(name: str) -> Iterator[None]:
     """Within the block (this thread), decompose symmetric matrices with ``name``:
     ``"auto"``, ``"jacobi"`` (the :data:`SIZES` only; larger sizes keep LAPACK) or
-    ``"lapack"``. Every consumer takes it: ``eigh``, the spectral functions, the layers.
+    ``"lapack"``. Every consumer takes it: ``eigh``, the spectral functions, the SVD family,
+    the layers. While ``torch.compile`` traces, ``"auto"`` keeps LAPACK: inductor needs two
+    to three minutes (empty cache) to compile the unrolled sweeps, for a forward 1.7× faster
+    than eager Jacobi (``benchmarks/small_compile.py``); ``"jacobi"`` opts in. The driver is
+    read when the graph is traced.
 
     Examples:
         >>> import torch, stableeig as se
@@ -94,6 +98,8 @@ def use_jacobi(A: torch.Tensor, sizes: tuple[int, ...] = SIZES) -> bool:
     driver = getattr(_STATE, "driver", "auto")
     if driver == "lapack" or A.shape[-1] not in sizes:
         return False
+    if driver == "auto" and torch.compiler.is_compiling():
+        return False  # inductor takes minutes over the unrolled sweeps: see eigh_driver
     return driver == "jacobi" or A.numel() >= MIN_BATCH * A.shape[-1] ** 2
 
 
@@ -112,8 +118,11 @@ def jacobi_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _chunks(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(m, n, n) in cache-sized pieces on a CPU, whole elsewhere."""
-    return flat.split(CHUNK) if flat.device.type == "cpu" else (flat,)
+    """(m, n, n) in cache-sized pieces in eager CPU code; whole on other devices and while
+    compiling (inductor fuses the elementwise steps, and one graph per chunk would multiply
+    the compile time by the number of chunks)."""
+    eager_cpu = flat.device.type == "cpu" and not torch.compiler.is_compiling()
+    return flat.split(CHUNK) if eager_cpu else (flat,)
 
 
 def _rotation(app: torch.Tensor, aqq: torch.Tensor, apq: torch.Tensor):  # type: ignore[no-untyped-def]
