@@ -228,8 +228,8 @@ def _converged(a: dict[tuple[int, int], torch.Tensor], n: int) -> bool:
 
 
 _PAIRS = {n: [(p, q) for p in range(n - 1) for q in range(p + 1, n)] for n in range(2, 33)}
-"""The cyclic order of the rotations; sizes above 3 only for ``stableeig bench small``'s
-crossover table (the sweeps alone, against LAPACK)."""
+"""The cyclic order of the rotations; sizes above those of :data:`SIZES` only for
+``stableeig bench small``'s crossover table (the sweeps alone, against LAPACK)."""
 
 
 def _sorted(
