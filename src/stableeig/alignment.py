@@ -87,7 +87,12 @@ def _procrustes(
     fit, _, _, _ = _fit(name, X, Y, weights, mask, reflection, scale, center, undefined,
                         compute_dtype)  # fmt: skip
     result = torch.promote_types(X.dtype, Y.dtype)
-    return ProcrustesResult(*(part.to(result) for part in fit))
+    return ProcrustesResult(
+        *(
+            checks.rounded_checked(name, what, part, result)
+            for what, part in zip(("the rotation", "the translation", "the scale"), fit)
+        )
+    )
 
 
 def _fit(
@@ -217,4 +222,6 @@ def kabsch_rmsd(
         squared = (w * residual.square().sum(-1)).sum(-1) / w.sum(-1)
         positive = squared > 0
         rmsd = torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
-    return rmsd.to(torch.promote_types(X.dtype, Y.dtype))
+    return checks.rounded_checked(
+        "kabsch_rmsd", "the deviation", rmsd, torch.promote_types(X.dtype, Y.dtype)
+    )

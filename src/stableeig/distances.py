@@ -185,7 +185,8 @@ def trace_sqrt_product(
     """
     where = "trace_sqrt_product"
     A, B, result = _pair(where, A, B, compute_dtype)
-    return _fidelity(where, A, B, result, ("A", "B")).to(result)
+    fidelity = _fidelity(where, A, B, result, ("A", "B"))
+    return checks.rounded_checked(where, "the trace", fidelity, result)
 
 
 def bures_wasserstein(
@@ -215,7 +216,8 @@ def bures_wasserstein(
         1.4142
     """
     d2, floor, result = _bures_squared("bures_wasserstein", A, B, compute_dtype)
-    return (d2 if squared else _root(d2, floor)).to(result)
+    distance = d2 if squared else _root(d2, floor)
+    return checks.rounded_checked("bures_wasserstein", "the distance", distance, result)
 
 
 bures_wasserstein_distance = bures_wasserstein
@@ -260,7 +262,7 @@ def frechet_distance(
     d2, _, result = _bures_squared(where, sigma1, sigma2, compute_dtype, ("sigma1", "sigma2"))
     result = torch.promote_types(result, torch.promote_types(mu1.dtype, mu2.dtype))
     means = (mu1.to(d2.dtype) - mu2.to(d2.dtype)).square().sum(-1)
-    return (means + d2).to(result)
+    return checks.rounded_checked(where, "the distance", means + d2, result)
 
 
 def log_euclidean_distance(

@@ -148,7 +148,7 @@ def frechet_distance_from_features(
         distance = (mean1 - mean2).square().sum() + trace1 + trace2 - 2 * fidelity
     if by_features and _same_features(X1, features2):  # 0, not the round-off (1e-14)
         distance = distance - distance.detach()  # the gradient stays the computed one
-    return distance.clamp_min(0).to(result)
+    return checks.rounded_checked(where, "the distance", distance.clamp_min(0), result)
 
 
 def _same_features(X1: torch.Tensor, X2: Optional[torch.Tensor]) -> bool:

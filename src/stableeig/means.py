@@ -108,7 +108,8 @@ def log_euclidean_mean(
     w = _weights("log_euclidean_mean", weights, X.shape[dim])
     work = X.to(working_dtype(X.dtype, compute_dtype)).movedim(dim, -3)
     logs = _average(logm(work, backward, check_symmetric=False), w)
-    return expm(logs, backward, check_symmetric=False).to(X.dtype)
+    mean = expm(logs, backward, check_symmetric=False)
+    return checks.rounded_checked("log_euclidean_mean", "the mean", mean, X.dtype)
 
 
 def _centered_logs(
@@ -200,8 +201,10 @@ def airm_mean(
     )
     G = _average(work, w)
     if steps is not None:
-        return _fixed_steps(G, work, w, backward, steps).to(X.dtype)
-    return _converged(G, work, w, backward, limit, max_steps).to(X.dtype)
+        mean = _fixed_steps(G, work, w, backward, steps)
+    else:
+        mean = _converged(G, work, w, backward, limit, max_steps)
+    return checks.rounded_checked("airm_mean", "the mean", mean, X.dtype)
 
 
 def _fixed_steps(
@@ -313,4 +316,5 @@ def airm_geodesic(
     A, B = A.to(work), B.to(work)  # checked; the spectral functions symmetrize their inputs
     inverse_root = inv_sqrtm(A, backward, check_symmetric=False)
     inner = powm(inverse_root @ B @ inverse_root, t, backward, check_symmetric=False)
-    return _congruence(sqrtm(A, backward, check_symmetric=False), inner).to(result)
+    point = _congruence(sqrtm(A, backward, check_symmetric=False), inner)
+    return checks.rounded_checked("airm_geodesic", "the point", point, result)

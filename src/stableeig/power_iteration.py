@@ -197,4 +197,7 @@ def power_iteration_eigh(
     scale = symmetric.detach().abs().amax((-2, -1), keepdim=True)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     w, V = power_iteration_unchecked(symmetric / scale, count, num_iters, generator, backward)
-    return (w * scale[..., 0]).to(A.dtype), V.to(A.dtype)
+    values = checks.rounded_checked(
+        "power_iteration_eigh", "the eigenvalues", w * scale[..., 0], A.dtype
+    )
+    return values, V.to(A.dtype)

@@ -97,4 +97,5 @@ def whiten_colour(
     whiten = funm(content_cov, *_truncated_power(threshold, -0.5), check_symmetric=False)
     colour = funm(style_cov, *_truncated_power(threshold, 0.5), check_symmetric=False)
     transferred = colour @ (whiten @ centred) + style_mean
-    return (alpha * transferred + (1 - alpha) * content.to(work)).to(result)
+    blended = alpha * transferred + (1 - alpha) * content.to(work)
+    return checks.rounded_checked("whiten_colour", "the result", blended, result)
