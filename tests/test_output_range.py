@@ -68,3 +68,11 @@ def test_results_within_range_are_unchanged_by_the_check() -> None:
     A = torch.full((2, 2), 20000.0).half()  # 40000 fits float16
     assert se.eigh(A).eigenvalues.tolist() == [0.0, 40000.0]
     assert se.svdvals(A).tolist() == [40000.0, 0.0]
+
+
+def test_a_unit_vector_fits_where_the_eigenvalues_would_not() -> None:
+    """``extreme_eigenvector`` returns only the vector: float16 eigenvalues of 120000 are no
+    reason to refuse it (they stay in the working precision)."""
+    vector, defined = se.extreme_eigenvector(HALF_LARGE)
+    assert vector.dtype == torch.float16 and bool(defined)
+    assert torch.allclose(vector.abs().float(), torch.full((2,), 0.5**0.5), atol=1e-3)

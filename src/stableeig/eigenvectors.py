@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _validation as checks
+from ._autograd import prepare_symmetric
 from ._precision import working_dtype
 from .eigh import eigh
 from .exceptions import NotDifferentiableError
@@ -67,16 +68,17 @@ def extreme_eigenvector(
     n = A.shape[-1]
     if n < 2:
         raise checks.ShapeError(f"A: expected matrices with n >= 2 (got shape {tuple(A.shape)})")
-    w, V = eigh(
-        A, backward="analytic", compute_dtype=compute_dtype, check_symmetric=check_symmetric
-    )
+    # decomposed and judged in the working precision: only the vector comes back in A's
+    # dtype (a float16 matrix's eigenvalues may not fit float16; its unit vector does)
+    work = prepare_symmetric("A", A, compute_dtype, check_symmetric, symmetrize=False)
+    w, V = eigh(work, backward="analytic", check_symmetric=False)
     first, second = (0, 1) if which == "smallest" else (n - 1, n - 2)
     with torch.no_grad():
         w = w.detach()
         gap = (w[..., second] - w[..., first]).abs()
         judged = A.dtype if A.dtype != torch.float64 else working_dtype(A.dtype, compute_dtype)
         defined = gap > n * torch.finfo(judged).eps * w.abs().amax(-1)
-    vector = V[..., first]
+    vector = V[..., first].to(A.dtype)
     if A.requires_grad and torch.is_grad_enabled():
         if undefined == "raise" and checks.host_checks_enabled(defined) and not bool(defined.all()):
             count = int((~defined).sum())
