@@ -307,3 +307,39 @@ def test_consumers_in_every_float_dtype_equal_the_lapack_path(
     eps = torch.finfo(dtype).eps
     assert float((ours - theirs).abs().max() / theirs.abs().max()) <= 2 * eps
     assert float((our_grad - their_grad).abs().max() / their_grad.abs().max()) <= 4 * eps
+
+
+def test_the_solvers_refuse_to_record_their_sweeps_for_autograd() -> None:
+    A = _batch(3, "random", count=8).requires_grad_()
+    with pytest.raises(se.ArgumentError, match="jacobi_eigh: A: expected no gradient"):
+        jacobi_eigh(A)
+    with pytest.raises(se.ArgumentError, match="jacobi_svd: A: expected no gradient"):
+        jacobi_svd(A)
+    with torch.no_grad():
+        assert jacobi_eigh(A)[0].shape == (8, 3)
+    with se.eigh_driver("jacobi"):  # the exact backward, through a consumer
+        se.eigh(A).eigenvalues.sum().backward()
+    assert A.grad is not None and bool(torch.isfinite(A.grad).all())
+
+
+def test_torch_func_transforms_through_the_batched_path_equal_lapack() -> None:
+    """grad, vmap(grad), jvp and hessian of an eigh consumer and an SVD consumer."""
+    A = _batch(3, "random", count=6) @ _batch(3, "random", count=6) + torch.eye(3, dtype=F64)
+    A = (A + A.mT) / 2
+    X, T = _general(3, "random", count=6), _batch(3, "random", count=6, seed=3)
+
+    def transforms() -> list[torch.Tensor]:
+        return [
+            torch.func.grad(lambda a: se.logm(a).sum())(A),
+            torch.func.vmap(torch.func.grad(lambda a: se.logm(a).sum()))(A),
+            torch.func.jvp(se.logm, (A,), (T,))[1],
+            torch.func.hessian(lambda a: se.logm(a).sum())(A[0]),
+            torch.func.grad(lambda m: se.polar(m).sum())(X),
+        ]
+
+    with se.eigh_driver("jacobi"):
+        ours = transforms()
+    with se.eigh_driver("lapack"):
+        theirs = transforms()
+    for mine, reference in zip(ours, theirs):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from ._validation import _under_vmap, check_choice, readable
+from .exceptions import ArgumentError
 
 __all__ = [
     "MIN_BATCH", "SIZES", "SVD_SIZES", "SWEEPS", "eigh_driver", "jacobi_eigh", "jacobi_svd",
@@ -105,7 +106,9 @@ def use_jacobi(A: torch.Tensor, sizes: tuple[int, ...] = SIZES) -> bool:
 
 def jacobi_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w, V)`` of symmetric (..., n, n), n in :data:`SIZES`: ascending eigenvalues, orthonormal
-    eigenvectors as columns, like ``torch.linalg.eigh`` (reads ``(A + Aᵀ) / 2``)."""
+    eigenvectors as columns, like ``torch.linalg.eigh`` (reads ``(A + Aᵀ) / 2``). The forward
+    only: for gradients, ``se.eigh`` (or any consumer) under ``eigh_driver("jacobi")``."""
+    _no_gradient("jacobi_eigh", A)
     n = A.shape[-1]
     batch = A.shape[:-2]
     flat = A.reshape(-1, n, n)
@@ -115,6 +118,15 @@ def jacobi_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     V = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     return w.reshape(*batch, n), V.reshape(*batch, n, n)
+
+
+def _no_gradient(name: str, A: torch.Tensor) -> None:
+    """Refuse to record the sweeps for autograd (their derivative is NaN at ties)."""
+    if A.requires_grad and torch.is_grad_enabled():
+        raise ArgumentError(
+            f"{name}: A: expected no gradient (the sweeps are not differentiated); use "
+            "se.eigh / se.svd under se.eigh_driver('jacobi') for the exact backward"
+        )
 
 
 def _chunks(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -250,7 +262,8 @@ def jacobi_svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     on the columns of ``X V`` then takes each rotation from the columns themselves, so small
     singular values keep LAPACK's absolute accuracy (eps · σ₁) rather than the normal
     equations' eps · σ₁² / σᵢ; ``U`` normalizes those columns (the last as a cross product,
-    its sign giving σₙ >= 0)."""
+    its sign giving σₙ >= 0). The forward only, like :func:`jacobi_eigh`."""
+    _no_gradient("jacobi_svd", A)
     n = A.shape[-1]
     batch = A.shape[:-2]
     flat = A.reshape(-1, n, n)
