@@ -238,3 +238,22 @@ def test_dense_path_under_torch_func_grad_and_vmap() -> None:
     leaf = A.clone().requires_grad_()
     loss(leaf).backward()
     torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(A), leaf.grad)
+
+
+def test_numpy_and_tensor_integers_are_integers() -> None:
+    numpy = pytest.importorskip("numpy")
+    A = _sym(0, 8)
+    expected = se.eigsh(A, 3).eigenvalues
+    for k in (numpy.int64(3), torch.tensor(3)):
+        torch.testing.assert_close(se.eigsh(A, k).eigenvalues, expected)
+        torch.testing.assert_close(se.eigsh(A.to_sparse(), k).eigenvalues, expected)
+    torch.testing.assert_close(se.low_rank(A, numpy.int32(2)), se.low_rank(A, 2))
+    with pytest.raises(se.ArgumentError, match="eigsh: k: expected an integer"):
+        se.eigsh(A, 3.0)
+    with pytest.raises(se.ArgumentError, match="eigsh: k: expected an integer"):
+        se.eigsh(A, True)
+
+
+def test_too_few_iterations_name_the_pairs_asked_for() -> None:
+    with pytest.raises(se.ArgumentError, match=r"the k = 2 asked for and one more"):
+        se.eigsh(_sym(0, 30).to_sparse(), 2, maxiter=1)

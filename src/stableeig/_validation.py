@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Optional, Union
 
@@ -339,13 +340,26 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     return value
 
 
+def as_integer(value: object) -> Optional[int]:
+    """``value`` as a Python int where it is one (numpy and 0-d integer tensors included,
+    through ``__index__``); None for bools and everything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def check_int_at_least(name: str, value: object, minimum: int) -> int:
-    """Check that ``value`` is an integer ``>= minimum`` (bools are rejected) and return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Check that ``value`` is an integer ``>= minimum`` (bools are rejected; numpy integers
+    are taken) and return it as an int."""
+    integer = as_integer(value)
+    if integer is None:
         raise ArgumentError(f"{name}: expected an integer >= {minimum} (got {value!r})")
-    if value < minimum:
+    if integer < minimum:
         raise ArgumentError(f"{name}: expected an integer >= {minimum} (got {value})")
-    return value
+    return integer
 
 
 def check_positive(name: str, value: object) -> float:
@@ -384,6 +398,7 @@ def check_k(name: str, k: object, n: int, allow_none: bool = False) -> Optional[
     """Check ``1 <= k <= n`` (``None`` allowed when ``allow_none``)."""
     if k is None and allow_none:
         return None
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    integer = as_integer(k)
+    if integer is None or not 1 <= integer <= n:
         raise ArgumentError(f"{name}: expected an integer in [1, {n}] for n = {n} (got {k!r})")
-    return k
+    return integer

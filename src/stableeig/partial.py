@@ -138,12 +138,14 @@ def eigsh(
 # ---------------------------------------------------------------- the dense path
 
 
-def _check_k(k: object, n: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
+def _check_k(k: object, n: int) -> int:
+    integer = checks.as_integer(k)
+    if integer is None or not 1 <= integer < n:
         raise ArgumentError(
             f"eigsh: k: expected an integer in [1, {n - 1}] for n = {n} (got {k!r}); all "
             "eigenpairs: se.eigh"
         )
+    return integer
 
 
 def _dense(
@@ -151,7 +153,7 @@ def _dense(
     compute_dtype: Optional[torch.dtype],
 ) -> EighResult:  # fmt: skip
     n = checks.check_square_matrix("eigsh: A", A).shape[-1]
-    _check_k(k, n)
+    k = _check_k(k, n)
     work_B: Optional[torch.Tensor] = None
     if B is None:
         work = prepare_symmetric("eigsh: A", A, compute_dtype)
@@ -270,7 +272,7 @@ def _iterative(
             raise ArgumentError("eigsh: sigma: expected a sparse A to factorize (got a callable)")
     else:
         raise ShapeError(f"eigsh: A: expected a tensor or a callable (got {type(A).__name__})")
-    _check_k(k, size)
+    k = _check_k(k, size)
     bproduct: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     scipy_B: object = None
     if B is not None:
@@ -318,7 +320,8 @@ def _iterative(
     except sparse_linalg.ArpackNoConvergence as failed:
         raise ArgumentError(
             f"eigsh: maxiter: expected enough iterations (got {failed.eigenvalues.size} of "
-            f"{count} eigenpairs converged); raise maxiter or tol"
+            f"{count} eigenpairs converged: the k = {k} asked for and one more, to check the gap "
+            "at the cut); raise maxiter or tol"
         ) from None
     w_all = torch.from_numpy(w_np).to(device=device, dtype=work)
     V_all = torch.from_numpy(V_np).to(device=device, dtype=work)
