@@ -33,6 +33,13 @@ def _spd(n: int, spectrum: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return (Q * spectrum) @ Q.T
 
 
+def _spd_batch(count: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    Q = torch.linalg.qr(torch.randn(count, n, n, generator=g, dtype=torch.float64))[0]
+    spectrum = torch.linspace(0.5, 3.0, n, dtype=torch.float64)  # gaps 1.25: well conditioned
+    return (Q * spectrum) @ Q.mT
+
+
 def _rank_deficient(n: int = 8, rank: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(rank, n, generator=g, dtype=torch.float64)
@@ -51,7 +58,16 @@ INPUTS: dict[str, Callable[[], torch.Tensor]] = {
         [_spd(4, torch.linspace(0.5, 2.0, 4, dtype=torch.float64), seed=s) for s in range(6)]
     ).view(2, 3, 4, 4),
     "empty batch": lambda: torch.zeros(0, 3, 3, dtype=torch.float64),
+    # enough 3×3 matrices for eigh_driver("auto") to take the batched Jacobi path
+    "4,096 × 3×3": lambda: _spd_batch(4096, 3),
 }
+
+
+ORACLE_SLACK = {"4,096 × 3×3": 32}
+"""eps added to the float64 bound where the oracle (LAPACK's float64 ``eigh``, the precision
+of the function judged) is the less accurate side: among 4,096 draws its ``expm`` is off by
+up to 20 eps against 40-digit mpmath where the batched Jacobi path is within 1
+(``tests/test_small.py::test_expm_of_the_sweep_s_worst_draw_against_mpmath``)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,8 @@ def judge(name: str, kind: str, dtype: torch.dtype) -> Outcome:
         scale, torch.finfo(torch.float64).tiny
     )
     bound = function.eps_factor * torch.finfo(dtype).eps + (1e-7 if function.root_at_zero else 0)
+    if dtype == torch.float64:  # the float64 oracle's own round-off, where it dominates
+        bound += ORACLE_SLACK.get(kind, 0) * torch.finfo(dtype).eps
     return Outcome("ok", error if math.isfinite(error) else math.inf, bound)
 
 
