@@ -112,3 +112,13 @@ def test_top_k_projector_checks_its_input_before_lapack_sees_it() -> None:
     B = torch.tensor([[1.0, 0.5], [0.0, 1.0]], requires_grad=True)  # not symmetric
     with pytest.raises(se.NotSymmetricError, match="top_k_projector: A"):
         se.top_k_projector(B, 1, undefined="zero")
+
+
+def test_compute_dtype_is_the_precision_of_the_decomposition() -> None:
+    X = torch.randn(5, 4, 4, generator=torch.Generator().manual_seed(0))
+    A = X @ X.mT + torch.eye(4)
+    for compute in (torch.float32, torch.float64):
+        vector = se.extreme_eigenvector(A, compute_dtype=compute).vector
+        reference = torch.linalg.eigh(A.to(compute))[1][..., 0]
+        sign = torch.sign((vector.to(compute) * reference).sum(-1, keepdim=True))
+        assert torch.equal(vector, (sign * reference).to(torch.float32)), compute

@@ -71,7 +71,7 @@ def extreme_eigenvector(
     # decomposed and judged in the working precision: only the vector comes back in A's
     # dtype (a float16 matrix's eigenvalues may not fit float16; its unit vector does)
     work = prepare_symmetric("A", A, compute_dtype, check_symmetric, symmetrize=False)
-    w, V = eigh(work, backward="analytic", check_symmetric=False)
+    w, V = eigh(work, backward="analytic", compute_dtype=work.dtype, check_symmetric=False)
     first, second = (0, 1) if which == "smallest" else (n - 1, n - 2)
     with torch.no_grad():
         w = w.detach()
