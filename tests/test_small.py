@@ -1,9 +1,10 @@
-"""Issue 42: the batched Jacobi path for many 2×2 and 3×3 matrices (``stableeig.small``):
-eigenvalues within 2n ulp of the largest (against 40-digit mpmath in float64, float64
-LAPACK of the rounded input in float32), vectors orthonormal to 2n eps, exact at ``cI``,
-at scales 1e±30, ties and near ties; every consumer equals the LAPACK path (values,
-vectors up to sign, gradients within 1e-12) on random, tied, scaled and degenerate
-batches; the driver context and compile."""
+"""Issue 42: the batched Jacobi path for many 2×2, 3×3 and 4×4 matrices and the 2×2/3×3
+SVD (``stableeig.small``): eigenvalues within n ulp of the largest against 40-digit mpmath
+in float64 (2n against float64 LAPACK of the rounded input in float32), singular values
+within 2n ulp, vectors orthonormal to 2n eps, exact at ``cI``, at scales 1e±30, ties, near
+ties and rank deficiency; every consumer equals the LAPACK path (values, vectors up to
+sign, gradients) on random, tied, scaled and degenerate batches in every float dtype; the
+driver context, compile and ``torch.func``."""
 
 from __future__ import annotations
 
