@@ -8,7 +8,7 @@ driver context, compile and ``torch.func``."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -112,20 +112,34 @@ def test_every_consumer_equals_the_lapack_path_values_and_gradients(
                     dtype=F64)  # fmt: skip
     if name == "eigh values":  # symmetric in tied eigenvalues: defined at ties
         G = torch.ones_like(G)
+    (ours, our_grad), (theirs, their_grad) = _auto_and_lapack(CONSUMERS[name], A, G)
+    # a single eigenvector is conditioned by 1 / gap (1e3 at "gap 1e-3"); the rest are not
+    bound = 1e-11 if name == "extreme_eigenvector" else 1e-12
+    assert _relative(ours, theirs) < bound
+    assert _relative(our_grad, their_grad) < bound
+
+
+def _auto_and_lapack(
+    consumer: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor,
+    G: Optional[torch.Tensor] = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """``(value, gradient)`` under ``eigh_driver("auto")``, then ``"lapack"``: the gradient
+    of ``⟨G, value⟩`` (of the value's sum without ``G``), each in the value's and A's dtype."""
     results = []
     for driver in ("auto", "lapack"):
         leaf = A.clone().requires_grad_()
         with se.eigh_driver(driver):
-            out = CONSUMERS[name](leaf)
-            (G * out).sum().backward()
+            out = consumer(leaf)
+            (out.float().sum() if G is None else (G * out).sum()).backward()
+        assert leaf.grad is not None
         results.append((out.detach(), leaf.grad))
-    (ours, our_grad), (theirs, their_grad) = results
-    # a single eigenvector is conditioned by 1 / gap (1e3 at "gap 1e-3"); the rest are not
-    bound = 1e-11 if name == "extreme_eigenvector" else 1e-12
-    scale = theirs.abs().max().clamp_min(torch.finfo(F64).tiny)
-    assert float((ours - theirs).abs().max() / scale) < bound
-    grad_scale = their_grad.abs().max().clamp_min(torch.finfo(F64).tiny)
-    assert float((our_grad - their_grad).abs().max() / grad_scale) < bound
+    return results
+
+
+def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest entry of ``value - reference`` over the largest of ``reference``."""
+    scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)
+    return float((value - reference).abs().max() / scale)
 
 
 def test_eigh_vectors_equal_lapack_up_to_sign_and_the_driver_context() -> None:
@@ -270,18 +284,9 @@ def test_every_svd_consumer_equals_the_lapack_path(name: str, kind: str) -> None
                     dtype=F64)  # fmt: skip
     if name == "svdvals":  # symmetric in tied singular values: defined at ties
         G = torch.ones_like(G)
-    results = []
-    for driver in ("auto", "lapack"):
-        leaf = A.clone().requires_grad_()
-        with se.eigh_driver(driver):
-            out = SVD_CONSUMERS[name](leaf)
-            (G * out).sum().backward()
-        results.append((out.detach(), leaf.grad))
-    (ours, our_grad), (theirs, their_grad) = results
-    scale = theirs.abs().max().clamp_min(torch.finfo(F64).tiny)
-    assert float((ours - theirs).abs().max() / scale) < 1e-12
-    grad_scale = their_grad.abs().max().clamp_min(torch.finfo(F64).tiny)
-    assert float((our_grad - their_grad).abs().max() / grad_scale) < 1e-10
+    (ours, our_grad), (theirs, their_grad) = _auto_and_lapack(SVD_CONSUMERS[name], A, G)
+    assert _relative(ours, theirs) < 1e-12
+    assert _relative(our_grad, their_grad) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -297,18 +302,12 @@ def test_consumers_in_every_float_dtype_equal_the_lapack_path(
     consumer = {**CONSUMERS, **SVD_CONSUMERS}[name]
     A = (_batch(n, "random", count=MIN_BATCH) if name != "polar" and name != "svdvals"
          else _general(n, "random", count=MIN_BATCH)).to(dtype)  # fmt: skip
-    results = []
-    for driver in ("auto", "lapack"):
-        leaf = A.clone().requires_grad_()
-        with se.eigh_driver(driver):
-            out = consumer(leaf)
-            out.float().sum().backward()
-        assert out.dtype == dtype and leaf.grad is not None and leaf.grad.dtype == dtype
-        results.append((out.float(), leaf.grad.float()))
-    (ours, our_grad), (theirs, their_grad) = results
+    results = _auto_and_lapack(consumer, A)
+    assert all(out.dtype == dtype and grad.dtype == dtype for out, grad in results)
+    (ours, our_grad), (theirs, their_grad) = ((out.float(), grad.float()) for out, grad in results)
     eps = torch.finfo(dtype).eps
-    assert float((ours - theirs).abs().max() / theirs.abs().max()) <= 2 * eps
-    assert float((our_grad - their_grad).abs().max() / their_grad.abs().max()) <= 4 * eps
+    assert _relative(ours, theirs) <= 2 * eps
+    assert _relative(our_grad, their_grad) <= 4 * eps
 
 
 def test_the_solvers_refuse_to_record_their_sweeps_for_autograd() -> None:
