@@ -22,48 +22,7 @@ from typing import Callable
 
 import torch
 
-import stableeig as se
-
-
-def _copied_logm(A: torch.Tensor) -> torch.Tensor:
-    w, V = torch.linalg.eigh(A)
-    return (V * torch.log(w)[..., None, :]) @ V.mT
-
-
-def _copied_normal(A: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.eigh(A)[1][..., 0].abs()
-
-
-def _copied_rotation(M: torch.Tensor) -> torch.Tensor:
-    U, _, Vh = torch.linalg.svd(M)
-    d = torch.linalg.det(U @ Vh)
-    return torch.cat([U[..., :-1], U[..., -1:] * d[..., None, None]], -1) @ Vh
-
-
-def _driven(function: Callable[[torch.Tensor], torch.Tensor], driver: str) -> Callable:
-    def call(A: torch.Tensor) -> torch.Tensor:
-        with se.eigh_driver(driver):
-            return function(A)
-
-    return call
-
-
-STORIES = {
-    "logm": (_copied_logm, lambda A: se.logm(A, compute_dtype=torch.float32)),
-    "normal": (
-        _copied_normal,
-        lambda A: se.extreme_eigenvector(A, compute_dtype=torch.float32).vector.abs(),
-    ),
-    "rotation": (
-        _copied_rotation,
-        lambda M: se.special_orthogonalize(M, compute_dtype=torch.float32),
-    ),
-}
-
-
-def _input(story: str, count: int, n: int, device: str) -> torch.Tensor:
-    X = torch.randn(count, n, n, generator=torch.Generator().manual_seed(0)).to(device)
-    return X if story == "rotation" else X @ X.mT / n + 0.1 * torch.eye(n, device=device)
+from stableeig.bench.small import STORIES, ours_under
 
 
 def _seconds(call: Callable, A: torch.Tensor, G: torch.Tensor, device: str) -> float:
@@ -100,11 +59,12 @@ def main() -> None:
     cases = [(story, count, 3) for story in STORIES for count in sizes]
     cases += [("logm", sizes[-1], 2), ("logm", sizes[-1], 4)]
     for story, count, n in cases:
-        copied, ours = STORIES[story]
-        A = _input(story, count, n, args.device)
+        copied, ours, make = STORIES[story]
+        A = make(count, n).to(args.device)
         G = torch.randn_like(copied(A))
-        batched = _driven(ours, "jacobi")
-        methods = {"copied": copied, "lapack": _driven(ours, "lapack"), "eager": batched}
+        batched = ours_under(ours, "jacobi", torch.float32)
+        methods = {"copied": copied, "lapack": ours_under(ours, "lapack", torch.float32),
+                   "eager": batched}  # fmt: skip
         compiling = None
         if n == 3 and count == sizes[-1] and not args.no_compile:
             methods["compiled"] = torch.compile(batched)

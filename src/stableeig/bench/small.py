@@ -22,7 +22,7 @@ import torch
 
 import stableeig as se
 
-__all__ = ["measure", "render"]
+__all__ = ["STORIES", "crossover", "measure", "ours_under", "render"]
 
 
 def _copied_logm(A: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,10 @@ def _copied_rotation(M: torch.Tensor) -> torch.Tensor:
     return torch.cat([U[..., :-1], U[..., -1:] * d[..., None, None]], -1) @ Vh
 
 
-def _ours(function: Callable[..., torch.Tensor], driver: str,
-          compute: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+def ours_under(function: Callable[..., torch.Tensor], driver: str,
+               compute: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    """``function`` (of ``(A, compute_dtype)``) under ``eigh_driver(driver)``."""
+
     def call(A: torch.Tensor) -> torch.Tensor:
         with se.eigh_driver(driver):
             return function(A) if compute is None else function(A, compute)
@@ -71,27 +73,31 @@ def _batch(count: int, n: int) -> torch.Tensor:
     return X @ X.mT / n + 0.1 * torch.eye(n)
 
 
+STORIES = {
+    "logm": (_copied_logm, _logm, _batch),
+    "normal": (_copied_normal, _normal, _batch),
+    "rotation": (_copied_rotation, _rotation, _general),
+}
+"""Each story: the code people copy, ours (``(A, compute_dtype)``) and its input
+``(count, n)``; ``benchmarks/small_gpu.py`` times the same three on a GPU."""
+
+
 def measure(quick: bool = False, repeats: int = 5) -> dict[str, Any]:
     torch.set_num_threads(1)
     cases = [(3, b) for b in ((1024, 10_000) if quick else (4096, 10_000, 100_000, 1_000_000))]
     cases += [(2, 10_000 if quick else 100_000), (4, 10_000 if quick else 100_000)]
     cases += [(22, 256 if quick else 4096)]
-    stories = (
-        ("logm", _copied_logm, _logm, _batch),
-        ("normal", _copied_normal, _normal, _batch),
-        ("rotation", _copied_rotation, _rotation, _general),
-    )
     rows = []
-    for story, copied, ours, make in stories:
+    for story, (copied, ours, make) in STORIES.items():
         for n, count in cases:
             if story == "rotation" and n not in (2, 3):
                 continue
             A = make(count, n)
             methods = {
                 "torch.linalg autograd": copied,
-                "stableeig, LAPACK path": _ours(ours, "lapack"),
-                "stableeig (auto)": _ours(ours, "auto"),
-                "stableeig (auto), float32 compute": _ours(ours, "auto", torch.float32),
+                "stableeig, LAPACK path": ours_under(ours, "lapack"),
+                "stableeig (auto)": ours_under(ours, "auto"),
+                "stableeig (auto), float32 compute": ours_under(ours, "auto", torch.float32),
             }
             G = torch.randn_like(copied(A))
             samples: dict[str, list[float]] = {name: [] for name in methods}
