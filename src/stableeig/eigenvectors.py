@@ -15,10 +15,10 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _validation as checks
-from ._autograd import prepare_symmetric
-from ._precision import working_dtype
-from .eigh import eigh
+from ._autograd import eigh_function, prepare_symmetric
+from ._precision import autocast_off, working_dtype
 from .exceptions import NotDifferentiableError
+from .rules import Analytic
 
 __all__ = ["ExtremeEigenvector", "extreme_eigenvector"]
 
@@ -71,7 +71,9 @@ def extreme_eigenvector(
     # decomposed and judged in the working precision: only the vector comes back in A's
     # dtype (a float16 matrix's eigenvalues may not fit float16; its unit vector does)
     work = prepare_symmetric("A", A, compute_dtype, check_symmetric, symmetrize=False)
-    w, V = eigh(work, backward="analytic", compute_dtype=work.dtype, check_symmetric=False)
+    with autocast_off(work.device):
+        w, V = eigh_function(work, Analytic())  # decomposes (A + Aᵀ) / 2; checked once above
+    checks.check_eigenvalues_finite("A", w)
     first, second = (0, 1) if which == "smallest" else (n - 1, n - 2)
     with torch.no_grad():
         w = w.detach()
