@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from . import _validation as checks
-from ._autograd import eigh_function, prepare_symmetric
+from ._autograd import eigh_function, prepare_symmetric, symmetrized
 from ._precision import autocast_off
 from .exceptions import NotPositiveDefiniteError, ShapeError
 from .matrix_functions import funm
@@ -64,7 +64,7 @@ def reduce_generalized(
             )
         half = torch.linalg.solve_triangular(L, work_A, upper=False)  # L⁻¹ A
         C = torch.linalg.solve_triangular(L, half.mT, upper=False)  # L⁻¹ (L⁻¹ A)ᵀ = L⁻¹ A L⁻ᵀ
-    return C * 0.5 + C.mT * 0.5, L, work_A, work_B
+    return symmetrized(C), L, work_A, work_B
 
 
 def generalized_eigh(
