@@ -100,10 +100,9 @@ def eigsh(
         sigma: a sparse ``A`` only: shift-invert about ``sigma`` (a sparse LU of
             ``A - σ B``), below the smallest eigenvalue for ``"smallest"`` (above the largest
             for ``"largest"``): the same eigenpairs in far fewer iterations on meshes and
-            grids (a 10⁵-node grid Laplacian: 2.8 s instead of 71–79 s in `stableeig bench
-            eigsh`), and the LU
-            preconditions the backward's solves. Fill-in makes it costly on expander-like
-            graphs. Default: None (no factorization).
+            grids (a 10⁵-node grid Laplacian: 2.8 s instead of 71–79 s in ``stableeig
+            bench eigsh``), and the LU preconditions the backward's solves. Fill-in makes it
+            costly on expander-like graphs. Default: None (no factorization).
         backward: the eigenvector rule inside the computed block. Default: ``"analytic"``
             (exact; a tie the loss depends on raises).
         compute_dtype: least working precision. Default: None (float64).
